@@ -1,0 +1,43 @@
+# Distillery: `make run` and `make test` work on a fresh machine (they run `setup` first).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Re-install only when the dependency list changes (setup is idempotent and cheap to repeat).
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+TORCH  := torch==2.13.0+cpu
+
+.PHONY: setup run test test-fast bench lint demo clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, from the CPU build: any other spec makes pip pull a multi-GB CUDA build.
+	$(BIN)/pip install --disable-pip-version-check -q "$(TORCH)"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/distillery demo build
+
+run: setup
+	$(BIN)/distillery run
+
+test: setup
+	$(BIN)/distillery demo build
+	$(BIN)/python -m pytest tests
+
+test-fast: setup
+	$(BIN)/python -m pytest tests/unit
+
+bench: setup
+	$(BIN)/python -m bench
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,19 @@
+"""Root of Distillery's error tree.
+
+    DistilleryError
+    ├── router.errors.RoutingError
+    │   ├── InvalidRequest (PromptTooLong, EmptyPrompt)
+    │   ├── StudentUnavailable
+    │   └── TeacherUnavailable (TeacherTimeout)
+    └── (feedback, retrain, deploy add their own branches)
+
+Only ``gateway`` maps these to HTTP status codes and OpenAI-style error bodies.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DistilleryError"]
+
+
+class DistilleryError(Exception):
+    """Base class of every error Distillery raises on purpose."""

@@ -1,0 +1,104 @@
+"""The FastAPI app: thin routes over ``OpenAIServing``; every error leaves as OpenAI JSON."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import DistilleryError
+from gateway._serving import OpenAIServing, Served
+from gateway.errors import error_response, to_error_response, unwrap
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelList
+
+__all__ = ["build_api"]
+
+logger = logging.getLogger(__name__)
+
+HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse},
+    404: {"model": ErrorResponse},
+    503: {"model": ErrorResponse},
+}
+
+
+def _json_error(status: int, body: ErrorResponse) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body.model_dump())
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request body", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    return (f"{param}: {msg}" if param else msg), param
+
+
+def _send(served: Served) -> Response:
+    if served.stream is not None:
+        return StreamingResponse(served.stream, media_type="text/event-stream", headers=served.headers)
+    assert served.body is not None
+    return JSONResponse(content=served.body.model_dump(mode="json"), headers=served.headers)
+
+
+def build_api(serving: OpenAIServing, metrics: GatewayMetrics, health: HealthCheck) -> FastAPI:
+    app = FastAPI(title="Distillery", version="0.1.0")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _describe_validation(exc)
+        return _json_error(*error_response(400, message, "invalid_request_error", "invalid_request", param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _json_error(*error_response(exc.status_code, str(exc.detail), "invalid_request_error", code))
+
+    @app.exception_handler(DistilleryError)
+    async def _distillery(_: Request, exc: DistilleryError) -> JSONResponse:
+        return _json_error(*to_error_response(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(unwrap(exc), DistilleryError):
+            logger.exception("unhandled error in gateway")
+        return _json_error(*to_error_response(exc))
+
+    @app.post("/v1/completions", responses=_ERROR_RESPONSES)
+    async def completions(body: CompletionRequest) -> Response:
+        return _send(await serving.completion(body))
+
+    @app.post("/v1/chat/completions", responses=_ERROR_RESPONSES)
+    async def chat_completions(body: ChatCompletionRequest) -> Response:
+        return _send(await serving.chat(body))
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        return serving.list_models()
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        try:
+            detail = await health()
+        except Exception as exc:  # noqa: BLE001 - any failure is "unhealthy", reported
+            return JSONResponse(status_code=503, content={"status": "unhealthy", "reason": str(exc)})
+        return JSONResponse(content={"status": "ok", **detail})
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

@@ -1,0 +1,138 @@
+"""Ray Serve shells around the plain core: one model server per tier, and the ingress.
+
+They stay thin on purpose (see STYLE.md): the cascade, the serving logic and the backends
+are importable and testable without Ray; these classes only wire handles, batching and
+the ASGI app together. ``gateway.app.build_app`` wraps them with ``serve.deployment``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from gateway._api import build_api
+from gateway._serving import OpenAIServing
+from gateway.metrics import GatewayMetrics
+from gateway.settings import DistillerySettings
+from router import (
+    BackendConfig,
+    CascadeRouter,
+    Generation,
+    GenerationRequest,
+    ThresholdPolicy,
+    build_backend,
+)
+from router.errors import PromptTooLong
+
+__all__ = ["CALIBRATION_FILE", "GatewayIngress", "ModelServer"]
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_FILE = "calibration.json"
+
+
+class ModelServer:
+    """One tier's model: validates a request against the model, then batches it."""
+
+    def __init__(self, tier: str, config: BackendConfig, default_dir: str) -> None:
+        self._tier = tier
+        self._dir = Path(config.model_dir or default_dir)
+        self._backend = build_backend(config, default_dir=self._dir, model_id=tier)
+        self._batched.set_max_batch_size(config.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        logger.info("%s serving %s (%s)", tier, self._backend.version, self._dir)
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        # Checked per request before batching, so one bad prompt cannot fail a batch.
+        prompt_tokens = self._backend.count_prompt_tokens(request)
+        limit = self._backend.max_context
+        if prompt_tokens + request.max_tokens > limit:
+            raise PromptTooLong(
+                f"this model's context is {limit} tokens; the prompt has {prompt_tokens} "
+                f"and max_tokens asks for {request.max_tokens} more"
+            )
+        return await self._batched(request)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:
+        return await self._backend.generate(requests)
+
+    def info(self) -> dict[str, Any]:
+        calibration: dict[str, Any] = {}
+        path = self._dir / CALIBRATION_FILE
+        if path.is_file():
+            calibration = json.loads(path.read_text())
+        return {
+            "tier": self._tier,
+            "model_id": self._backend.model_id,
+            "version": self._backend.version,
+            "max_context": self._backend.max_context,
+            "calibration": {k: calibration[k] for k in ("scorer", "threshold") if k in calibration},
+        }
+
+
+class _HandleClient:
+    """Adapts a Serve handle to the router's ``GenerationClient`` protocol."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        result: Generation = await self._handle.generate.remote(request)
+        return result
+
+
+def resolve_policy(settings: DistillerySettings, calibration: dict[str, Any]) -> ThresholdPolicy:
+    """Configured threshold wins; else the student's calibrated one; else the fallback."""
+    cascade = settings.cascade
+    if cascade.threshold is not None:
+        return ThresholdPolicy(cascade.scorer, cascade.threshold)
+    if calibration.get("scorer") == cascade.scorer and "threshold" in calibration:
+        return ThresholdPolicy(cascade.scorer, float(calibration["threshold"]))
+    return ThresholdPolicy(cascade.scorer, cascade.fallback_threshold)
+
+
+@serve.ingress()
+class GatewayIngress:
+    """HTTP edge. Owns the metrics registry and the cascade router."""
+
+    async def __init__(
+        self, student: DeploymentHandle, teacher: DeploymentHandle, settings: DistillerySettings
+    ) -> None:
+        self._student = student
+        self._teacher = teacher
+        self._settings = settings
+        self._metrics = GatewayMetrics()
+        s_info, t_info = await asyncio.gather(student.info.remote(), teacher.info.remote())
+        self._versions = {
+            "student": (s_info["model_id"], s_info["version"]),
+            "teacher": (t_info["model_id"], t_info["version"]),
+        }
+        policy = resolve_policy(settings, s_info["calibration"])
+        self._router = CascadeRouter(_HandleClient(student), _HandleClient(teacher), policy, settings.cascade)
+        for tier, (model_id, version) in self._versions.items():
+            self._metrics.set_model(tier, model_id, version)
+        self._metrics.threshold.set(policy.threshold)
+        self._serving = OpenAIServing(self._router, self._metrics, settings.server, lambda: self._versions)
+        logger.info("cascade policy: %s >= %.6f keeps the student", policy.scorer, policy.threshold)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self._serving, self._metrics, self._health)
+
+    async def _health(self) -> dict[str, Any]:
+        s_info, t_info = await asyncio.wait_for(
+            asyncio.gather(self._student.info.remote(), self._teacher.info.remote()), timeout=5.0
+        )
+        return {
+            "student": s_info["version"],
+            "teacher": t_info["version"],
+            "threshold": self._router.policy.threshold,
+            "scorer": self._router.policy.scorer,
+        }

@@ -1,0 +1,320 @@
+"""The OpenAI-compatible serving logic, free of HTTP and of Ray.
+
+Routes call one method here and map what comes back (a response model or a stream) to
+HTTP; errors are raised as Distillery errors and mapped in one place (``gateway.errors``).
+Streaming note: the cascade must see the student's whole answer to score it, so the
+chosen answer is generated first and then streamed token by token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from gateway.errors import BadRequest, ModelNotFound
+from gateway.metrics import GatewayMetrics
+from gateway.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    RoutingInfo,
+    UsageInfo,
+)
+from gateway.settings import ServerConfig
+from router import CascadeResult, CascadeRouter, ChatTurn, GenerationRequest, Tier
+from router.errors import EmptyPrompt, InvalidRequest, TeacherUnavailable
+
+__all__ = ["OpenAIServing", "Served"]
+
+ModelVersions = Callable[[], dict[str, tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a route sends back: a body or an SSE stream, plus headers for both."""
+
+    body: CompletionResponse | ChatCompletionResponse | None
+    stream: AsyncIterator[str] | None
+    headers: dict[str, str]
+
+
+def _sse(payload: str) -> str:
+    return f"data: {payload}\n\n"
+
+
+class OpenAIServing:
+    def __init__(
+        self,
+        router: CascadeRouter,
+        metrics: GatewayMetrics,
+        server: ServerConfig,
+        model_versions: ModelVersions,
+    ) -> None:
+        self._router = router
+        self._metrics = metrics
+        self._server = server
+        self._model_versions = model_versions
+        name = server.served_model_name
+        self._tiers: dict[str, Tier | None] = {
+            name: None,
+            f"{name}-student": "student",
+            f"{name}-teacher": "teacher",
+        }
+
+    # ---- models -------------------------------------------------------------------
+    def list_models(self) -> ModelList:
+        versions = self._model_versions()
+        cards = []
+        for model_id, tier in self._tiers.items():
+            version = versions.get(tier or "student", ("", ""))[1] or None
+            cards.append(ModelCard(id=model_id, tier=tier or "cascade", version=version))
+        return ModelList(data=cards)
+
+    def _tier_for(self, model: str) -> Tier | None:
+        if model not in self._tiers:
+            raise ModelNotFound(
+                f"The model '{model}' does not exist; available: {', '.join(self._tiers)}"
+            )
+        return self._tiers[model]
+
+    def _max_tokens(self, value: int | None, default: int) -> int:
+        max_tokens = default if value is None else value
+        if max_tokens < 1:
+            raise BadRequest("max_tokens must be at least 1", "invalid_value", "max_tokens")
+        if max_tokens > self._server.max_tokens_limit:
+            raise BadRequest(
+                f"max_tokens={max_tokens} exceeds this server's limit of "
+                f"{self._server.max_tokens_limit}",
+                "invalid_value",
+                "max_tokens",
+            )
+        return max_tokens
+
+    @staticmethod
+    def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+        if stop is None:
+            return ()
+        return (stop,) if isinstance(stop, str) else tuple(stop)
+
+    def _routing(self, result: CascadeResult) -> RoutingInfo:
+        policy = self._router.policy
+        return RoutingInfo(
+            tier=result.tier,
+            escalated=result.escalated,
+            confidence=None if result.decision is None else round(result.decision.confidence, 6),
+            threshold=policy.threshold,
+            scorer=policy.scorer,
+            model_version=result.generation.model_version,
+            low_confidence=result.low_confidence,
+        )
+
+    @staticmethod
+    def _headers(infos: Sequence[RoutingInfo]) -> dict[str, str]:
+        return {
+            "x-distillery-tier": ",".join(i.tier for i in infos),
+            "x-distillery-confidence": ",".join(
+                "" if i.confidence is None else f"{i.confidence:.6f}" for i in infos
+            ),
+            "x-distillery-model-version": ",".join(i.model_version for i in infos),
+        }
+
+    async def _route(self, endpoint: str, request: GenerationRequest, tier: Tier | None) -> CascadeResult:
+        started = time.perf_counter()
+        try:
+            result = await self._router.route(request, force=tier)
+        except InvalidRequest:
+            self._metrics.observe_error(endpoint, "client_error")
+            raise
+        except TeacherUnavailable:
+            self._metrics.observe_error(endpoint, "teacher_error")
+            raise
+        except Exception:
+            self._metrics.observe_error(endpoint, "error")
+            raise
+        self._metrics.observe(endpoint, result, time.perf_counter() - started)
+        return result
+
+    # ---- /v1/completions ------------------------------------------------------------
+    async def completion(self, req: CompletionRequest) -> Served:
+        tier = self._tier_for(req.model)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise EmptyPrompt("prompt must be a non-empty string or list of strings")
+        if len(prompts) > self._server.max_prompts_per_request:
+            raise BadRequest(
+                f"at most {self._server.max_prompts_per_request} prompts per request",
+                "invalid_value",
+                "prompt",
+            )
+        if req.stream and len(prompts) > 1:
+            raise BadRequest("stream=true takes a single prompt", "invalid_value", "prompt")
+        for p in prompts:
+            if not p.strip():
+                raise EmptyPrompt("the prompt is empty")
+        max_tokens = self._max_tokens(req.max_tokens, 16)
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        gen_reqs = [
+            GenerationRequest(
+                prompt=p,
+                max_tokens=max_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                stop=self._stops(req.stop),
+                request_id=f"{request_id}-{i}",
+            )
+            for i, p in enumerate(prompts)
+        ]
+        results = await asyncio.gather(*(self._route("completions", g, tier) for g in gen_reqs))
+        infos = [self._routing(r) for r in results]
+        headers = self._headers(infos)
+        if req.stream:
+            return Served(None, self._completion_stream(request_id, req.model, results[0], infos[0]), headers)
+        choices = [
+            CompletionChoice(
+                index=i,
+                text=r.generation.text,
+                logprobs=self._completion_logprobs(r) if req.logprobs is not None else None,
+                finish_reason=r.generation.finish_reason,
+            )
+            for i, r in enumerate(results)
+        ]
+        prompt_tokens = sum(r.generation.prompt_tokens for r in results)
+        completion_tokens = sum(r.generation.completion_tokens for r in results)
+        body = CompletionResponse(
+            id=request_id,
+            model=req.model,
+            choices=choices,
+            usage=UsageInfo(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            ),
+            distillery=infos,
+        )
+        return Served(body, None, headers)
+
+    @staticmethod
+    def _completion_logprobs(result: CascadeResult) -> CompletionLogprobs:
+        gen = result.generation
+        offsets, pos = [], 0
+        for tok in gen.tokens:
+            offsets.append(pos)
+            pos += len(tok)
+        return CompletionLogprobs(
+            tokens=gen.tokens,
+            token_logprobs=gen.token_logprobs[: len(gen.tokens)],
+            text_offset=offsets,
+        )
+
+    async def _completion_stream(
+        self, request_id: str, model: str, result: CascadeResult, info: RoutingInfo
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        gen = result.generation
+        pieces = gen.tokens or ([gen.text] if gen.text else [])
+        for i, piece in enumerate(pieces):
+            chunk = CompletionChunk(
+                id=request_id,
+                created=created,
+                model=model,
+                choices=[CompletionChoice(index=0, text=piece, finish_reason=None)],
+                distillery=info if i == 0 else None,
+            )
+            yield _sse(chunk.model_dump_json(exclude_none=True))
+        final = CompletionChunk(
+            id=request_id,
+            created=created,
+            model=model,
+            choices=[CompletionChoice(index=0, text="", finish_reason=gen.finish_reason)],
+            distillery=None if pieces else info,
+        )
+        yield _sse(final.model_dump_json(exclude_none=True))
+        yield _sse("[DONE]")
+
+    # ---- /v1/chat/completions -------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest) -> Served:
+        tier = self._tier_for(req.model)
+        if not any(m.role == "user" and m.content.strip() for m in req.messages):
+            raise EmptyPrompt("messages must contain a non-empty user message")
+        max_tokens = self._max_tokens(
+            req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens, 16
+        )
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        gen_req = GenerationRequest(
+            messages=tuple(ChatTurn(role=m.role, content=m.content) for m in req.messages),
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=self._stops(req.stop),
+            request_id=request_id,
+        )
+        result = await self._route("chat", gen_req, tier)
+        info = self._routing(result)
+        headers = self._headers([info])
+        if req.stream:
+            return Served(None, self._chat_stream(request_id, req.model, result, info), headers)
+        gen = result.generation
+        logprobs = None
+        if req.logprobs:
+            logprobs = {
+                "content": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                    for t, lp in zip(gen.tokens, gen.token_logprobs, strict=False)
+                ]
+            }
+        body = ChatCompletionResponse(
+            id=request_id,
+            model=req.model,
+            choices=[
+                ChatChoice(
+                    index=0,
+                    message=ChatResponseMessage(content=gen.text),
+                    logprobs=logprobs,
+                    finish_reason=gen.finish_reason,
+                )
+            ],
+            usage=UsageInfo(
+                prompt_tokens=gen.prompt_tokens,
+                completion_tokens=gen.completion_tokens,
+                total_tokens=gen.prompt_tokens + gen.completion_tokens,
+            ),
+            distillery=info,
+        )
+        return Served(body, None, headers)
+
+    async def _chat_stream(
+        self, request_id: str, model: str, result: CascadeResult, info: RoutingInfo
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        gen = result.generation
+
+        def chunk(delta: ChatDelta, finish: str | None = None, routing: RoutingInfo | None = None) -> str:
+            body = ChatCompletionChunk(
+                id=request_id,
+                created=created,
+                model=model,
+                choices=[ChatChunkChoice(index=0, delta=delta, finish_reason=finish)],  # type: ignore[arg-type]
+                distillery=routing,
+            )
+            return _sse(body.model_dump_json(exclude_none=True))
+
+        yield chunk(ChatDelta(role="assistant", content=""), routing=info)
+        for piece in gen.tokens or ([gen.text] if gen.text else []):
+            yield chunk(ChatDelta(content=piece))
+        yield chunk(ChatDelta(), gen.finish_reason)
+        yield _sse("[DONE]")
+

@@ -1,0 +1,207 @@
+"""The ``distillery`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.logs import configure_logging
+from gateway.settings import DistillerySettings, load_settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger("distillery")
+
+SAMPLE_PROMPTS = ("reverse: hello =", "shift: abc =")
+
+
+def _settings(args: argparse.Namespace) -> DistillerySettings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "models_dir", None):
+        overrides["models_dir"] = args.models_dir
+    server: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        server["host"] = args.host
+    if getattr(args, "port", None):
+        server["port"] = args.port
+    if server:
+        overrides["server"] = server
+    return load_settings(args.config, **overrides)
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int, float], None]]:
+    """A rich progress bar on a TTY; a log line every 100 steps otherwise."""
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def update(name: str, step: int, total: int, loss: float) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(f"training {name}", total=total, loss=loss)
+                bar.update(tasks[name], completed=step, loss=loss)
+
+            yield update
+    else:
+
+        def log(name: str, step: int, total: int, loss: float) -> None:
+            if step % 100 == 0 or step == total:
+                logger.info("training", extra={"fields": {"model": name, "step": step, "total": total, "loss": round(loss, 5)}})
+
+        yield log
+
+
+def _print_accuracy_table(results: list[Any]) -> None:
+    from demo import ALL_SKILLS, STUDENT_SKILLS
+
+    skills = [s.name for s in ALL_SKILLS]
+    print("\nexact match on a fresh sample (300 prompts per skill):")
+    print(f"{'model':<9}" + "".join(f"{s:>9}" for s in skills) + f"{'seconds':>10}")
+    for r in results:
+        cells = ""
+        for s in skills:
+            mark = "*" if r.name == "student" and s not in STUDENT_SKILLS else " "
+            cells += f"{r.accuracy.get(s, float('nan')) * 100:>7.1f}%{mark}"
+        print(f"{r.name:<9}{cells}{r.seconds:>10.1f}" + ("" if r.built else "  (cached)"))
+    print("* not among the student's skills: the teacher's to answer, and the loop's to distil.")
+
+
+def cmd_demo_build(args: argparse.Namespace) -> int:
+    from demo import build_demo_models
+
+    settings = _settings(args)
+    models_dir = settings.resolved_models_dir
+    started = time.monotonic()
+    with _progress() as progress:
+        results = build_demo_models(models_dir, force=args.force, scale=args.scale, progress=progress)
+    _print_accuracy_table(results)
+    print(f"models in {models_dir.resolve()} ({time.monotonic() - started:.1f}s)")
+    if any(r.built for r in results) or args.force or not (settings.tier_dir("student") / "calibration.json").exists():
+        return cmd_calibrate(args)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from gateway._calibrate import run_calibration
+
+    settings = _settings(args)
+    report = run_calibration(
+        settings,
+        n=getattr(args, "n", 400),
+        target_agreement=getattr(args, "target_agreement", None),
+        target_escalation_rate=getattr(args, "target_escalation_rate", None),
+        prompts_file=getattr(args, "prompts_file", None),
+        write=not getattr(args, "dry_run", False),
+    )
+    print(f"\ncalibration on {report.n} labelled prompts (scorer {report.scorer}):")
+    print("  AUROC (student agrees with teacher): " + ", ".join(
+        f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in report.auroc.items()))
+    if report.teacher_accuracy is not None:
+        print(f"  teacher exact match on the sample: {report.teacher_accuracy:.1%}")
+    print(f"  student agrees with teacher on {report.student_agreement:.1%} of the sample")
+    print(f"  {'threshold':>12} {'escalation':>11} {'agreement':>10} {'kept acc':>9}")
+    step = max(1, len(report.curve) // 12)
+    shown = report.curve[::step] + [report.curve[-1]]
+    for p in sorted({id(p): p for p in shown}.values(), key=lambda p: p.escalation_rate):
+        mark = "  <- chosen" if p.threshold == report.threshold else ""
+        print(f"  {p.threshold:>12.6f} {p.escalation_rate:>10.1%} {p.agreement:>10.1%} {p.student_accuracy_kept:>9.1%}{mark}")
+    print(f"chosen threshold {report.threshold:.6f}: escalation {report.escalation_rate:.1%}, "
+          f"served agreement {report.agreement:.1%} (target {report.target})")
+    if report.path is not None:
+        print(f"written to {report.path}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(yaml.safe_dump(json.loads(settings.model_dump_json()), sort_keys=False))
+    return 0
+
+
+def _print_banner(settings: DistillerySettings) -> None:
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    print(f"\nDistillery is serving at {url}  (Ctrl-C stops it)")
+    print(f"  models: {url}/v1/models   health: {url}/healthz   metrics: {url}/metrics")
+    for prompt in SAMPLE_PROMPTS:
+        body = json.dumps({"model": settings.server.served_model_name, "prompt": prompt, "max_tokens": 16})
+        print(f"  curl -s {url}/v1/completions -H 'Content-Type: application/json' -d '{body}'")
+    print(flush=True)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ray import serve
+
+    from gateway.app import run_app
+
+    settings = _settings(args)
+    run_app(settings)
+    _print_banner(settings)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Everything on embedded defaults: build the demo models if needed, then serve."""
+    rc = cmd_demo_build(args)
+    return rc or cmd_serve(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distillery", description=__doc__)
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.add_argument("--models-dir", type=Path, default=None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("config", help="print the effective configuration").set_defaults(fn=cmd_config)
+
+    for name, fn, help_ in (("serve", cmd_serve, "serve the cascade on Ray Serve"),
+                            ("run", cmd_run, "build demo models if missing, calibrate, serve")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--host")
+        sp.add_argument("--port", type=int)
+        sp.set_defaults(fn=fn, force=False, scale=1.0)
+
+    demo = sub.add_parser("demo", help="the bundled demo domain").add_subparsers(dest="demo_cmd", required=True)
+    build = demo.add_parser("build", help="train the demo teacher and student (CPU, ~3 min)")
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.add_argument("--scale", type=float, default=1.0, help="scale the step budget (tests)")
+    build.set_defaults(fn=cmd_demo_build)
+
+    cal = sub.add_parser("calibrate", help="pick the escalation threshold on a labelled sample")
+    target = cal.add_mutually_exclusive_group()
+    target.add_argument("--target-agreement", type=float, help="served agreement with the teacher (default 0.995)")
+    target.add_argument("--target-escalation-rate", type=float, help="largest share sent to the teacher")
+    cal.add_argument("--n", type=int, default=400, help="sample size")
+    cal.add_argument("--prompts-file", type=Path, help="JSONL with a 'prompt' per line (default: demo domain)")
+    cal.add_argument("--dry-run", action="store_true", help="report only; do not write calibration.json")
+    cal.set_defaults(fn=cmd_calibrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    configure_logging(settings.log_level)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Gateway errors and the one mapping from Distillery's error tree to HTTP.
+
+    DistilleryError
+    ├── router.errors.InvalidRequest ........ 400 invalid_request_error
+    │   └── gateway.errors.BadRequest ....... 400 (limits checked at the edge)
+    ├── gateway.errors.ModelNotFound ........ 404 model_not_found
+    ├── router.errors.TeacherUnavailable .... 503 teacher_unavailable (TeacherTimeout: 504-free 503)
+    └── router.errors.StudentUnavailable .... 503 student_unavailable
+    anything else ........................... 500 internal_error (a bug: logged with traceback)
+"""
+
+from __future__ import annotations
+
+from common.errors import DistilleryError
+from gateway.protocol import ErrorInfo, ErrorResponse
+from router.errors import InvalidRequest, StudentUnavailable, TeacherTimeout, TeacherUnavailable
+
+__all__ = ["BadRequest", "ModelNotFound", "error_response", "to_error_response", "unwrap"]
+
+
+class BadRequest(InvalidRequest):
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.param = param
+
+
+class ModelNotFound(DistilleryError):
+    pass
+
+
+def error_response(
+    status: int, message: str, err_type: str, code: str | None = None, param: str | None = None
+) -> tuple[int, ErrorResponse]:
+    return status, ErrorResponse(error=ErrorInfo(message=message, type=err_type, code=code, param=param))
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """An error raised in another Serve replica arrives as Ray's wrapper (a subclass of
+    the original whose ``str`` is a remote traceback); its ``cause`` is what was raised."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def to_error_response(exc: BaseException) -> tuple[int, ErrorResponse]:
+    exc = unwrap(exc)
+    if isinstance(exc, InvalidRequest):
+        return error_response(
+            400, str(exc), "invalid_request_error", getattr(exc, "code", None), getattr(exc, "param", None)
+        )
+    if isinstance(exc, ModelNotFound):
+        return error_response(404, str(exc), "invalid_request_error", "model_not_found", "model")
+    if isinstance(exc, TeacherTimeout):
+        return error_response(503, str(exc), "service_unavailable", "teacher_timeout")
+    if isinstance(exc, TeacherUnavailable):
+        return error_response(503, str(exc), "service_unavailable", "teacher_unavailable")
+    if isinstance(exc, StudentUnavailable):
+        return error_response(503, str(exc), "service_unavailable", "student_unavailable")
+    return error_response(500, "internal error; see the gateway log", "internal_error", "internal_error")

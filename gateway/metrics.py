@@ -1,0 +1,106 @@
+"""Prometheus metrics of the gateway, owned by the ingress replica.
+
+One ``CollectorRegistry`` per ingress replica, exposed at ``/metrics`` by that replica.
+The cascade decision (and so every metric below) happens in the ingress, so student and
+teacher replicas export nothing of their own. With more than one ingress replica, scrape
+each replica (or aggregate in PromQL with ``sum``): see docs/operations.md.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from router import CascadeResult
+
+__all__ = ["GatewayMetrics"]
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Confidences of a well-trained student crowd just below 1.0: resolve that end finely.
+CONFIDENCE_BUCKETS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "distillery_requests_total",
+            "Inference requests by the tier that answered and outcome.",
+            ["endpoint", "tier", "outcome"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "distillery_escalations_total",
+            "Requests sent on to the teacher, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "distillery_request_latency_seconds",
+            "End-to-end latency inside the gateway, by the tier that answered.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tier_latency = Histogram(
+            "distillery_tier_latency_seconds",
+            "Latency of one call to a tier's model deployment.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "distillery_confidence",
+            "Student confidence score of each routed request.",
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "distillery_tokens_total",
+            "Tokens processed, by tier and kind (prompt|completion).",
+            ["tier", "kind"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "distillery_model_version_info",
+            "1 for the model version each tier is serving.",
+            ["tier", "model_id", "model_version"],
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "distillery_confidence_threshold",
+            "Current escalation threshold of the cascade.",
+            registry=r,
+        )
+
+    def set_model(self, tier: str, model_id: str, version: str) -> None:
+        for labels in list(self.model_info._metrics):  # noqa: SLF001 - drop stale versions
+            if labels[0] == tier:
+                self.model_info.remove(*labels)
+        self.model_info.labels(tier, model_id, version).set(1)
+
+    def observe(self, endpoint: str, result: CascadeResult, elapsed_s: float) -> None:
+        tier = result.tier
+        self.requests.labels(endpoint, tier, result.outcome).inc()
+        self.request_latency.labels(tier).observe(elapsed_s)
+        if result.decision is not None:
+            self.confidence.observe(result.decision.confidence)
+        if result.student_latency_s:
+            self.tier_latency.labels("student").observe(result.student_latency_s)
+        if result.teacher_latency_s:
+            self.tier_latency.labels("teacher").observe(result.teacher_latency_s)
+        if result.escalated:
+            reason = "student_error" if result.outcome == "student_failed" else "low_confidence"
+            self.escalations.labels(reason).inc()
+        gen = result.generation
+        self.tokens.labels(tier, "prompt").inc(gen.prompt_tokens)
+        self.tokens.labels(tier, "completion").inc(gen.completion_tokens)
+        if result.student is not None and tier == "teacher":
+            self.tokens.labels("student", "prompt").inc(result.student.prompt_tokens)
+            self.tokens.labels("student", "completion").inc(result.student.completion_tokens)
+
+    def observe_error(self, endpoint: str, outcome: str) -> None:
+        self.requests.labels(endpoint, "none", outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

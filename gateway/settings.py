@@ -1,0 +1,94 @@
+"""The one place settings are read: CLI flag > env (``DISTILLERY_*``) > YAML file > defaults.
+
+Nested sections use ``__`` in env names, e.g. ``DISTILLERY_CASCADE__THRESHOLD=0.99`` or
+``DISTILLERY_TEACHER__KIND=openai``. The YAML file is named by ``--config`` or
+``DISTILLERY_CONFIG_FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from router.config import BackendConfig, CascadeConfig
+
+__all__ = ["DistillerySettings", "ServerConfig", "load_settings"]
+
+CONFIG_FILE_ENV = "DISTILLERY_CONFIG_FILE"
+
+
+class ServerConfig(BaseModel):
+    """The HTTP edge.
+
+    Parameters:
+        host (`str`, defaults to ``127.0.0.1``), port (`int`, defaults to 8000).
+        served_model_name (`str`, defaults to ``distillery``): the cascade's model id;
+            ``<name>-student`` and ``<name>-teacher`` pin a tier.
+        max_tokens_limit (`int`, defaults to 256): largest ``max_tokens`` accepted.
+        max_prompts_per_request (`int`, defaults to 16): largest ``prompt`` list.
+        request_timeout_s (`float`, defaults to 60): Serve's end-to-end bound per request.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    served_model_name: str = "distillery"
+    max_tokens_limit: int = Field(default=256, ge=1)
+    max_prompts_per_request: int = Field(default=16, ge=1)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class DistillerySettings(BaseSettings):
+    """Root settings; each section is documented where it is defined."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISTILLERY_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    var_dir: Path = Path("var")
+    models_dir: Path | None = None
+    log_level: str = "INFO"
+    server: ServerConfig = ServerConfig()
+    cascade: CascadeConfig = CascadeConfig()
+    student: BackendConfig = BackendConfig(num_threads=1)
+    teacher: BackendConfig = BackendConfig(num_threads=1)
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return self.models_dir or self.var_dir / "models"
+
+    def tier_dir(self, tier: str) -> Path:
+        cfg = self.student if tier == "student" else self.teacher
+        return cfg.model_dir or self.resolved_models_dir / tier
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file} does not exist")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> DistillerySettings:
+    """Settings with CLI ``overrides`` on top (nested sections as dicts merge deeply)."""
+    if config_file is not None:
+        os.environ[CONFIG_FILE_ENV] = str(config_file)
+    return DistillerySettings(**overrides)

@@ -1,0 +1,37 @@
+"""The cascade: model backends, confidence scoring, threshold policy and calibration."""
+
+from router._backend import Backend
+from router._auroc import auroc
+from router._calibration import CalibrationPoint, calibration_curve, pick_threshold
+from router._cascade import CascadeResult, CascadeRouter, GenerationClient, Tier
+from router._factory import build_backend
+from router._openai_backend import OpenAIHTTPBackend
+from router._policy import Decision, ThresholdPolicy
+from router._scoring import SCORER_NAMES, ConfidenceScorer, all_scores, get_scorer
+from router._types import ChatTurn, Generation, GenerationRequest
+from router.config import BackendConfig, CascadeConfig
+
+__all__ = [
+    "SCORER_NAMES",
+    "Backend",
+    "BackendConfig",
+    "CalibrationPoint",
+    "CascadeConfig",
+    "CascadeResult",
+    "CascadeRouter",
+    "ChatTurn",
+    "ConfidenceScorer",
+    "Decision",
+    "Generation",
+    "GenerationClient",
+    "GenerationRequest",
+    "OpenAIHTTPBackend",
+    "ThresholdPolicy",
+    "Tier",
+    "all_scores",
+    "auroc",
+    "build_backend",
+    "calibration_curve",
+    "get_scorer",
+    "pick_threshold",
+]

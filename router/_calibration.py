@@ -1,0 +1,88 @@
+"""Threshold calibration on a labelled sample.
+
+A sample row is the student's confidence on a prompt and whether its answer agrees with
+the teacher (or the ground truth). Escalated rows are served by the teacher, so they count
+as agreeing; the curve trades escalation rate against that served agreement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["CalibrationPoint", "calibration_curve", "pick_threshold"]
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    threshold: float
+    escalation_rate: float
+    agreement: float
+    student_accuracy_kept: float
+    """Agreement among the answers the student keeps (1.0 when it keeps none)."""
+
+
+def calibration_curve(
+    confidences: Sequence[float], agrees: Sequence[bool]
+) -> list[CalibrationPoint]:
+    """One point per distinct threshold worth trying, from "never" to "always" escalate.
+
+    Candidate thresholds are the observed confidences (escalate strictly below) plus one
+    just above the maximum, so every achievable split of the sample appears once.
+    """
+    if len(confidences) != len(agrees):
+        raise ValueError("confidences and agrees differ in length")
+    if not confidences:
+        raise ValueError("calibration needs at least one labelled sample")
+    n = len(confidences)
+    rows = sorted(zip(confidences, agrees, strict=True))
+    candidates = sorted(set(confidences)) + [min(1.000001, max(confidences) + 1e-6)]
+    total_agree = sum(agrees)
+    points: list[CalibrationPoint] = []
+    below = 0
+    agree_below = 0
+    for t in [0.0, *candidates]:
+        while below < n and rows[below][0] < t:
+            agree_below += rows[below][1]
+            below += 1
+        kept = n - below
+        kept_agree = total_agree - agree_below
+        points.append(
+            CalibrationPoint(
+                threshold=t,
+                escalation_rate=below / n,
+                agreement=(below + kept_agree) / n,
+                student_accuracy_kept=kept_agree / kept if kept else 1.0,
+            )
+        )
+    return _dedupe(points)
+
+
+def _dedupe(points: list[CalibrationPoint]) -> list[CalibrationPoint]:
+    out: list[CalibrationPoint] = []
+    for p in points:
+        if out and out[-1].escalation_rate == p.escalation_rate:
+            continue
+        out.append(p)
+    return out
+
+
+def pick_threshold(
+    curve: Sequence[CalibrationPoint],
+    *,
+    target_agreement: float | None = None,
+    target_escalation_rate: float | None = None,
+) -> CalibrationPoint:
+    """The cheapest point meeting the agreement target, or the most-escalating point
+    within the escalation budget. Exactly one target must be given."""
+    if (target_agreement is None) == (target_escalation_rate is None):
+        raise ValueError("give exactly one of target_agreement or target_escalation_rate")
+    ordered = sorted(curve, key=lambda p: p.escalation_rate)
+    if target_agreement is not None:
+        for p in ordered:
+            if p.agreement >= target_agreement:
+                return p
+        return ordered[-1]
+    assert target_escalation_rate is not None
+    within = [p for p in ordered if p.escalation_rate <= target_escalation_rate]
+    return within[-1] if within else ordered[0]

@@ -1,0 +1,35 @@
+"""The threshold policy: keep the student's answer iff its confidence clears the bar."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from router._scoring import all_scores, get_scorer
+
+__all__ = ["Decision", "ThresholdPolicy"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    confidence: float
+    escalate: bool
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """Escalate when ``confidence < threshold``; ``threshold=0`` never escalates, ``>1`` always."""
+
+    scorer: str = "mean_logprob"
+    threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        get_scorer(self.scorer)
+        if not 0.0 <= self.threshold <= 1.000001:
+            raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
+
+    def decide(self, logprobs: Sequence[float]) -> Decision:
+        scores = all_scores(logprobs)
+        confidence = scores[self.scorer]
+        return Decision(confidence, confidence < self.threshold, scores)

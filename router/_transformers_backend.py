@@ -1,0 +1,159 @@
+"""CPU (or single-GPU) backend on plain transformers: batched ``generate`` with real log-probs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from router._stop import truncate_at_stop
+from router._types import Generation, GenerationRequest
+from router.errors import EmptyPrompt
+
+__all__ = ["TransformersBackend", "read_model_version"]
+
+MANIFEST_NAME = "distillery_model.json"
+
+
+def read_model_version(model_dir: Path) -> str:
+    """The version a Distillery-built directory declares, else the directory name."""
+    manifest = model_dir / MANIFEST_NAME
+    if manifest.is_file():
+        version = json.loads(manifest.read_text()).get("version")
+        if isinstance(version, str) and version:
+            return version
+    return model_dir.name
+
+
+class TransformersBackend:
+    """Loads any Hugging Face causal-LM directory and generates in batches.
+
+    ``generate`` runs the forward passes in a worker thread so the Serve replica's event
+    loop keeps accepting requests (which ``@serve.batch`` then groups); a lock keeps one
+    batch on the model at a time, since torch already uses every core for one batch.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        model_id: str | None = None,
+        version: str | None = None,
+        device: str = "cpu",
+        num_threads: int | None = None,
+    ) -> None:
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no Hugging Face model directory at {path}")
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.model_id = model_id or path.name
+        self.version = version or read_model_version(path)
+        self._device = torch.device(device)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self._tokenizer.padding_side = "left"
+        if self._tokenizer.pad_token_id is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        self._model.to(self._device).eval()
+        self.max_context = int(getattr(self._model.config, "max_position_embeddings", 2048))
+        self._lock = threading.Lock()
+
+    def render(self, request: GenerationRequest) -> str:
+        if request.messages is not None:
+            turns = [t.model_dump() for t in request.messages]
+            rendered = self._tokenizer.apply_chat_template(
+                turns, tokenize=False, add_generation_prompt=True
+            )
+            text = str(rendered)
+        else:
+            text = request.prompt or ""
+        if not text.strip():
+            raise EmptyPrompt("the prompt is empty")
+        return text
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self._tokenizer.encode(self.render(request), add_special_tokens=False))
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        return await asyncio.to_thread(self.generate_sync, requests)
+
+    def generate_sync(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        results: list[Generation | None] = [None] * len(requests)
+        groups: dict[tuple[bool, float, float], list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(req.sampling_key(), []).append(i)
+        with self._lock:
+            for key, idxs in groups.items():
+                for i, gen in zip(idxs, self._generate_group([requests[i] for i in idxs], key), strict=True):
+                    results[i] = gen
+        return [r for r in results if r is not None]
+
+    @torch.inference_mode()
+    def _generate_group(
+        self, requests: Sequence[GenerationRequest], key: tuple[bool, float, float]
+    ) -> list[Generation]:
+        greedy, temperature, top_p = key
+        tok = self._tokenizer
+        prompts = [self.render(r) for r in requests]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
+        max_new = max(r.max_tokens for r in requests)
+        sampling: dict[str, object] = (
+            {"do_sample": False}
+            if greedy
+            else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        )
+        out = self._model.generate(
+            **enc,
+            max_new_tokens=max_new,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            **sampling,
+        )
+        prompt_width = enc["input_ids"].shape[1]
+        new_ids = out.sequences[:, prompt_width:]
+        # Raw logits -> log-softmax: the model's own distribution, before sampling processors.
+        logits = torch.stack(out.logits, dim=1).float()
+        chosen = torch.log_softmax(logits, dim=-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
+        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+        return [
+            self._to_generation(req, new_ids[row].tolist(), chosen[row].tolist(), int(prompt_lens[row]))
+            for row, req in enumerate(requests)
+        ]
+
+    def _to_generation(
+        self, req: GenerationRequest, ids: list[int], logprobs: list[float], prompt_tokens: int
+    ) -> Generation:
+        eos = self._tokenizer.eos_token_id
+        limit = min(req.max_tokens, len(ids))
+        stopped_on_eos = False
+        keep = limit
+        for i in range(limit):
+            if ids[i] == eos:
+                keep, stopped_on_eos = i, True
+                break
+        text_ids = ids[:keep]
+        token_strs = [self._tokenizer.decode([t]) for t in text_ids]
+        cut, stopped_on_string = truncate_at_stop(token_strs, req.stop)
+        scored = logprobs[: keep + 1] if stopped_on_eos and cut == keep else logprobs[:cut]
+        text_ids, token_strs = text_ids[:cut], token_strs[:cut]
+        return Generation(
+            text=self._tokenizer.decode(text_ids, skip_special_tokens=True),
+            tokens=token_strs,
+            token_logprobs=[float(x) for x in scored],
+            finish_reason="stop" if (stopped_on_eos or stopped_on_string) else "length",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(text_ids),
+            model_id=self.model_id,
+            model_version=self.version,
+        )
+
+    async def close(self) -> None:
+        self._model = None  # type: ignore[assignment]

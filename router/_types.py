@@ -1,0 +1,52 @@
+"""Backend-neutral request and result types that cross the Serve handle boundary.
+
+They are pydantic models because they are pickled between Ray actors and because a
+malformed one should fail loudly at the boundary, not deep inside generation.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ChatTurn", "Generation", "GenerationRequest"]
+
+
+class ChatTurn(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str
+
+
+class GenerationRequest(BaseModel):
+    """One prompt to complete: either raw ``prompt`` text or chat ``messages``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prompt: str | None = None
+    messages: tuple[ChatTurn, ...] | None = None
+    max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: tuple[str, ...] = ()
+    request_id: str = ""
+
+    def sampling_key(self) -> tuple[bool, float, float]:
+        """Requests with equal keys can share one batched ``generate`` call."""
+        greedy = self.temperature == 0.0
+        return (greedy, 0.0 if greedy else self.temperature, 1.0 if greedy else self.top_p)
+
+
+class Generation(BaseModel):
+    """A completion plus what the cascade needs to judge it."""
+
+    text: str
+    tokens: list[str]
+    token_logprobs: list[float]
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+    model_id: str
+    model_version: str
