@@ -1,0 +1,92 @@
+import asyncio
+
+import pytest
+
+from router import CascadeConfig, CascadeRouter, GenerationRequest, ThresholdPolicy
+from router.errors import PromptTooLong, TeacherTimeout, TeacherUnavailable
+from tests.fakes.clients import FakeTier, make_generation
+
+REQ = GenerationRequest(prompt="reverse: abc =", max_tokens=8)
+
+
+def _router(student_prob=0.999, teacher=None, student=None, **cfg):
+    student = student or FakeTier(lambda r: make_generation("cba", student_prob, "s1"))
+    teacher = teacher or FakeTier(lambda r: make_generation("CBA", 0.99, "t1"))
+    return CascadeRouter(student, teacher, ThresholdPolicy("mean_logprob", 0.95), CascadeConfig(**cfg)), student, teacher
+
+
+async def test_confident_student_answers_without_calling_teacher():
+    router, _, teacher = _router(0.999)
+    result = await router.route(REQ)
+    assert result.tier == "student"
+    assert result.generation.text == "cba"
+    assert not result.escalated
+    assert teacher.calls == []
+
+
+async def test_unconfident_student_escalates_and_keeps_its_answer_for_feedback():
+    router, _, teacher = _router(0.6)
+    result = await router.route(REQ)
+    assert result.tier == "teacher"
+    assert result.escalated
+    assert result.generation.text == "CBA"
+    assert result.student is not None and result.student.text == "cba"
+    assert result.decision is not None and result.decision.confidence == pytest.approx(0.6)
+    assert len(teacher.calls) == 1
+
+
+async def test_teacher_timeout_is_a_typed_error_within_the_bound():
+    slow = FakeTier(lambda r: make_generation("x"), delay_s=5.0)
+    router, _, _ = _router(0.5, teacher=slow, teacher_timeout_s=0.05)
+    with pytest.raises(TeacherTimeout):
+        await asyncio.wait_for(router.route(REQ), timeout=2.0)
+
+
+async def test_teacher_down_serves_student_marked_low_confidence_when_policy_says_so():
+    down = FakeTier(lambda r: make_generation("x"), fail=ConnectionError("refused"))
+    router, _, _ = _router(0.5, teacher=down, teacher_failure_policy="serve_student")
+    result = await router.route(REQ)
+    assert result.tier == "student"
+    assert result.low_confidence
+    assert result.escalated
+    assert result.outcome == "teacher_failed_served_student"
+
+
+async def test_teacher_down_raises_under_error_policy():
+    down = FakeTier(lambda r: make_generation("x"), fail=ConnectionError("refused"))
+    router, _, _ = _router(0.5, teacher=down)
+    with pytest.raises(TeacherUnavailable):
+        await router.route(REQ)
+
+
+async def test_student_failure_falls_back_to_teacher():
+    broken = FakeTier(lambda r: make_generation("x"), fail=RuntimeError("replica died"))
+    router, _, teacher = _router(student=broken)
+    result = await router.route(REQ)
+    assert result.tier == "teacher"
+    assert result.outcome == "student_failed"
+    assert len(teacher.calls) == 1
+
+
+async def test_invalid_request_is_never_escalated():
+    strict = FakeTier(lambda r: make_generation("x"), max_prompt_chars=3)
+    router, _, teacher = _router(student=strict)
+    with pytest.raises(PromptTooLong):
+        await router.route(REQ)
+    assert teacher.calls == []
+
+
+async def test_forced_tiers():
+    router, student, teacher = _router(0.1)
+    forced_student = await router.route(REQ, force="student")
+    assert forced_student.tier == "student" and not forced_student.escalated
+    forced_teacher = await router.route(REQ, force="teacher")
+    assert forced_teacher.tier == "teacher" and forced_teacher.decision is None
+    assert len(student.calls) == 1 and len(teacher.calls) == 1
+
+
+async def test_reconfigure_swaps_the_policy():
+    router, _, _ = _router(0.9)
+    assert (await router.route(REQ)).tier == "teacher"
+    router.reconfigure(ThresholdPolicy("mean_logprob", 0.5))
+    assert (await router.route(REQ)).tier == "student"
