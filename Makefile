@@ -25,6 +25,8 @@ run: setup
 	$(BIN)/distillery run
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/distillery demo build
 	$(BIN)/python -m pytest tests
 

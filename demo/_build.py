@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Callable
@@ -92,16 +93,17 @@ def build_demo_models(
     all_skills = tuple(s.name for s in ALL_SKILLS)
     for spec in (TEACHER_SPEC, STUDENT_SPEC):
         if scale != 1.0:
-            spec = replace(spec, steps=max(2, int(spec.steps * scale)), eval_every=max(1, int(spec.eval_every * scale)))
+            spec = replace(
+                spec, steps=max(2, int(spec.steps * scale)), eval_every=max(1, int(spec.eval_every * scale))
+            )
         path = models_dir / spec.name
         if not force and is_built(spec, path):
             manifest = json.loads((path / MANIFEST_NAME).read_text())
             results.append(BuildResult(spec.name, path, False, 0.0, manifest.get("final_accuracy", {})))
             continue
         name = spec.name
-        report: TrainReport = train_model(
-            spec, path, None if progress is None else lambda s, n, loss, _n=name: progress(_n, s, n, loss)
-        )
+        step_cb = None if progress is None else functools.partial(progress, name)
+        report: TrainReport = train_model(spec, path, step_cb)
         accuracy = final_accuracy(path, all_skills)
         manifest = json.loads((path / MANIFEST_NAME).read_text())
         manifest.update({"spec_hash": spec.config_hash(), "final_accuracy": accuracy})

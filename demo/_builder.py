@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
@@ -119,7 +120,7 @@ def _batch(
 
 @torch.inference_mode()
 def greedy_answers(
-    model: LlamaForCausalLM,
+    model: Any,
     tok: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     max_new_tokens: int = 16,
@@ -142,7 +143,7 @@ def greedy_answers(
 
 
 def evaluate_exact_match(
-    model: LlamaForCausalLM,
+    model: Any,
     tok: PreTrainedTokenizerBase,
     examples: Sequence[DemoExample],
 ) -> dict[str, float]:
@@ -163,7 +164,7 @@ def train_model(
     rng = random.Random(spec.seed)
     eval_rng = random.Random(10_000 + spec.seed)
     tok = build_tokenizer()
-    model = LlamaForCausalLM(_llama_config(spec, len(tok), tok))
+    model: Any = LlamaForCausalLM(_llama_config(spec, len(tok), tok))  # type: ignore[no-untyped-call]
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01, betas=(0.9, 0.98))
 

@@ -95,9 +95,7 @@ def solve(skill: str, word: str) -> str:
     return skill_by_name(skill).transform(word)
 
 
-def sample_examples(
-    skills: Iterable[str], n: int, rng: random.Random
-) -> list[DemoExample]:
+def sample_examples(skills: Iterable[str], n: int, rng: random.Random) -> list[DemoExample]:
     """Draws ``n`` examples spread round-robin over ``skills`` (so mixes stay balanced)."""
     names: Sequence[str] = list(skills)
     for name in names:

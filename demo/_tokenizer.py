@@ -43,7 +43,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.decoder = decoders.Fuse()
     core.add_special_tokens([PAD, BOS, EOS, UNK])
     core.add_tokens([f"{s.name}:" for s in ALL_SKILLS])
-    tok = PreTrainedTokenizerFast(
+    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=core,
         bos_token=BOS,
         eos_token=EOS,

@@ -45,8 +45,9 @@ class ModelServer:
         self._tier = tier
         self._dir = Path(config.model_dir or default_dir)
         self._backend = build_backend(config, default_dir=self._dir, model_id=tier)
-        self._batched.set_max_batch_size(config.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        batched: Any = self._batched  # serve.batch adds these setters at run time
+        batched.set_max_batch_size(config.max_batch_size)
+        batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         logger.info("%s serving %s (%s)", tier, self._backend.version, self._dir)
 
     async def generate(self, request: GenerationRequest) -> Generation:
@@ -81,7 +82,7 @@ class ModelServer:
 class _HandleClient:
     """Adapts a Serve handle to the router's ``GenerationClient`` protocol."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
         self._handle = handle
 
     async def generate(self, request: GenerationRequest) -> Generation:
@@ -103,8 +104,8 @@ def resolve_policy(settings: DistillerySettings, calibration: dict[str, Any]) ->
 class GatewayIngress:
     """HTTP edge. Owns the metrics registry and the cascade router."""
 
-    async def __init__(
-        self, student: DeploymentHandle, teacher: DeploymentHandle, settings: DistillerySettings
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, student: DeploymentHandle[Any], teacher: DeploymentHandle[Any], settings: DistillerySettings
     ) -> None:
         self._student = student
         self._teacher = teacher

@@ -86,9 +86,7 @@ class OpenAIServing:
 
     def _tier_for(self, model: str) -> Tier | None:
         if model not in self._tiers:
-            raise ModelNotFound(
-                f"The model '{model}' does not exist; available: {', '.join(self._tiers)}"
-            )
+            raise ModelNotFound(f"The model '{model}' does not exist; available: {', '.join(self._tiers)}")
         return self._tiers[model]
 
     def _max_tokens(self, value: int | None, default: int) -> int:
@@ -97,8 +95,7 @@ class OpenAIServing:
             raise BadRequest("max_tokens must be at least 1", "invalid_value", "max_tokens")
         if max_tokens > self._server.max_tokens_limit:
             raise BadRequest(
-                f"max_tokens={max_tokens} exceeds this server's limit of "
-                f"{self._server.max_tokens_limit}",
+                f"max_tokens={max_tokens} exceeds this server's limit of {self._server.max_tokens_limit}",
                 "invalid_value",
                 "max_tokens",
             )
@@ -317,4 +314,3 @@ class OpenAIServing:
             yield chunk(ChatDelta(content=piece))
         yield chunk(ChatDelta(), gen.finish_reason)
         yield _sse("[DONE]")
-

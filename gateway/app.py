@@ -24,14 +24,16 @@ def build_app(settings: DistillerySettings) -> Application:
     # Replicas reserve no CPU: on a 2-core box three 1-CPU replicas would not schedule,
     # and torch thread counts (BackendConfig.num_threads) are what really divide the cores.
     opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
-    tiers = {}
+    tiers: dict[str, Any] = {}
+    deployment: Any = serve.deployment  # its overloads do not type the builder form
     for tier in ("student", "teacher"):
         cfg = settings.student if tier == "student" else settings.teacher
-        tiers[tier] = serve.deployment(
+        tiers[tier] = deployment(
             ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts
         ).bind(tier, cfg, str(settings.tier_dir(tier)))
-    ingress = serve.deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **opts)
-    return ingress.bind(tiers["student"], tiers["teacher"], settings)
+    ingress = deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **opts)
+    app: Application = ingress.bind(tiers["student"], tiers["teacher"], settings)
+    return app
 
 
 def start_ray(settings: DistillerySettings, *, num_cpus: int | None = None) -> None:
@@ -42,7 +44,9 @@ def start_ray(settings: DistillerySettings, *, num_cpus: int | None = None) -> N
             include_dashboard=False,
             ignore_reinit_error=True,
             log_to_driver=True,
-            _temp_dir=str((settings.var_dir / "ray").resolve()) if not os.environ.get("RAY_ADDRESS") else None,
+            _temp_dir=str((settings.var_dir / "ray").resolve())
+            if not os.environ.get("RAY_ADDRESS")
+            else None,
         )
     serve.start(
         http_options={

@@ -45,8 +45,11 @@ def _progress() -> Iterator[Callable[[str, int, int, float], None]]:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
         ) as bar:
             tasks: dict[str, Any] = {}
 
@@ -60,7 +63,10 @@ def _progress() -> Iterator[Callable[[str, int, int, float], None]]:
 
         def log(name: str, step: int, total: int, loss: float) -> None:
             if step % 100 == 0 or step == total:
-                logger.info("training", extra={"fields": {"model": name, "step": step, "total": total, "loss": round(loss, 5)}})
+                logger.info(
+                    "training",
+                    extra={"fields": {"model": name, "step": step, "total": total, "loss": round(loss, 5)}},
+                )
 
         yield log
 
@@ -90,7 +96,11 @@ def cmd_demo_build(args: argparse.Namespace) -> int:
         results = build_demo_models(models_dir, force=args.force, scale=args.scale, progress=progress)
     _print_accuracy_table(results)
     print(f"models in {models_dir.resolve()} ({time.monotonic() - started:.1f}s)")
-    if any(r.built for r in results) or args.force or not (settings.tier_dir("student") / "calibration.json").exists():
+    if (
+        any(r.built for r in results)
+        or args.force
+        or not (settings.tier_dir("student") / "calibration.json").exists()
+    ):
         return cmd_calibrate(args)
     return 0
 
@@ -108,19 +118,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write=not getattr(args, "dry_run", False),
     )
     print(f"\ncalibration on {report.n} labelled prompts (scorer {report.scorer}):")
-    print("  AUROC (student agrees with teacher): " + ", ".join(
-        f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in report.auroc.items()))
+    print(
+        "  AUROC (student agrees with teacher): "
+        + ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in report.auroc.items())
+    )
     if report.teacher_accuracy is not None:
         print(f"  teacher exact match on the sample: {report.teacher_accuracy:.1%}")
     print(f"  student agrees with teacher on {report.student_agreement:.1%} of the sample")
     print(f"  {'threshold':>12} {'escalation':>11} {'agreement':>10} {'kept acc':>9}")
     step = max(1, len(report.curve) // 12)
-    shown = report.curve[::step] + [report.curve[-1]]
+    chosen = [p for p in report.curve if p.threshold == report.threshold]
+    shown = report.curve[::step] + [report.curve[-1], *chosen]
     for p in sorted({id(p): p for p in shown}.values(), key=lambda p: p.escalation_rate):
         mark = "  <- chosen" if p.threshold == report.threshold else ""
-        print(f"  {p.threshold:>12.6f} {p.escalation_rate:>10.1%} {p.agreement:>10.1%} {p.student_accuracy_kept:>9.1%}{mark}")
-    print(f"chosen threshold {report.threshold:.6f}: escalation {report.escalation_rate:.1%}, "
-          f"served agreement {report.agreement:.1%} (target {report.target})")
+        cells = f"{p.escalation_rate:>10.1%} {p.agreement:>10.1%} {p.student_accuracy_kept:>9.1%}"
+        print(f"  {p.threshold:>12.6f} {cells}{mark}")
+    print(
+        f"chosen threshold {report.threshold:.6f}: escalation {report.escalation_rate:.1%}, "
+        f"served agreement {report.agreement:.1%} (target {report.target})"
+    )
     if report.path is not None:
         print(f"written to {report.path}")
     return 0
@@ -154,7 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
     return 0
 
 
@@ -172,14 +188,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config", help="print the effective configuration").set_defaults(fn=cmd_config)
 
-    for name, fn, help_ in (("serve", cmd_serve, "serve the cascade on Ray Serve"),
-                            ("run", cmd_run, "build demo models if missing, calibrate, serve")):
+    for name, fn, help_ in (
+        ("serve", cmd_serve, "serve the cascade on Ray Serve"),
+        ("run", cmd_run, "build demo models if missing, calibrate, serve"),
+    ):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--host")
         sp.add_argument("--port", type=int)
         sp.set_defaults(fn=fn, force=False, scale=1.0)
 
-    demo = sub.add_parser("demo", help="the bundled demo domain").add_subparsers(dest="demo_cmd", required=True)
+    demo = sub.add_parser("demo", help="the bundled demo domain").add_subparsers(
+        dest="demo_cmd", required=True
+    )
     build = demo.add_parser("build", help="train the demo teacher and student (CPU, ~3 min)")
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.add_argument("--scale", type=float, default=1.0, help="scale the step budget (tests)")
@@ -187,10 +207,14 @@ def _parser() -> argparse.ArgumentParser:
 
     cal = sub.add_parser("calibrate", help="pick the escalation threshold on a labelled sample")
     target = cal.add_mutually_exclusive_group()
-    target.add_argument("--target-agreement", type=float, help="served agreement with the teacher (default 0.995)")
+    target.add_argument(
+        "--target-agreement", type=float, help="served agreement with the teacher (default 0.995)"
+    )
     target.add_argument("--target-escalation-rate", type=float, help="largest share sent to the teacher")
     cal.add_argument("--n", type=int, default=400, help="sample size")
-    cal.add_argument("--prompts-file", type=Path, help="JSONL with a 'prompt' per line (default: demo domain)")
+    cal.add_argument(
+        "--prompts-file", type=Path, help="JSONL with a 'prompt' per line (default: demo domain)"
+    )
     cal.add_argument("--dry-run", action="store_true", help="report only; do not write calibration.json")
     cal.set_defaults(fn=cmd_calibrate)
     return p

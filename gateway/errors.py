@@ -1,12 +1,12 @@
 """Gateway errors and the one mapping from Distillery's error tree to HTTP.
 
-    DistilleryError
-    ├── router.errors.InvalidRequest ........ 400 invalid_request_error
-    │   └── gateway.errors.BadRequest ....... 400 (limits checked at the edge)
-    ├── gateway.errors.ModelNotFound ........ 404 model_not_found
-    ├── router.errors.TeacherUnavailable .... 503 teacher_unavailable (TeacherTimeout: 504-free 503)
-    └── router.errors.StudentUnavailable .... 503 student_unavailable
-    anything else ........................... 500 internal_error (a bug: logged with traceback)
+DistilleryError
+├── router.errors.InvalidRequest ........ 400 invalid_request_error
+│   └── gateway.errors.BadRequest ....... 400 (limits checked at the edge)
+├── gateway.errors.ModelNotFound ........ 404 model_not_found
+├── router.errors.TeacherUnavailable .... 503 teacher_unavailable (TeacherTimeout: 504-free 503)
+└── router.errors.StudentUnavailable .... 503 student_unavailable
+anything else ........................... 500 internal_error (a bug: logged with traceback)
 """
 
 from __future__ import annotations

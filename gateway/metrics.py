@@ -74,7 +74,7 @@ class GatewayMetrics:
         )
 
     def set_model(self, tier: str, model_id: str, version: str) -> None:
-        for labels in list(self.model_info._metrics):  # noqa: SLF001 - drop stale versions
+        for labels in list(self.model_info._metrics):
             if labels[0] == tier:
                 self.model_info.remove(*labels)
         self.model_info.labels(tier, model_id, version).set(1)

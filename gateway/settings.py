@@ -49,9 +49,7 @@ class ServerConfig(BaseModel):
 class DistillerySettings(BaseSettings):
     """Root settings; each section is documented where it is defined."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="DISTILLERY_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="DISTILLERY_", env_nested_delimiter="__", extra="ignore")
 
     var_dir: Path = Path("var")
     models_dir: Path | None = None

@@ -1,7 +1,7 @@
 """The cascade: model backends, confidence scoring, threshold policy and calibration."""
 
-from router._backend import Backend
 from router._auroc import auroc
+from router._backend import Backend
 from router._calibration import CalibrationPoint, calibration_curve, pick_threshold
 from router._cascade import CascadeResult, CascadeRouter, GenerationClient, Tier
 from router._factory import build_backend

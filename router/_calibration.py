@@ -22,9 +22,7 @@ class CalibrationPoint:
     """Agreement among the answers the student keeps (1.0 when it keeps none)."""
 
 
-def calibration_curve(
-    confidences: Sequence[float], agrees: Sequence[bool]
-) -> list[CalibrationPoint]:
+def calibration_curve(confidences: Sequence[float], agrees: Sequence[bool]) -> list[CalibrationPoint]:
     """One point per distinct threshold worth trying, from "never" to "always" escalate.
 
     Candidate thresholds are the observed confidences (escalate strictly below) plus one

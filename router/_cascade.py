@@ -54,9 +54,7 @@ class CascadeRouter:
     def reconfigure(self, policy: ThresholdPolicy) -> None:
         self.policy = policy
 
-    async def route(
-        self, request: GenerationRequest, force: Tier | None = None
-    ) -> CascadeResult:
+    async def route(self, request: GenerationRequest, force: Tier | None = None) -> CascadeResult:
         if force == "teacher":
             gen, t_lat = await self._call_teacher(request)
             return CascadeResult(gen, "teacher", None, False, False, None, 0.0, t_lat, "ok")
@@ -82,7 +80,14 @@ class CascadeRouter:
             if self._config.teacher_failure_policy != "serve_student":
                 raise
             return CascadeResult(
-                student, "student", decision, True, True, student, s_lat, 0.0,
+                student,
+                "student",
+                decision,
+                True,
+                True,
+                student,
+                s_lat,
+                0.0,
                 "teacher_failed_served_student",
             )
         return CascadeResult(gen, "teacher", decision, True, False, student, s_lat, t_lat, "ok")

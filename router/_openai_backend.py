@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -76,9 +76,7 @@ class OpenAIHTTPBackend:
         except httpx.HTTPError as exc:
             raise TeacherUnavailable(f"teacher at {self._client.base_url} unreachable: {exc}") from exc
         if resp.status_code != 200:
-            raise TeacherUnavailable(
-                f"teacher answered HTTP {resp.status_code}: {resp.text[:300]}"
-            )
+            raise TeacherUnavailable(f"teacher answered HTTP {resp.status_code}: {resp.text[:300]}")
         try:
             return self._parse(resp.json(), chat=req.messages is not None)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -97,7 +95,7 @@ class OpenAIHTTPBackend:
             lp = choice.get("logprobs") or {}
             tokens = [str(t) for t in lp.get("tokens") or []]
             logprobs = [float(x) for x in lp.get("token_logprobs") or [] if x is not None]
-        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        finish: Literal["stop", "length"] = "length" if choice.get("finish_reason") == "length" else "stop"
         return Generation(
             text=text,
             tokens=tokens,

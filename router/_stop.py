@@ -7,9 +7,7 @@ from collections.abc import Sequence
 __all__ = ["truncate_at_stop"]
 
 
-def truncate_at_stop(
-    tokens: Sequence[str], stop: Sequence[str]
-) -> tuple[int, bool]:
+def truncate_at_stop(tokens: Sequence[str], stop: Sequence[str]) -> tuple[int, bool]:
     """Number of tokens to keep so the text ends before the first stop string.
 
     Returns ``(kept, stopped)``. Token-granular: a stop string that begins mid-token

@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -55,21 +56,20 @@ class TransformersBackend:
         self.model_id = model_id or path.name
         self.version = version or read_model_version(path)
         self._device = torch.device(device)
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path))
+        # transformers is untyped where it matters here; hold its objects as Any.
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
-        self._model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        self._model.to(self._device).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        self._model: Any = model.to(self._device).eval()
         self.max_context = int(getattr(self._model.config, "max_position_embeddings", 2048))
         self._lock = threading.Lock()
 
     def render(self, request: GenerationRequest) -> str:
         if request.messages is not None:
             turns = [t.model_dump() for t in request.messages]
-            rendered = self._tokenizer.apply_chat_template(
-                turns, tokenize=False, add_generation_prompt=True
-            )
+            rendered = self._tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
             text = str(rendered)
         else:
             text = request.prompt or ""
@@ -103,12 +103,12 @@ class TransformersBackend:
         prompts = [self.render(r) for r in requests]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self._device)
         max_new = max(r.max_tokens for r in requests)
-        sampling: dict[str, object] = (
+        sampling: dict[str, Any] = (
             {"do_sample": False}
             if greedy
             else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
         )
-        out = self._model.generate(
+        out: Any = self._model.generate(
             **enc,
             max_new_tokens=max_new,
             pad_token_id=tok.pad_token_id,
@@ -156,4 +156,4 @@ class TransformersBackend:
         )
 
     async def close(self) -> None:
-        self._model = None  # type: ignore[assignment]
+        self._model = None

@@ -10,7 +10,9 @@ from router import Generation, GenerationRequest
 from router.errors import PromptTooLong
 
 
-def make_generation(text: str, prob: float = 0.999, version: str = "v-test", model_id: str = "fake") -> Generation:
+def make_generation(
+    text: str, prob: float = 0.999, version: str = "v-test", model_id: str = "fake"
+) -> Generation:
     tokens = list(text)
     lp = math.log(prob)
     return Generation(

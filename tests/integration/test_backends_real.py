@@ -17,7 +17,6 @@ from router import (
 )
 from router._transformers_backend import TransformersBackend
 from router.errors import TeacherUnavailable
-
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -40,7 +39,7 @@ def test_batched_generation_matches_single_and_reports_real_logprobs(student):
     prompts = ["reverse: abc =", "upper: hello =", "shift: abc =", "reverse: abcdefg ="]
     batch = asyncio.run(student.generate([GenerationRequest(prompt=p) for p in prompts]))
     singles = [asyncio.run(student.generate([GenerationRequest(prompt=p)]))[0] for p in prompts]
-    for b, s in zip(batch, singles):
+    for b, s in zip(batch, singles, strict=True):
         assert b.text == s.text
         assert b.token_logprobs == pytest.approx(s.token_logprobs, abs=1e-4)
     known = batch[0]
@@ -68,8 +67,9 @@ def test_openai_http_backend_against_the_live_gateway(serve_url):
 
 def test_unreachable_http_teacher_fails_fast_with_a_typed_error(student):
     dead = OpenAIHTTPBackend(f"http://127.0.0.1:{free_port()}", "teacher", timeout_s=2)
-    router = CascadeRouter(_One(student), _One(dead), ThresholdPolicy("mean_logprob", 0.99),
-                           CascadeConfig(teacher_timeout_s=3))
+    router = CascadeRouter(
+        _One(student), _One(dead), ThresholdPolicy("mean_logprob", 0.99), CascadeConfig(teacher_timeout_s=3)
+    )
     with pytest.raises(TeacherUnavailable):
         asyncio.run(asyncio.wait_for(router.route(GenerationRequest(prompt="shift: abc =")), 10))
     # A confident student answer never needs the teacher, down or not.

@@ -17,7 +17,9 @@ TEACHER_ONLY = ("shift", "double")
 
 
 def _complete(url: str, prompt: str, model: str = "distillery") -> httpx.Response:
-    return httpx.post(f"{url}/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 16}, timeout=60)
+    return httpx.post(
+        f"{url}/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 16}, timeout=60
+    )
 
 
 @pytest.mark.parametrize(("skill", "word"), [("reverse", "hello"), ("upper", "world"), ("reverse", "cab")])
@@ -48,16 +50,31 @@ def test_mixed_sample_routes_by_skill(serve_url):
 
     async def run() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*(
-                client.post(f"{serve_url}/v1/completions",
-                            json={"model": "distillery", "prompt": e.prompt, "max_tokens": 16})
-                for e in examples))
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{serve_url}/v1/completions",
+                        json={"model": "distillery", "prompt": e.prompt, "max_tokens": 16},
+                    )
+                    for e in examples
+                )
+            )
 
     responses = asyncio.run(run())
     assert all(r.status_code == 200 for r in responses)
-    known = [r.headers["x-distillery-tier"] for e, r in zip(examples, responses) if e.skill in STUDENT_SKILLS]
-    unknown = [r.headers["x-distillery-tier"] for e, r in zip(examples, responses) if e.skill in TEACHER_ONLY]
-    correct = sum(r.json()["choices"][0]["text"] == e.answer for e, r in zip(examples, responses))
+    known = [
+        r.headers["x-distillery-tier"]
+        for e, r in zip(examples, responses, strict=True)
+        if e.skill in STUDENT_SKILLS
+    ]
+    unknown = [
+        r.headers["x-distillery-tier"]
+        for e, r in zip(examples, responses, strict=True)
+        if e.skill in TEACHER_ONLY
+    ]
+    correct = sum(
+        r.json()["choices"][0]["text"] == e.answer for e, r in zip(examples, responses, strict=True)
+    )
     escalation = (known.count("teacher") + unknown.count("teacher")) / len(examples)
     print(f"\nmixed sample: escalation {escalation:.1%}, exact match {correct / len(examples):.1%}")
     assert unknown.count("teacher") / len(unknown) >= 0.9
@@ -67,22 +84,30 @@ def test_mixed_sample_routes_by_skill(serve_url):
 
 def test_openai_sdk_works_unchanged(serve_url):
     client = OpenAI(base_url=f"{serve_url}/v1", api_key="unused", max_retries=0)
-    assert {m.id for m in client.models.list().data} >= {"distillery", "distillery-student", "distillery-teacher"}
+    assert {m.id for m in client.models.list().data} >= {
+        "distillery",
+        "distillery-student",
+        "distillery-teacher",
+    }
 
     completion = client.completions.create(model="distillery", prompt="reverse: abcd =", max_tokens=8)
     assert completion.choices[0].text == "dcba"
 
     chat = client.chat.completions.create(
-        model="distillery", messages=[{"role": "user", "content": "shift: abc ="}], max_tokens=8)
+        model="distillery", messages=[{"role": "user", "content": "shift: abc ="}], max_tokens=8
+    )
     assert chat.choices[0].message.content == "bcd"
     assert chat.model_extra["distillery"]["tier"] == "teacher"
 
     stream = client.chat.completions.create(
-        model="distillery", messages=[{"role": "user", "content": "upper: abc ="}], stream=True)
+        model="distillery", messages=[{"role": "user", "content": "upper: abc ="}], stream=True
+    )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces) == "ABC"
 
-    raw = client.completions.with_raw_response.create(model="distillery", prompt="double: abc =", max_tokens=8)
+    raw = client.completions.with_raw_response.create(
+        model="distillery", prompt="double: abc =", max_tokens=8
+    )
     assert raw.headers["x-distillery-tier"] == "teacher"
     assert raw.parse().choices[0].text == "aabbcc"
 

@@ -12,7 +12,9 @@ def _clean_env(monkeypatch):
 
 def test_precedence_cli_over_env_over_yaml_over_defaults(tmp_path, monkeypatch):
     cfg = tmp_path / "d.yaml"
-    cfg.write_text("server:\n  port: 7000\n  host: 0.0.0.0\ncascade:\n  threshold: 0.7\n  scorer: min_logprob\n")
+    cfg.write_text(
+        "server:\n  port: 7000\n  host: 0.0.0.0\ncascade:\n  threshold: 0.7\n  scorer: min_logprob\n"
+    )
     monkeypatch.setenv("DISTILLERY_CASCADE__THRESHOLD", "0.5")
     monkeypatch.setenv(CONFIG_FILE_ENV, str(cfg))
     s = load_settings(server={"port": 9000})

@@ -25,8 +25,12 @@ def _client(teacher=None, **cascade):
     teacher = teacher or FakeTier(lambda r: make_generation("IFMMP", 0.99, "teacher-v1", "teacher"))
     router = CascadeRouter(student, teacher, ThresholdPolicy("mean_logprob", 0.9), CascadeConfig(**cascade))
     metrics = GatewayMetrics()
-    serving = OpenAIServing(router, metrics, ServerConfig(max_tokens_limit=64), lambda: {
-        "student": ("student", "student-v1"), "teacher": ("teacher", "teacher-v1")})
+    serving = OpenAIServing(
+        router,
+        metrics,
+        ServerConfig(max_tokens_limit=64),
+        lambda: {"student": ("student", "student-v1"), "teacher": ("teacher", "teacher-v1")},
+    )
 
     async def health():
         return {"student": "student-v1"}
@@ -67,9 +71,17 @@ def test_low_confidence_escalates_to_teacher():
 
 def test_chat_completion_and_logprobs():
     client, _ = _client()
-    resp = client.post("/v1/chat/completions", json={
-        "model": "distillery", "logprobs": True,
-        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "reverse: hello ="}]})
+    resp = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "distillery",
+            "logprobs": True,
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "reverse: hello ="},
+            ],
+        },
+    )
     assert resp.status_code == 200
     body = resp.json()
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "olleh"}
@@ -79,8 +91,15 @@ def test_chat_completion_and_logprobs():
 
 def test_chat_stream_is_server_sent_events_ending_with_done():
     client, _ = _client()
-    with client.stream("POST", "/v1/chat/completions", json={
-            "model": "distillery", "stream": True, "messages": [{"role": "user", "content": "reverse: hello ="}]}) as resp:
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "distillery",
+            "stream": True,
+            "messages": [{"role": "user", "content": "reverse: hello ="}],
+        },
+    ) as resp:
         assert resp.status_code == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         assert resp.headers["x-distillery-tier"] == "student"
@@ -94,8 +113,9 @@ def test_chat_stream_is_server_sent_events_ending_with_done():
 
 def test_completion_stream():
     client, _ = _client()
-    with client.stream("POST", "/v1/completions", json={
-            "model": "distillery", "stream": True, "prompt": "reverse: hello ="}) as resp:
+    with client.stream(
+        "POST", "/v1/completions", json={"model": "distillery", "stream": True, "prompt": "reverse: hello ="}
+    ) as resp:
         lines = [line for line in resp.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     text = "".join(json.loads(line[6:])["choices"][0]["text"] for line in lines[:-1])
@@ -129,7 +149,7 @@ def test_models_health_metrics():
     ],
 )
 def test_bad_completion_requests_are_400(body, code):
-    client, metrics = _client()
+    client, _ = _client()
     _assert_error(client.post("/v1/completions", json=body), 400, code)
 
 
@@ -151,13 +171,18 @@ def test_bad_chat_requests_are_400(body):
 
 def test_malformed_json_and_non_object_bodies_are_400():
     client, _ = _client()
-    _assert_error(client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    _assert_error(
+        client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+    )
     _assert_error(client.post("/v1/completions", json=[1, 2]), 400)
 
 
 def test_unknown_model_is_404_model_not_found():
     client, _ = _client()
-    _assert_error(client.post("/v1/completions", json={"model": "gpt-9", "prompt": "x"}), 404, "model_not_found")
+    _assert_error(
+        client.post("/v1/completions", json={"model": "gpt-9", "prompt": "x"}), 404, "model_not_found"
+    )
 
 
 def test_unknown_route_and_wrong_method_are_json_errors():

@@ -12,7 +12,11 @@ REQ = GenerationRequest(prompt="reverse: abc =", max_tokens=8)
 def _router(student_prob=0.999, teacher=None, student=None, **cfg):
     student = student or FakeTier(lambda r: make_generation("cba", student_prob, "s1"))
     teacher = teacher or FakeTier(lambda r: make_generation("CBA", 0.99, "t1"))
-    return CascadeRouter(student, teacher, ThresholdPolicy("mean_logprob", 0.95), CascadeConfig(**cfg)), student, teacher
+    return (
+        CascadeRouter(student, teacher, ThresholdPolicy("mean_logprob", 0.95), CascadeConfig(**cfg)),
+        student,
+        teacher,
+    )
 
 
 async def test_confident_student_answers_without_calling_teacher():

@@ -8,7 +8,9 @@ from router.errors import TeacherTimeout, TeacherUnavailable
 
 
 def _backend(handler):
-    return OpenAIHTTPBackend("http://teacher.test", "big", api_key="sk-x", transport=httpx.MockTransport(handler))
+    return OpenAIHTTPBackend(
+        "http://teacher.test", "big", api_key="sk-x", transport=httpx.MockTransport(handler)
+    )
 
 
 async def test_completion_request_asks_for_logprobs_and_parses_them():
@@ -18,12 +20,20 @@ async def test_completion_request_asks_for_logprobs_and_parses_them():
         seen["path"] = request.url.path
         seen["body"] = json.loads(request.content)
         seen["auth"] = request.headers["authorization"]
-        return httpx.Response(200, json={
-            "model": "big-v7",
-            "choices": [{"text": "cba", "finish_reason": "stop",
-                         "logprobs": {"tokens": ["c", "b", "a"], "token_logprobs": [-0.1, -0.2, -0.3]}}],
-            "usage": {"prompt_tokens": 4, "completion_tokens": 3},
-        })
+        return httpx.Response(
+            200,
+            json={
+                "model": "big-v7",
+                "choices": [
+                    {
+                        "text": "cba",
+                        "finish_reason": "stop",
+                        "logprobs": {"tokens": ["c", "b", "a"], "token_logprobs": [-0.1, -0.2, -0.3]},
+                    }
+                ],
+                "usage": {"prompt_tokens": 4, "completion_tokens": 3},
+            },
+        )
 
     [gen] = await _backend(handler).generate([GenerationRequest(prompt="reverse: abc =", max_tokens=5)])
     assert seen["path"] == "/v1/completions"
@@ -38,12 +48,22 @@ async def test_chat_request_uses_chat_endpoint():
         assert request.url.path == "/v1/chat/completions"
         body = json.loads(request.content)
         assert body["messages"] == [{"role": "user", "content": "hi"}] and body["logprobs"] is True
-        return httpx.Response(200, json={
-            "choices": [{"message": {"content": "yo"}, "finish_reason": "length",
-                         "logprobs": {"content": [{"token": "yo", "logprob": -0.5}]}}],
-        })
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {
+                        "message": {"content": "yo"},
+                        "finish_reason": "length",
+                        "logprobs": {"content": [{"token": "yo", "logprob": -0.5}]},
+                    }
+                ],
+            },
+        )
 
-    [gen] = await _backend(handler).generate([GenerationRequest(messages=(ChatTurn(role="user", content="hi"),))])
+    [gen] = await _backend(handler).generate(
+        [GenerationRequest(messages=(ChatTurn(role="user", content="hi"),))]
+    )
     assert gen.text == "yo" and gen.finish_reason == "length" and gen.token_logprobs == [-0.5]
 
 
