@@ -1,0 +1,72 @@
+"""Feedback settings: the Kafka side, the store, the spool and redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+__all__ = ["FeedbackConfig", "KafkaConfig"]
+
+
+class KafkaConfig(BaseModel):
+    """Where events go.
+
+    Parameters:
+        bootstrap (`str | None`, defaults to None): ``host:port[,host:port]`` of the Kafka
+            cluster (``DISTILLERY_FEEDBACK__KAFKA__BOOTSTRAP``). None: ``make run`` starts
+            the embedded Tansu broker and fills this in.
+        topic (`str`, defaults to ``distillery.escalations``): escalation events.
+        sample_topic (`str`, defaults to ``distillery.samples``): sampled confident answers.
+        dead_letter_topic (`str`, defaults to ``distillery.escalations.dlq``).
+        partitions (`int`, defaults to 1), replication_factor (`int`, defaults to 1):
+            used when topics are created on start; production: 6 and 3.
+        consumer_group (`str`, defaults to ``distillery-feedback``).
+        request_timeout_ms, max_block_ms, delivery_timeout_ms (`int`): producer bounds;
+            small so an outage is noticed (and spooled) in seconds, not minutes.
+        max_poll_interval_ms (`int`, defaults to 10000): keep low against Tansu, whose
+            group join waits for it (see DESIGN.md).
+    """
+
+    bootstrap: str | None = None
+    topic: str = "distillery.escalations"
+    sample_topic: str = "distillery.samples"
+    dead_letter_topic: str = "distillery.escalations.dlq"
+    partitions: int = Field(default=1, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    consumer_group: str = "distillery-feedback"
+    request_timeout_ms: int = Field(default=5000, ge=100)
+    max_block_ms: int = Field(default=2000, ge=10)
+    delivery_timeout_ms: int = Field(default=10000, ge=100)
+    linger_ms: int = Field(default=5, ge=0)
+    max_poll_interval_ms: int = Field(default=10000, ge=1000)
+    session_timeout_ms: int = Field(default=10000, ge=1000)
+
+
+class FeedbackConfig(BaseModel):
+    """The feedback stream as a whole.
+
+    Parameters:
+        enabled (`bool`, defaults to True): produce escalation events at all.
+        kafka (`KafkaConfig`): the broker side.
+        store_dsn (`str | None`, defaults to None): ``postgresql://...`` or a SQLite path;
+            None means ``<var_dir>/feedback.db``.
+        spool_dir (`Path | None`, defaults to None): None means ``<var_dir>/spool``.
+        queue_size (`int`, defaults to 10000): in-memory events before spilling to disk.
+        sample_rate (`float`, defaults to 0.02): share of confident answers also logged.
+        redact (`bool`, defaults to True), redact_patterns (`dict[str, str]`): extra
+            ``LABEL: regex`` patterns on top of emails, phone and card numbers.
+        retain_until_consumed (`int`, defaults to 100000): acknowledged events kept in
+            memory until the consumer group commits past them, and re-sent after a broker
+            outage (a broker that lost its log, like the dev broker, loses nothing then).
+    """
+
+    enabled: bool = True
+    kafka: KafkaConfig = KafkaConfig()
+    store_dsn: str | None = None
+    spool_dir: Path | None = None
+    queue_size: int = Field(default=10_000, ge=1)
+    sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    redact: bool = True
+    redact_patterns: dict[str, str] = Field(default_factory=dict)
+    retain_until_consumed: int = Field(default=100_000, ge=0)
