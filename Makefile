@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 TORCH  := torch==2.13.0+cpu
 
-.PHONY: setup run test test-fast bench lint demo clean
+.PHONY: setup postgres run test test-fast bench lint demo clean
 
 setup: $(STAMP)
 
@@ -18,13 +18,21 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# PostgreSQL for the store's integration tests (Debian's package; tests skip, saying why,
+# only where it cannot be installed or started).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	    else echo "PostgreSQL missing and cannot install it here: its tests will be skipped"; fi; }
+
 demo: setup
 	$(BIN)/distillery demo build
 
 run: setup
 	$(BIN)/distillery run
 
-test: setup
+test: setup postgres
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/distillery demo build

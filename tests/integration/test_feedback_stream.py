@@ -16,6 +16,7 @@ from feedback import (
     FeedbackConsumer,
     FeedbackMetrics,
     KafkaConfig,
+    PostgresStore,
     SQLiteStore,
     TansuBroker,
 )
@@ -55,9 +56,9 @@ def _wait(cond: Callable[[], bool], timeout_s: float = 60.0) -> bool:
 
 
 class Stack:
-    def __init__(self, tmp_path, broker: TansuBroker) -> None:
+    def __init__(self, tmp_path, broker: TansuBroker, store=None) -> None:
         self.broker = broker
-        self.store = SQLiteStore(tmp_path / "feedback.db", busy_timeout_ms=100)
+        self.store = store or SQLiteStore(tmp_path / "feedback.db", busy_timeout_ms=100)
         self.metrics = FeedbackMetrics()
         cfg = FeedbackConfig(kafka=FAST_KAFKA)
         self.producer = EscalationProducer(
@@ -189,4 +190,33 @@ def test_events_submitted_with_no_broker_at_all_are_spooled_then_delivered(tmp_p
         consumer.stop()
         thread.join(10)
         consumer.close()
+        broker.stop()
+
+
+def test_consumer_into_postgres_survives_a_store_outage(tmp_path, postgres_server):
+    """(b) on PostgreSQL: the server is stopped while 150 events arrive, then started."""
+    store = PostgresStore(postgres_server.dsn)
+    with store._tx() as cur:
+        cur.execute("DELETE FROM feedback_events")
+    broker = TansuBroker().start()
+    stack = Stack(tmp_path, broker, store)
+    try:
+        first = _events("pg-a", 50)
+        for e in first:
+            stack.producer.submit(e)
+        assert _wait(lambda: store.count() == 50, 60)
+        postgres_server.stop()
+        try:
+            second = _events("pg-b", 150)
+            for e in second:
+                stack.producer.submit(e)
+            assert _wait(lambda: stack.metric("distillery_feedback_store_errors_total") >= 2, 30)
+        finally:
+            postgres_server.start()
+        assert _wait(lambda: store.count() == 200, 60)
+        time.sleep(1)
+        assert store.count() == 200
+        assert store.request_ids() == sorted(e.request_id for e in first + second)
+    finally:
+        stack.close()
         broker.stop()
