@@ -4,6 +4,7 @@ from feedback._broker import TansuBroker, ensure_topics
 from feedback._consumer import FeedbackConsumer
 from feedback._producer import EscalationProducer
 from feedback._spool import DiskSpool
+from feedback._spool_dir import SpoolClaim, claim_spool_dir
 from feedback._store import FeedbackStore, PostgresStore, SQLiteStore, holdout_bucket, open_store
 from feedback.config import FeedbackConfig, KafkaConfig
 from feedback.errors import FeedbackError, SpoolWriteError, StoreUnavailable
@@ -26,9 +27,11 @@ __all__ = [
     "PostgresStore",
     "Redactor",
     "SQLiteStore",
+    "SpoolClaim",
     "SpoolWriteError",
     "StoreUnavailable",
     "TansuBroker",
+    "claim_spool_dir",
     "ensure_topics",
     "holdout_bucket",
     "open_store",

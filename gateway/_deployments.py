@@ -17,7 +17,9 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, claim_spool_dir
 from gateway._api import build_api
+from gateway._feedback_sink import FeedbackSink
 from gateway._serving import OpenAIServing
 from gateway.metrics import GatewayMetrics
 from gateway.settings import DistillerySettings
@@ -100,6 +102,21 @@ def resolve_policy(settings: DistillerySettings, calibration: dict[str, Any]) ->
     return ThresholdPolicy(cascade.scorer, cascade.fallback_threshold)
 
 
+def _feedback_sink(settings: DistillerySettings, metrics: GatewayMetrics) -> FeedbackSink | None:
+    cfg = settings.feedback
+    if not cfg.enabled:
+        return None
+    if not cfg.kafka.bootstrap:
+        logger.warning("feedback.kafka.bootstrap is not set: escalation events are NOT recorded")
+        return None
+    claim = claim_spool_dir(settings.spool_dir)
+    producer = EscalationProducer(
+        cfg, cfg.kafka.bootstrap, DiskSpool(claim.path), FeedbackMetrics(metrics.registry)
+    ).start()
+    logger.info("escalation events -> %s (spool %s)", cfg.kafka.bootstrap, claim.path)
+    return FeedbackSink(producer, sample_rate=cfg.sample_rate)
+
+
 @serve.ingress()
 class GatewayIngress:
     """HTTP edge. Owns the metrics registry and the cascade router."""
@@ -121,8 +138,17 @@ class GatewayIngress:
         for tier, (model_id, version) in self._versions.items():
             self._metrics.set_model(tier, model_id, version)
         self._metrics.threshold.set(policy.threshold)
-        self._serving = OpenAIServing(self._router, self._metrics, settings.server, lambda: self._versions)
+        self._feedback = _feedback_sink(settings, self._metrics)
+        self._serving = OpenAIServing(
+            self._router, self._metrics, settings.server, lambda: self._versions, self._feedback
+        )
         logger.info("cascade policy: %s >= %.6f keeps the student", policy.scorer, policy.threshold)
+
+    def __del__(self) -> None:
+        # Serve calls this on graceful replica shutdown: flush events, leave the rest spooled.
+        sink: FeedbackSink | None = getattr(self, "_feedback", None)
+        if sink is not None:
+            sink.close()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return build_api(self._serving, self._metrics, self._health)

@@ -9,11 +9,14 @@ chosen answer is generated first and then streamed token by token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+from feedback import SpoolWriteError
+from gateway._feedback_sink import FeedbackSink
 from gateway.errors import BadRequest, ModelNotFound
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
@@ -63,7 +66,9 @@ class OpenAIServing:
         metrics: GatewayMetrics,
         server: ServerConfig,
         model_versions: ModelVersions,
+        feedback: FeedbackSink | None = None,
     ) -> None:
+        self._feedback = feedback
         self._router = router
         self._metrics = metrics
         self._server = server
@@ -143,6 +148,12 @@ class OpenAIServing:
             self._metrics.observe_error(endpoint, "error")
             raise
         self._metrics.observe(endpoint, result, time.perf_counter() - started)
+        if self._feedback is not None:
+            policy = self._router.policy
+            # A SpoolWriteError is counted and logged at CRITICAL by the producer; the
+            # client still gets its answer.
+            with contextlib.suppress(SpoolWriteError):
+                self._feedback.record(endpoint, request, result, policy.threshold, policy.scorer)
         return result
 
     # ---- /v1/completions ------------------------------------------------------------

@@ -158,12 +158,12 @@ def _print_banner(settings: DistillerySettings) -> None:
     print(flush=True)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, settings: DistillerySettings | None = None) -> int:
     from ray import serve
 
     from gateway.app import run_app
 
-    settings = _settings(args)
+    settings = settings or _settings(args)
     run_app(settings)
     _print_banner(settings)
     try:
@@ -174,10 +174,62 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_consumer(settings: DistillerySettings, metrics_port: int | None) -> Any:
+    """The feedback consumer in a background thread of this process."""
+    import threading
+
+    from prometheus_client import start_http_server
+
+    from feedback import FeedbackConsumer, FeedbackMetrics, open_store
+
+    kafka = settings.feedback.kafka
+    assert kafka.bootstrap is not None
+    metrics = FeedbackMetrics()
+    if metrics_port:
+        start_http_server(metrics_port, addr=settings.server.host, registry=metrics.registry)
+    consumer = FeedbackConsumer(kafka, kafka.bootstrap, open_store(settings.store_dsn), metrics)
+    threading.Thread(target=consumer.run, name="feedback-consumer", daemon=True).start()
+    return consumer
+
+
+def cmd_feedback_consume(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.bootstrap:
+        settings.feedback.kafka.bootstrap = args.bootstrap
+    if not settings.feedback.kafka.bootstrap:
+        print("set DISTILLERY_FEEDBACK__KAFKA__BOOTSTRAP or --bootstrap", file=sys.stderr)
+        return 2
+    consumer = _start_consumer(settings, args.metrics_port)
+    print(
+        f"consuming {settings.feedback.kafka.topic} into {settings.store_dsn} "
+        f"(metrics on :{args.metrics_port})",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        consumer.close()
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    """Everything on embedded defaults: build the demo models if needed, then serve."""
+    """Everything on embedded defaults: demo models, broker, consumer, gateway."""
     rc = cmd_demo_build(args)
-    return rc or cmd_serve(args)
+    if rc:
+        return rc
+    settings = _settings(args)
+    if settings.feedback.enabled and not settings.feedback.kafka.bootstrap:
+        from feedback import TansuBroker
+
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        broker = TansuBroker(log_path=settings.var_dir / "tansu.log").start()
+        settings.feedback.kafka.bootstrap = broker.bootstrap
+        print(f"embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}")
+    if settings.feedback.enabled:
+        _start_consumer(settings, args.metrics_port)
+        print(f"feedback consumer -> {settings.store_dsn} (metrics on :{args.metrics_port})")
+    return cmd_serve(args, settings)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,6 +247,7 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("--host")
         sp.add_argument("--port", type=int)
+        sp.add_argument("--metrics-port", type=int, default=9101, help="feedback consumer metrics")
         sp.set_defaults(fn=fn, force=False, scale=1.0)
 
     demo = sub.add_parser("demo", help="the bundled demo domain").add_subparsers(
@@ -204,6 +257,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.add_argument("--scale", type=float, default=1.0, help="scale the step budget (tests)")
     build.set_defaults(fn=cmd_demo_build)
+
+    fb = sub.add_parser("feedback", help="the feedback stream").add_subparsers(dest="fb_cmd", required=True)
+    consume = fb.add_parser("consume", help="consume escalation events into the feedback store")
+    consume.add_argument("--bootstrap", help="Kafka bootstrap servers (else from settings)")
+    consume.add_argument("--metrics-port", type=int, default=9101)
+    consume.set_defaults(fn=cmd_feedback_consume)
 
     cal = sub.add_parser("calibrate", help="pick the escalation threshold on a labelled sample")
     target = cal.add_mutually_exclusive_group()

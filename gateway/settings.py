@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from feedback.config import FeedbackConfig
 from router.config import BackendConfig, CascadeConfig
 
 __all__ = ["DistillerySettings", "ServerConfig", "load_settings"]
@@ -58,10 +59,19 @@ class DistillerySettings(BaseSettings):
     cascade: CascadeConfig = CascadeConfig()
     student: BackendConfig = BackendConfig(num_threads=1)
     teacher: BackendConfig = BackendConfig(num_threads=1)
+    feedback: FeedbackConfig = FeedbackConfig()
 
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.var_dir / "models"
+
+    @property
+    def store_dsn(self) -> str:
+        return self.feedback.store_dsn or str(self.var_dir / "feedback.db")
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.feedback.spool_dir or self.var_dir / "spool"
 
     def tier_dir(self, tier: str) -> Path:
         cfg = self.student if tier == "student" else self.teacher

@@ -71,7 +71,9 @@ class CascadeRouter:
             s_lat = time.perf_counter() - started - t_lat
             return CascadeResult(gen, "teacher", None, True, False, None, s_lat, t_lat, "student_failed")
         s_lat = time.perf_counter() - started
-        decision = policy.decide(student.token_logprobs)
+        # An empty answer is never worth serving, however sure the model is of stopping:
+        # it scores as "no evidence" (0.0) and escalates.
+        decision = policy.decide(student.token_logprobs if student.text.strip() else [])
         if force == "student" or not decision.escalate:
             return CascadeResult(student, "student", decision, False, False, None, s_lat, 0.0, "ok")
         try:

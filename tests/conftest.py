@@ -32,26 +32,60 @@ def demo_models() -> Path:
     return MODELS_DIR
 
 
+class LiveStack:
+    """The whole serving half: Tansu broker, feedback consumer into SQLite, the Serve app."""
+
+    def __init__(self, url: str, store: object, settings: object) -> None:
+        self.url = url
+        self.store = store
+        self.settings = settings
+
+
 @pytest.fixture(scope="session")
-def serve_url(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real Ray Serve application on the demo models, once per test session."""
+def live_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    import threading
+
     import ray
     from ray import serve
 
+    from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
     from gateway.app import run_app
     from gateway.settings import load_settings
 
+    var = tmp_path_factory.mktemp("var")
+    broker = TansuBroker(log_path=var / "tansu.log").start()
     port = free_port()
     settings = load_settings(
         models_dir=str(demo_models),
-        var_dir=str(REPO / "var"),
+        var_dir=str(var),
         server={"port": port},
         cascade={"teacher_timeout_s": 30},
+        feedback={
+            "kafka": {
+                "bootstrap": broker.bootstrap,
+                "max_poll_interval_ms": 3000,
+                "session_timeout_ms": 6000,
+            },
+            "sample_rate": 0.0,
+        },
     )
+    store = SQLiteStore(var / "feedback.db")
+    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
     run_app(settings)
-    yield f"http://127.0.0.1:{port}"
+    yield LiveStack(f"http://127.0.0.1:{port}", store, settings)
     serve.shutdown()
     ray.shutdown()
+    consumer.stop()
+    thread.join(10)
+    consumer.close()
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_url(live_stack: LiveStack) -> str:
+    return live_stack.url
 
 
 def _pg_bindir() -> Path | None:

@@ -154,3 +154,54 @@ def test_health_and_metrics_after_traffic(serve_url):
         "distillery_confidence_threshold",
     ):
         assert needle in text, needle
+
+
+def test_escalations_reach_the_feedback_store_redacted(live_stack):
+    import time
+
+    url = live_stack.url
+    escalated = httpx.post(
+        f"{url}/v1/completions",
+        timeout=60,
+        json={"model": "distillery", "prompt": "double: abc =", "max_tokens": 16},
+    ).json()
+    pii = httpx.post(
+        f"{url}/v1/chat/completions",
+        timeout=60,
+        json={
+            "model": "distillery",
+            "max_tokens": 16,
+            "messages": [{"role": "user", "content": "mail me at jane.doe@example.com"}],
+        },
+    ).json()
+    kept = httpx.post(
+        f"{url}/v1/completions",
+        timeout=60,
+        json={"model": "distillery", "prompt": "reverse: abc =", "max_tokens": 16},
+    ).json()
+    assert escalated["distillery"][0]["tier"] == "teacher"
+    assert pii["distillery"]["tier"] == "teacher"
+    assert kept["distillery"][0]["tier"] == "student"
+
+    wanted = {f"{escalated['id']}-0", pii["id"]}
+    store = live_stack.store
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not wanted <= set(store.request_ids()):
+        time.sleep(0.2)
+    by_id = {e.request_id: e for e in store.events()}
+    assert wanted <= set(by_id)
+    assert f"{kept['id']}-0" not in by_id  # confident answers are not escalations (sample_rate 0)
+
+    event = by_id[f"{escalated['id']}-0"]
+    assert event.kind == "escalation" and event.skill == "double" and event.route == "completions"
+    assert event.teacher_answer == "aabbcc" and event.student_answer is not None
+    assert event.student_confidence is not None and event.student_confidence < event.threshold
+    assert event.student_version.startswith("student-") and event.teacher_version.startswith("teacher-")
+    assert {"mean_logprob", "min_logprob"} <= set(event.student_scores)
+
+    chat = by_id[pii["id"]]
+    assert chat.messages is not None and chat.messages[-1].content == "mail me at [EMAIL]"
+    assert chat.redactions == 1 and "jane.doe" not in chat.model_dump_json()
+
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    assert 'distillery_feedback_produced_total{topic="distillery.escalations"}' in metrics
