@@ -99,5 +99,5 @@ async def test_reconfigure_swaps_the_policy():
 async def test_an_empty_student_answer_escalates_however_confident():
     router, _, teacher = _router(student=FakeTier(lambda r: make_generation("", 0.99999)))
     result = await router.route(REQ)
-    assert result.tier == "teacher" and result.escalated
+    assert result.tier == "teacher" and result.escalated and len(teacher.calls) == 1
     assert result.decision is not None and result.decision.confidence == 0.0
