@@ -41,7 +41,7 @@ test: setup postgres
 test-fast: setup
 	$(BIN)/python -m pytest tests/unit
 
-bench: setup
+bench: setup postgres
 	$(BIN)/python -m bench
 
 lint: setup

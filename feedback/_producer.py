@@ -12,6 +12,7 @@ absorbs the duplicates a durable broker would then see.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -62,7 +63,9 @@ class EscalationProducer:
         self._admin: Any = None
         self._broker_up = False
         self._next_connect = 0.0
-        self._next_prune = 0.0
+        self._committed: dict[int, int] = {}
+        self._epoch = 0
+        self._watcher = threading.Thread(target=self._watch_committed, name="escalation-offsets", daemon=True)
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="escalation-producer", daemon=True)
@@ -71,6 +74,7 @@ class EscalationProducer:
     # ---- caller side ----------------------------------------------------------------
     def start(self) -> EscalationProducer:
         self._thread.start()
+        self._watcher.start()
         return self
 
     def submit(self, event: EscalationEvent) -> None:
@@ -101,6 +105,7 @@ class EscalationProducer:
         self.flush(timeout_s)
         self._stop.set()
         self._thread.join(timeout=timeout_s)
+        self._watcher.join(timeout=timeout_s)
         leftover: list[Record] = []
         while True:
             try:
@@ -231,6 +236,8 @@ class EscalationProducer:
         window = [r for _, _, r in self._retained]
         self._retained.clear()
         self._last_offset.clear()
+        self._epoch += 1
+        self._committed = {}  # offsets from before the outage say nothing about the new log
         self._replay = False
         for i in range(0, len(window), BATCH):
             chunk = window[i : i + BATCH]
@@ -259,23 +266,33 @@ class EscalationProducer:
                 # Partial: the acked head will be sent again; the store deduplicates.
                 return
 
-    def _prune(self) -> None:
-        if time.monotonic() < self._next_prune or not self._retained or not self._broker_up:
-            return
-        self._next_prune = time.monotonic() + PRUNE_INTERVAL_S
-        try:
-            if self._admin is None:
-                from kafka import KafkaAdminClient
+    def _watch_committed(self) -> None:
+        """Its own thread: reading group offsets can block for seconds (client bootstrap),
+        which must never stall delivery."""
+        while not self._stop.wait(PRUNE_INTERVAL_S):
+            if not self._retained or not self._broker_up:
+                continue
+            try:
+                if self._admin is None:
+                    from kafka import KafkaAdminClient
 
-                self._admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=3000)
-            offsets = self._admin.list_group_offsets(self._kafka.consumer_group).get(
-                self._kafka.consumer_group, {}
-            )
-        except Exception:
-            logger.debug("could not read consumer group offsets", exc_info=True)
-            self._admin = None
-            return
-        committed = {tp.partition: om.offset for tp, om in offsets.items() if tp.topic == self._kafka.topic}
+                    self._admin = KafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=3000)
+                group = self._kafka.consumer_group
+                epoch = self._epoch
+                offsets = self._admin.list_group_offsets(group).get(group, {})
+                if epoch == self._epoch:  # not across an outage: old offsets mean nothing after it
+                    self._committed = {
+                        tp.partition: om.offset for tp, om in offsets.items() if tp.topic == self._kafka.topic
+                    }
+            except Exception:
+                logger.debug("could not read consumer group offsets", exc_info=True)
+                admin, self._admin = self._admin, None
+                if admin is not None:
+                    with contextlib.suppress(Exception):
+                        admin.close()
+
+    def _prune(self) -> None:
+        committed = self._committed
         while self._retained:
             partition, offset, _ = self._retained[0]
             if partition < 0 or offset >= committed.get(partition, 0):
