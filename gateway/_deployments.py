@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ from gateway._api import build_api
 from gateway._feedback_sink import FeedbackSink
 from gateway._serving import OpenAIServing
 from gateway.metrics import GatewayMetrics
+from gateway.rollout import StudentRollout
 from gateway.settings import DistillerySettings
 from router import (
+    Backend,
     BackendConfig,
     CascadeRouter,
     Generation,
@@ -41,31 +44,70 @@ CALIBRATION_FILE = "calibration.json"
 
 
 class ModelServer:
-    """One tier's model: validates a request against the model, then batches it."""
+    """One tier's model: validates a request against the model, then batches it.
+
+    Hot-swap: a ``user_config`` (``StudentRollout``) change calls ``reconfigure`` on the live
+    replicas. The new model loads beside the old one and replaces it in one assignment;
+    batches already running keep their reference to the old backend and finish on it, so
+    no request is dropped. With a canary, a ``canary_share`` of requests goes to the
+    candidate, each answer naming its ``model_version`` so live metrics can tell them apart.
+    """
 
     def __init__(self, tier: str, config: BackendConfig, default_dir: str) -> None:
         self._tier = tier
+        self._config = config
         self._dir = Path(config.model_dir or default_dir)
         self._backend = build_backend(config, default_dir=self._dir, model_id=tier)
-        batched: Any = self._batched  # serve.batch adds these setters at run time
-        batched.set_max_batch_size(config.max_batch_size)
-        batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._canary: Backend | None = None
+        self._canary_dir: Path | None = None
+        self._canary_share = 0.0
+        self._rng = random.Random()
+        for batched in (self._batched, self._batched_canary):
+            handler: Any = batched  # serve.batch adds these setters at run time
+            handler.set_max_batch_size(config.max_batch_size)
+            handler.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         logger.info("%s serving %s (%s)", tier, self._backend.version, self._dir)
 
+    def _load(self, model_dir: Path) -> Backend:
+        cfg = self._config.model_copy(update={"model_dir": model_dir})
+        return build_backend(cfg, default_dir=model_dir, model_id=self._tier)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        rollout = StudentRollout.model_validate(user_config)
+        if rollout.model_dir is not None and Path(rollout.model_dir) != self._dir:
+            new = await asyncio.to_thread(self._load, Path(rollout.model_dir))
+            self._backend, self._dir = new, Path(rollout.model_dir)
+            logger.info("%s swapped to %s (%s)", self._tier, new.version, self._dir)
+        if rollout.canary_dir is None:
+            self._canary, self._canary_dir = None, None
+        elif Path(rollout.canary_dir) != self._canary_dir:
+            self._canary = await asyncio.to_thread(self._load, Path(rollout.canary_dir))
+            self._canary_dir = Path(rollout.canary_dir)
+        self._canary_share = rollout.canary_share if self._canary is not None else 0.0
+
     async def generate(self, request: GenerationRequest) -> Generation:
+        use_canary = self._canary is not None and self._rng.random() < self._canary_share
+        backend = self._canary if use_canary and self._canary is not None else self._backend
         # Checked per request before batching, so one bad prompt cannot fail a batch.
-        prompt_tokens = self._backend.count_prompt_tokens(request)
-        limit = self._backend.max_context
+        prompt_tokens = backend.count_prompt_tokens(request)
+        limit = backend.max_context
         if prompt_tokens + request.max_tokens > limit:
             raise PromptTooLong(
                 f"this model's context is {limit} tokens; the prompt has {prompt_tokens} "
                 f"and max_tokens asks for {request.max_tokens} more"
             )
+        if use_canary:
+            return await self._batched_canary(request)
         return await self._batched(request)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:
         return await self._backend.generate(requests)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _batched_canary(self, requests: list[GenerationRequest]) -> list[Generation]:
+        backend = self._canary or self._backend  # canary withdrawn mid-batch: serve current
+        return await backend.generate(requests)
 
     def info(self) -> dict[str, Any]:
         calibration: dict[str, Any] = {}
@@ -74,8 +116,11 @@ class ModelServer:
             calibration = json.loads(path.read_text())
         return {
             "tier": self._tier,
+            "replica": serve.get_replica_context().replica_tag,
             "model_id": self._backend.model_id,
             "version": self._backend.version,
+            "canary_version": self._canary.version if self._canary is not None else None,
+            "canary_share": self._canary_share,
             "max_context": self._backend.max_context,
             "calibration": {k: calibration[k] for k in ("scorer", "threshold") if k in calibration},
         }

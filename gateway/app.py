@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -10,17 +12,19 @@ import ray
 from ray import serve
 from ray.serve import Application
 
+from gateway import __version__
 from gateway._deployments import GatewayIngress, ModelServer
+from gateway.rollout import StudentRollout
 from gateway.settings import DistillerySettings
 
-__all__ = ["APP_NAME", "build_app", "run_app", "start_ray"]
+__all__ = ["APP_NAME", "apply_rollout", "build_app", "run_app", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "distillery"
 
 
-def build_app(settings: DistillerySettings) -> Application:
+def build_app(settings: DistillerySettings, rollout: StudentRollout | None = None) -> Application:
     # Replicas reserve no CPU: on a 2-core box three 1-CPU replicas would not schedule,
     # and torch thread counts (BackendConfig.num_threads) are what really divide the cores.
     opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
@@ -28,12 +32,28 @@ def build_app(settings: DistillerySettings) -> Application:
     deployment: Any = serve.deployment  # its overloads do not type the builder form
     for tier in ("student", "teacher"):
         cfg = settings.student if tier == "student" else settings.teacher
-        tiers[tier] = deployment(
-            ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts
-        ).bind(tier, cfg, str(settings.tier_dir(tier)))
-    ingress = deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **opts)
+        extra = {"user_config": (rollout or StudentRollout()).model_dump()} if tier == "student" else {}
+        dep = deployment(
+            ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts, **extra
+        )
+        tiers[tier] = _pinned(dep, settings).bind(tier, cfg, str(settings.tier_dir(tier)))
+    ingress = _pinned(deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **opts), settings)
     app: Application = ingress.bind(tiers["student"], tiers["teacher"], settings)
     return app
+
+
+def _pinned(dep: Any, settings: DistillerySettings) -> Any:
+    """Gives a deployment a version derived from the code and settings.
+
+    ``serve.run`` otherwise stamps every deployment with a random version, so any re-run
+    (a hot-swap included) replaces every replica. With a stable version, a run that only
+    changes ``user_config`` reconfigures the live replicas in place, as a declarative
+    ``serve deploy`` does. ``options(version=..., _internal=True)`` is Serve's internal
+    hook for this (Ray is pinned to 2.60 in pyproject.toml; the hot-swap test asserts the
+    replicas survive).
+    """
+    blob = json.dumps([__version__, dep.name, settings.model_dump(mode="json")], sort_keys=True)
+    return dep.options(version=hashlib.sha256(blob.encode()).hexdigest()[:16], _internal=True)
 
 
 def start_ray(settings: DistillerySettings, *, num_cpus: int | None = None) -> None:
@@ -60,3 +80,10 @@ def start_ray(settings: DistillerySettings, *, num_cpus: int | None = None) -> N
 def run_app(settings: DistillerySettings, *, blocking: bool = False) -> None:
     start_ray(settings)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=blocking)
+
+
+def apply_rollout(settings: DistillerySettings, rollout: StudentRollout) -> None:
+    """Hot-swaps the running student: only its ``user_config`` changes, so Serve calls
+    ``reconfigure`` on the live replicas instead of replacing them. Must run where the
+    app was deployed from (same code, same settings) or Serve sees a new app version."""
+    serve.run(build_app(settings, rollout), name=APP_NAME, route_prefix="/")

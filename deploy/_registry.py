@@ -1,0 +1,127 @@
+"""The model registry: versioned student directories with lineage, and who serves.
+
+Layout under ``<root>``::
+
+    versions/<version>/            a Hugging Face model directory (+ distillery_model.json)
+    versions/<version>/manifest.json   lineage: parent, dataset hash/size, teacher, training
+                                       config, gate metrics, created time
+    pointers.json                  {"current": v, "previous": v} - replaced atomically
+    audit.jsonl                    one line per register/promote/rollback, append-only
+
+Pointers change only through ``promote`` and ``rollback`` and are written with
+``os.replace`` so a crash leaves either the old or the new pointers, never a mix. A
+version directory is written under a temporary name and renamed into place, so a retrain
+killed mid-way leaves the registry untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import ModelNotFound, RegistryError, RollbackFailed
+
+__all__ = ["ModelRegistry", "RegisteredModel"]
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        json.dump(payload, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ModelRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._versions = root / "versions"
+        self._pointers = root / "pointers.json"
+        self._audit = root / "audit.jsonl"
+        self._versions.mkdir(parents=True, exist_ok=True)
+
+    # ---- reading ----------------------------------------------------------------------
+    def versions(self) -> list[RegisteredModel]:
+        out = [self.get(p.name) for p in self._versions.iterdir() if (p / MANIFEST).is_file()]
+        return sorted(out, key=lambda m: (m.manifest.get("created", 0), m.version))
+
+    def get(self, version: str) -> RegisteredModel:
+        path = self._versions / version
+        if not (path / MANIFEST).is_file():
+            raise ModelNotFound(f"no model version {version!r} in {self.root}")
+        return RegisteredModel(version, path, json.loads((path / MANIFEST).read_text()))
+
+    def pointers(self) -> dict[str, str | None]:
+        if not self._pointers.is_file():
+            return {"current": None, "previous": None}
+        data = json.loads(self._pointers.read_text())
+        return {"current": data.get("current"), "previous": data.get("previous")}
+
+    def current(self) -> RegisteredModel | None:
+        version = self.pointers()["current"]
+        return self.get(version) if version else None
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self._audit.is_file():
+            return []
+        return [json.loads(line) for line in self._audit.read_text().splitlines() if line.strip()]
+
+    # ---- writing ----------------------------------------------------------------------
+    def register(self, source_dir: Path, version: str, manifest: dict[str, Any]) -> RegisteredModel:
+        """Copies a finished model directory in as ``version`` (atomically, by rename)."""
+        target = self._versions / version
+        if target.exists():
+            raise RegistryError(f"version {version!r} already exists")
+        staging = self._versions / f".staging-{version}-{os.getpid()}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        shutil.copytree(source_dir, staging)
+        full = {"version": version, "created": time.time(), **manifest}
+        _write_json_atomic(staging / MANIFEST, full)
+        distillery_manifest = staging / "distillery_model.json"
+        own = json.loads(distillery_manifest.read_text()) if distillery_manifest.is_file() else {}
+        own["version"] = version
+        _write_json_atomic(distillery_manifest, own)
+        os.replace(staging, target)
+        self._log("register", version=version, parent=manifest.get("parent"))
+        return self.get(version)
+
+    def promote(self, version: str, *, reason: str = "", actor: str = "cli") -> RegisteredModel:
+        model = self.get(version)
+        ptr = self.pointers()
+        if ptr["current"] == version:
+            return model
+        _write_json_atomic(self._pointers, {"current": version, "previous": ptr["current"]})
+        self._log("promote", version=version, previous=ptr["current"], reason=reason, actor=actor)
+        return model
+
+    def rollback(self, *, reason: str = "", actor: str = "cli") -> RegisteredModel:
+        ptr = self.pointers()
+        if not ptr["previous"]:
+            raise RollbackFailed("no previous version to roll back to")
+        model = self.get(ptr["previous"])
+        _write_json_atomic(self._pointers, {"current": ptr["previous"], "previous": ptr["current"]})
+        self._log("rollback", version=ptr["previous"], rolled_back=ptr["current"], reason=reason, actor=actor)
+        return model
+
+    def _log(self, action: str, **fields: Any) -> None:
+        line = json.dumps({"ts": time.time(), "action": action, **fields})
+        with self._audit.open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
