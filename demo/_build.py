@@ -53,6 +53,19 @@ STUDENT_SPEC = ModelSpec(
 )
 
 FINAL_EVAL_PER_SKILL = 300
+REFERENCE_FILE = "train_reference.jsonl"
+REFERENCE_SIZE = 3000
+
+
+def write_reference(spec: ModelSpec, path: Path) -> None:
+    """A sample of what the model was trained on: the retrainer replays it so old skills
+    are not forgotten, and drift checks compare live traffic with it."""
+    rng = random.Random(50_000 + spec.seed)
+    rows = [
+        json.dumps({"prompt": e.prompt, "completion": e.answer, "skill": e.skill})
+        for e in sample_examples(spec.skills, REFERENCE_SIZE, rng)
+    ]
+    (path / REFERENCE_FILE).write_text("\n".join(rows) + "\n")
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,8 @@ def build_demo_models(
             )
         path = models_dir / spec.name
         if not force and is_built(spec, path):
+            if not (path / REFERENCE_FILE).is_file():
+                write_reference(spec, path)
             manifest = json.loads((path / MANIFEST_NAME).read_text())
             results.append(BuildResult(spec.name, path, False, 0.0, manifest.get("final_accuracy", {})))
             continue
@@ -105,6 +120,7 @@ def build_demo_models(
         step_cb = None if progress is None else functools.partial(progress, name)
         report: TrainReport = train_model(spec, path, step_cb)
         accuracy = final_accuracy(path, all_skills)
+        write_reference(spec, path)
         manifest = json.loads((path / MANIFEST_NAME).read_text())
         manifest.update({"spec_hash": spec.config_hash(), "final_accuracy": accuracy})
         (path / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))

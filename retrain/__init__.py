@@ -1,0 +1,30 @@
+"""The refresh loop: dataset from the feedback store, TRL re-distillation, evaluation gate."""
+
+from retrain._dataset import REFERENCE_FILE, DistillDataset, Pair, build_dataset, load_reference
+from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
+from retrain._suite import demo_regression_suite, load_suite
+from retrain._train import TrainResult, distill
+from retrain.config import DistillConfig, GateConfig
+from retrain.errors import DriftCheckError, NotEnoughFeedback, RetrainError
+
+__all__ = [
+    "REFERENCE_FILE",
+    "DistillConfig",
+    "DistillDataset",
+    "DriftCheckError",
+    "EvalResult",
+    "GateConfig",
+    "GateReport",
+    "NotEnoughFeedback",
+    "Pair",
+    "RetrainError",
+    "TrainResult",
+    "build_dataset",
+    "demo_regression_suite",
+    "distill",
+    "evaluate_model",
+    "expected_calibration_error",
+    "load_reference",
+    "load_suite",
+    "run_gate",
+]

@@ -1,0 +1,151 @@
+"""The evaluation gate: a candidate replaces the serving student only if it is not worse.
+
+Both models answer the same held-out teacher answers (never trained on) and the same
+fixed regression suite covering every skill. Compared: agreement with the teacher,
+format validity, calibration of the confidence (expected calibration error), and the
+escalation rate each would have at its own recalibrated threshold: thresholds belong to
+one model version, so the candidate is recalibrated before it is judged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retrain._dataset import Pair
+from retrain.config import GateConfig
+from router import GenerationRequest, calibration_curve, get_scorer, pick_threshold
+
+__all__ = ["EvalResult", "GateReport", "evaluate_model", "expected_calibration_error", "run_gate"]
+
+
+def expected_calibration_error(
+    confidences: Sequence[float], correct: Sequence[bool], bins: int = 10
+) -> float:
+    n = len(confidences)
+    if n == 0:
+        return 0.0
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        idx = [i for i, c in enumerate(confidences) if (lo < c <= hi) or (b == 0 and c == 0.0)]
+        if idx:
+            acc = sum(correct[i] for i in idx) / len(idx)
+            conf = sum(confidences[i] for i in idx) / len(idx)
+            total += len(idx) / n * abs(acc - conf)
+    return total
+
+
+@dataclass
+class EvalResult:
+    version: str
+    holdout_agreement: float | None
+    suite_accuracy: float
+    per_skill: dict[str, float]
+    invalid_rate: float
+    ece: float
+    threshold: float
+    escalation_rate: float
+    served_agreement: float
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GateReport:
+    passed: bool
+    reasons: list[str]
+    candidate: EvalResult
+    current: EvalResult
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "candidate": self.candidate.summary(),
+            "current": self.current.summary(),
+            "config": self.config,
+        }
+
+
+def _answers(model_dir: Path, prompts: Sequence[str]) -> list[Any]:
+    from router._transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(model_dir, num_threads=2)
+    out: list[Any] = []
+    for i in range(0, len(prompts), 128):
+        reqs = [GenerationRequest(prompt=p, max_tokens=24) for p in prompts[i : i + 128]]
+        out.extend(asyncio.run(backend.generate(reqs)))
+    return out
+
+
+def evaluate_model(
+    model_dir: Path,
+    holdout: Sequence[Pair],
+    suite: Sequence[Pair],
+    *,
+    scorer: str = "mean_logprob",
+    target_agreement: float = 0.995,
+) -> EvalResult:
+    from router._transformers_backend import read_model_version
+
+    pairs = list(holdout) + list(suite)
+    gens = _answers(model_dir, [p.prompt for p in pairs])
+    score = get_scorer(scorer)
+    correct = [g.text.strip() == p.completion.strip() for g, p in zip(gens, pairs, strict=True)]
+    valid = [bool(g.text.strip()) and g.finish_reason == "stop" for g in gens]
+    conf = [score(g.token_logprobs if g.text.strip() else []) for g in gens]
+    n_hold = len(holdout)
+    per_skill: dict[str, list[bool]] = {}
+    for p, ok in zip(suite, correct[n_hold:], strict=True):
+        per_skill.setdefault(p.skill or "unlabelled", []).append(ok)
+    point = pick_threshold(calibration_curve(conf, correct), target_agreement=target_agreement)
+    return EvalResult(
+        version=read_model_version(model_dir),
+        holdout_agreement=(sum(correct[:n_hold]) / n_hold) if n_hold else None,
+        suite_accuracy=sum(correct[n_hold:]) / max(1, len(suite)),
+        per_skill={k: sum(v) / len(v) for k, v in sorted(per_skill.items())},
+        invalid_rate=1 - sum(valid) / len(valid),
+        ece=expected_calibration_error(conf[n_hold:], correct[n_hold:]),
+        threshold=point.threshold,
+        escalation_rate=point.escalation_rate,
+        served_agreement=point.agreement,
+    )
+
+
+def run_gate(
+    current_dir: Path,
+    candidate_dir: Path,
+    holdout: Sequence[Pair],
+    suite: Sequence[Pair],
+    config: GateConfig,
+    *,
+    scorer: str = "mean_logprob",
+) -> GateReport:
+    cur = evaluate_model(current_dir, holdout, suite, scorer=scorer, target_agreement=config.target_agreement)
+    cand = evaluate_model(
+        candidate_dir, holdout, suite, scorer=scorer, target_agreement=config.target_agreement
+    )
+    reasons: list[str] = []
+    if cand.holdout_agreement is not None and cur.holdout_agreement is not None:
+        need = cur.holdout_agreement + config.min_holdout_agreement_gain
+        if cand.holdout_agreement < need:
+            reasons.append(f"holdout agreement {cand.holdout_agreement:.3f} < required {need:.3f}")
+    for skill, acc in cur.per_skill.items():
+        if acc >= 0.9 and cand.per_skill.get(skill, 0.0) < acc - config.max_skill_regression:
+            reasons.append(f"skill {skill!r} regressed {acc:.3f} -> {cand.per_skill.get(skill, 0.0):.3f}")
+    if cand.ece > config.max_ece:
+        reasons.append(f"calibration error {cand.ece:.3f} > {config.max_ece}")
+    if cand.invalid_rate > config.max_invalid_rate:
+        reasons.append(f"invalid answers {cand.invalid_rate:.3f} > {config.max_invalid_rate}")
+    if cand.escalation_rate > cur.escalation_rate + 1e-9:
+        reasons.append(
+            f"escalation rate at its calibrated threshold {cand.escalation_rate:.3f} "
+            f"> current {cur.escalation_rate:.3f}"
+        )
+    return GateReport(not reasons, reasons or ["all checks passed"], cand, cur, config.model_dump())

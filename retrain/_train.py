@@ -1,0 +1,132 @@
+"""Sequence-level distillation of the student on teacher answers, with TRL's SFTTrainer.
+
+Prompt/completion pairs with ``completion_only_loss``: the loss covers the teacher's
+answer (and the end-of-text token TRL appends), never the prompt. A run writes to a
+scratch directory and only a finished, saved model leaves it, so a retrain killed mid-way
+leaves nothing half-written where the registry looks.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from retrain._dataset import REFERENCE_FILE, DistillDataset
+from retrain.config import DistillConfig
+
+__all__ = ["TrainResult", "distill"]
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    steps: int
+    seconds: float
+    final_loss: float | None
+    train_examples: int
+    dataset_sha256: str
+
+
+def _progress_callback(progress: ProgressFn, total: int) -> Any:
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+        ) -> None:
+            if logs and "loss" in logs:
+                progress(int(state.global_step), total, float(logs["loss"]))
+
+    return _Progress()
+
+
+def distill(
+    parent_dir: Path,
+    dataset: DistillDataset,
+    output_dir: Path,
+    config: DistillConfig,
+    *,
+    progress: ProgressFn | None = None,
+    num_threads: int = 2,
+) -> TrainResult:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazy re-exports
+
+    torch.set_num_threads(num_threads)
+    scratch = output_dir.with_name(output_dir.name + ".partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(str(parent_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(parent_dir), dtype=torch.float32)
+    rows = [{"prompt": p.prompt, "completion": p.completion} for p in dataset.train]
+    args = SFTConfig(
+        output_dir=str(scratch / "checkpoints"),
+        max_steps=config.steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=config.warmup_steps,
+        # CPU: no mixed precision, no checkpointing (8x faster than the defaults here).
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        completion_only_loss=True,
+        max_length=int(getattr(model.config, "max_position_embeddings", 512)),
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=max(1, config.steps // 2),
+        save_total_limit=1,
+        logging_steps=max(1, min(50, config.steps // 10)),
+        dataloader_num_workers=0,
+        disable_tqdm=progress is not None,
+    )
+    callbacks = [_progress_callback(progress, config.steps)] if progress else None
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+    started = time.monotonic()
+    out = trainer.train()
+    seconds = time.monotonic() - started
+    final = scratch / "model"
+    trainer.save_model(str(final))
+    tok.save_pretrained(str(final))
+    for name in (REFERENCE_FILE, "distillery_model.json"):
+        if (parent_dir / name).is_file():
+            shutil.copy2(parent_dir / name, final / name)
+    result = TrainResult(
+        output_dir=output_dir,
+        steps=int(out.global_step),
+        seconds=round(seconds, 2),
+        final_loss=float(out.training_loss) if out.training_loss is not None else None,
+        train_examples=len(rows),
+        dataset_sha256=dataset.sha256,
+    )
+    report = {
+        **asdict(result),
+        "output_dir": str(output_dir),
+        "config": config.model_dump(),
+        "new_examples": dataset.new_examples,
+        "replay_examples": dataset.replay_examples,
+        "by_skill": dataset.by_skill,
+        "history": trainer.state.log_history,
+    }
+    (final / "training_report.json").write_text(json.dumps(report, indent=2, default=str))
+    shutil.rmtree(output_dir, ignore_errors=True)
+    final.rename(output_dir)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
