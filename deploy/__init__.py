@@ -1,6 +1,18 @@
 """Model registry and rollout (hot-swap, canary, rollback)."""
 
+from deploy._canary import CanaryConfig, CanaryController, VersionStats, judge_canary, parse_version_stats
 from deploy._registry import ModelRegistry, RegisteredModel
 from deploy.errors import ModelNotFound, RegistryError, RollbackFailed
 
-__all__ = ["ModelNotFound", "ModelRegistry", "RegisteredModel", "RegistryError", "RollbackFailed"]
+__all__ = [
+    "CanaryConfig",
+    "CanaryController",
+    "ModelNotFound",
+    "ModelRegistry",
+    "RegisteredModel",
+    "RegistryError",
+    "RollbackFailed",
+    "VersionStats",
+    "judge_canary",
+    "parse_version_stats",
+]

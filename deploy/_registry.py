@@ -66,11 +66,50 @@ class ModelRegistry:
             raise ModelNotFound(f"no model version {version!r} in {self.root}")
         return RegisteredModel(version, path, json.loads((path / MANIFEST).read_text()))
 
-    def pointers(self) -> dict[str, str | None]:
+    @property
+    def pointers_path(self) -> Path:
+        return self._pointers
+
+    def _read(self) -> dict[str, Any]:
         if not self._pointers.is_file():
-            return {"current": None, "previous": None}
-        data = json.loads(self._pointers.read_text())
+            return {}
+        data: dict[str, Any] = json.loads(self._pointers.read_text())
+        return data
+
+    def pointers(self) -> dict[str, str | None]:
+        data = self._read()
         return {"current": data.get("current"), "previous": data.get("previous")}
+
+    def canary(self) -> tuple[str | None, float]:
+        data = self._read()
+        return data.get("canary"), float(data.get("canary_share", 0.0))
+
+    def rollout_state(self) -> dict[str, Any]:
+        """What serving replicas follow: current and canary directories and the share."""
+        data = self._read()
+        current, canary = data.get("current"), data.get("canary")
+        return {
+            "model_dir": str(self.get(current).path) if current else None,
+            "canary_dir": str(self.get(canary).path) if canary else None,
+            "canary_share": float(data.get("canary_share", 0.0)) if canary else 0.0,
+        }
+
+    def start_canary(self, version: str, share: float, *, actor: str = "cli") -> None:
+        self.get(version)
+        if not 0.0 < share <= 1.0:
+            raise RegistryError(f"canary share must be in (0, 1], got {share}")
+        self._write({**self._read(), "canary": version, "canary_share": share})
+        self._log("canary", version=version, share=share, actor=actor)
+
+    def end_canary(self, *, reason: str = "", actor: str = "cli") -> None:
+        data = self._read()
+        version = data.pop("canary", None)
+        data.pop("canary_share", None)
+        self._write(data)
+        self._log("canary_end", version=version, reason=reason, actor=actor)
+
+    def _write(self, data: dict[str, Any]) -> None:
+        _write_json_atomic(self._pointers, data)
 
     def current(self) -> RegisteredModel | None:
         version = self.pointers()["current"]
@@ -106,7 +145,7 @@ class ModelRegistry:
         ptr = self.pointers()
         if ptr["current"] == version:
             return model
-        _write_json_atomic(self._pointers, {"current": version, "previous": ptr["current"]})
+        self._write({"current": version, "previous": ptr["current"]})  # a promotion ends any canary
         self._log("promote", version=version, previous=ptr["current"], reason=reason, actor=actor)
         return model
 
@@ -115,7 +154,7 @@ class ModelRegistry:
         if not ptr["previous"]:
             raise RollbackFailed("no previous version to roll back to")
         model = self.get(ptr["previous"])
-        _write_json_atomic(self._pointers, {"current": ptr["previous"], "previous": ptr["current"]})
+        self._write({"current": ptr["previous"], "previous": ptr["current"]})
         self._log("rollback", version=ptr["previous"], rolled_back=ptr["current"], reason=reason, actor=actor)
         return model
 

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deploy import ModelRegistry
 from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, claim_spool_dir
 from gateway._api import build_api
 from gateway._feedback_sink import FeedbackSink
@@ -53,11 +54,20 @@ class ModelServer:
     candidate, each answer naming its ``model_version`` so live metrics can tell them apart.
     """
 
-    def __init__(self, tier: str, config: BackendConfig, default_dir: str) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self,
+        tier: str,
+        config: BackendConfig,
+        default_dir: str,
+        registry_dir: str | None = None,
+        registry_poll_s: float = 1.0,
+    ) -> None:
         self._tier = tier
         self._config = config
         self._dir = Path(config.model_dir or default_dir)
         self._backend = build_backend(config, default_dir=self._dir, model_id=tier)
+        self._cal = self._calibration(self._dir)
+        self._canary_cal: dict[str, Any] = {}
         self._canary: Backend | None = None
         self._canary_dir: Path | None = None
         self._canary_share = 0.0
@@ -67,22 +77,63 @@ class ModelServer:
             handler.set_max_batch_size(config.max_batch_size)
             handler.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         logger.info("%s serving %s (%s)", tier, self._backend.version, self._dir)
+        self._watch_task: asyncio.Task[None] | None = None
+        if registry_dir is not None:
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self._follow_registry(ModelRegistry(Path(registry_dir)), registry_poll_s)
+            )
+
+    async def _follow_registry(self, registry: ModelRegistry, poll_s: float) -> None:
+        """Applies the registry's pointers whenever they change (promote, rollback, canary)."""
+        seen: float | None = None
+        while True:
+            try:
+                path = registry.pointers_path
+                mtime = path.stat().st_mtime if path.is_file() else None
+                if mtime is not None and mtime != seen:
+                    state = registry.rollout_state()
+                    if state["model_dir"] is not None:
+                        await self.reconfigure(state)
+                    seen = mtime
+            except Exception:
+                logger.exception("could not apply the registry's rollout state")
+            await asyncio.sleep(poll_s)
 
     def _load(self, model_dir: Path) -> Backend:
         cfg = self._config.model_copy(update={"model_dir": model_dir})
         return build_backend(cfg, default_dir=model_dir, model_id=self._tier)
 
+    @staticmethod
+    def _calibration(model_dir: Path | None) -> dict[str, Any]:
+        path = (model_dir or Path("/nonexistent")) / CALIBRATION_FILE
+        if not path.is_file():
+            return {}
+        data = json.loads(path.read_text())
+        return {k: data[k] for k in ("scorer", "threshold") if k in data}
+
+    @staticmethod
+    def _stamp(gens: list[Generation], calibration: dict[str, Any]) -> list[Generation]:
+        if not calibration:
+            return gens
+        update = {
+            "calibrated_threshold": calibration.get("threshold"),
+            "calibrated_scorer": calibration.get("scorer"),
+        }
+        return [g.model_copy(update=update) for g in gens]
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         rollout = StudentRollout.model_validate(user_config)
         if rollout.model_dir is not None and Path(rollout.model_dir) != self._dir:
             new = await asyncio.to_thread(self._load, Path(rollout.model_dir))
-            self._backend, self._dir = new, Path(rollout.model_dir)
+            cal = self._calibration(Path(rollout.model_dir))
+            self._backend, self._dir, self._cal = new, Path(rollout.model_dir), cal
             logger.info("%s swapped to %s (%s)", self._tier, new.version, self._dir)
         if rollout.canary_dir is None:
             self._canary, self._canary_dir = None, None
         elif Path(rollout.canary_dir) != self._canary_dir:
             self._canary = await asyncio.to_thread(self._load, Path(rollout.canary_dir))
             self._canary_dir = Path(rollout.canary_dir)
+            self._canary_cal = self._calibration(self._canary_dir)
         self._canary_share = rollout.canary_share if self._canary is not None else 0.0
 
     async def generate(self, request: GenerationRequest) -> Generation:
@@ -102,18 +153,17 @@ class ModelServer:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:
-        return await self._backend.generate(requests)
+        backend, cal = self._backend, self._cal  # one consistent pair across a swap
+        return self._stamp(await backend.generate(requests), cal)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched_canary(self, requests: list[GenerationRequest]) -> list[Generation]:
-        backend = self._canary or self._backend  # canary withdrawn mid-batch: serve current
-        return await backend.generate(requests)
+        if self._canary is None:  # canary withdrawn mid-batch: serve current
+            return self._stamp(await self._backend.generate(requests), self._cal)
+        backend, cal = self._canary, self._canary_cal
+        return self._stamp(await backend.generate(requests), cal)
 
     def info(self) -> dict[str, Any]:
-        calibration: dict[str, Any] = {}
-        path = self._dir / CALIBRATION_FILE
-        if path.is_file():
-            calibration = json.loads(path.read_text())
         return {
             "tier": self._tier,
             "replica": serve.get_replica_context().replica_tag,
@@ -122,7 +172,7 @@ class ModelServer:
             "canary_version": self._canary.version if self._canary is not None else None,
             "canary_share": self._canary_share,
             "max_context": self._backend.max_context,
-            "calibration": {k: calibration[k] for k in ("scorer", "threshold") if k in calibration},
+            "calibration": self._cal,
         }
 
 

@@ -114,11 +114,12 @@ class OpenAIServing:
 
     def _routing(self, result: CascadeResult) -> RoutingInfo:
         policy = self._router.policy
+        threshold = result.threshold if result.decision is not None else policy.threshold
         return RoutingInfo(
             tier=result.tier,
             escalated=result.escalated,
             confidence=None if result.decision is None else round(result.decision.confidence, 6),
-            threshold=policy.threshold,
+            threshold=threshold,
             scorer=policy.scorer,
             model_version=result.generation.model_version,
             low_confidence=result.low_confidence,
@@ -153,7 +154,7 @@ class OpenAIServing:
             # A SpoolWriteError is counted and logged at CRITICAL by the producer; the
             # client still gets its answer.
             with contextlib.suppress(SpoolWriteError):
-                self._feedback.record(endpoint, request, result, policy.threshold, policy.scorer)
+                self._feedback.record(endpoint, request, result, result.threshold, policy.scorer)
         return result
 
     # ---- /v1/completions ------------------------------------------------------------

@@ -36,7 +36,12 @@ def build_app(settings: DistillerySettings, rollout: StudentRollout | None = Non
         dep = deployment(
             ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts, **extra
         )
-        tiers[tier] = _pinned(dep, settings).bind(tier, cfg, str(settings.tier_dir(tier)))
+        registry = (
+            str(settings.resolved_registry_dir) if tier == "student" and settings.follow_registry else None
+        )
+        tiers[tier] = _pinned(dep, settings).bind(
+            tier, cfg, str(settings.tier_dir(tier)), registry, settings.registry_poll_s
+        )
     ingress = _pinned(deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **opts), settings)
     app: Application = ingress.bind(tiers["student"], tiers["teacher"], settings)
     return app

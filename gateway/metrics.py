@@ -67,6 +67,13 @@ class GatewayMetrics:
             ["tier", "model_id", "model_version"],
             registry=r,
         )
+        self.student_answers = Counter(
+            "distillery_student_answers_total",
+            "Student answers by the model version that produced them and whether they escalated"
+            " (bounded: the current version and at most one canary).",
+            ["model_version", "escalated"],
+            registry=r,
+        )
         self.threshold = Gauge(
             "distillery_confidence_threshold",
             "Current escalation threshold of the cascade.",
@@ -85,6 +92,9 @@ class GatewayMetrics:
         self.request_latency.labels(tier).observe(elapsed_s)
         if result.decision is not None:
             self.confidence.observe(result.decision.confidence)
+            student = result.student if result.escalated else result.generation
+            if student is not None:
+                self.student_answers.labels(student.model_version, str(result.escalated).lower()).inc()
         if result.student_latency_s:
             self.tier_latency.labels("student").observe(result.student_latency_s)
         if result.teacher_latency_s:

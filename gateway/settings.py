@@ -60,6 +60,11 @@ class DistillerySettings(BaseSettings):
     student: BackendConfig = BackendConfig(num_threads=1)
     teacher: BackendConfig = BackendConfig(num_threads=1)
     feedback: FeedbackConfig = FeedbackConfig()
+    registry_dir: Path | None = None
+    follow_registry: bool = True
+    """Student replicas serve the registry's current (and canary) version, polled every
+    ``registry_poll_s``; promote/rollback/canary then need only a pointer change."""
+    registry_poll_s: float = 1.0
 
     @property
     def resolved_models_dir(self) -> Path:
@@ -68,6 +73,10 @@ class DistillerySettings(BaseSettings):
     @property
     def store_dsn(self) -> str:
         return self.feedback.store_dsn or str(self.var_dir / "feedback.db")
+
+    @property
+    def resolved_registry_dir(self) -> Path:
+        return self.registry_dir or self.var_dir / "registry"
 
     @property
     def spool_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
 from retrain._dataset import REFERENCE_FILE, DistillDataset, Pair, build_dataset, load_reference
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
+from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
 from retrain._suite import demo_regression_suite, load_suite
 from retrain._train import TrainResult, distill
 from retrain.config import DistillConfig, GateConfig
@@ -17,14 +18,17 @@ __all__ = [
     "GateReport",
     "NotEnoughFeedback",
     "Pair",
+    "RefreshOutcome",
     "RetrainError",
     "TrainResult",
     "build_dataset",
     "demo_regression_suite",
     "distill",
+    "ensure_registry",
     "evaluate_model",
     "expected_calibration_error",
     "load_reference",
     "load_suite",
     "run_gate",
+    "run_refresh",
 ]

@@ -34,6 +34,8 @@ class CascadeResult:
     student_latency_s: float
     teacher_latency_s: float
     outcome: Literal["ok", "teacher_failed_served_student", "student_failed"]
+    threshold: float = 0.0
+    """The threshold this request was judged against (0.0 when no student decision)."""
 
 
 class CascadeRouter:
@@ -58,7 +60,6 @@ class CascadeRouter:
         if force == "teacher":
             gen, t_lat = await self._call_teacher(request)
             return CascadeResult(gen, "teacher", None, False, False, None, 0.0, t_lat, "ok")
-        policy = self.policy
         started = time.perf_counter()
         try:
             student = await self._student.generate(request)
@@ -71,11 +72,14 @@ class CascadeRouter:
             s_lat = time.perf_counter() - started - t_lat
             return CascadeResult(gen, "teacher", None, True, False, None, s_lat, t_lat, "student_failed")
         s_lat = time.perf_counter() - started
+        policy = self.policy_for(student)
         # An empty answer is never worth serving, however sure the model is of stopping:
         # it scores as "no evidence" (0.0) and escalates.
         decision = policy.decide(student.token_logprobs if student.text.strip() else [])
         if force == "student" or not decision.escalate:
-            return CascadeResult(student, "student", decision, False, False, None, s_lat, 0.0, "ok")
+            return CascadeResult(
+                student, "student", decision, False, False, None, s_lat, 0.0, "ok", policy.threshold
+            )
         try:
             gen, t_lat = await self._call_teacher(request)
         except TeacherUnavailable:
@@ -91,8 +95,24 @@ class CascadeRouter:
                 s_lat,
                 0.0,
                 "teacher_failed_served_student",
+                policy.threshold,
             )
-        return CascadeResult(gen, "teacher", decision, True, False, student, s_lat, t_lat, "ok")
+        return CascadeResult(
+            gen, "teacher", decision, True, False, student, s_lat, t_lat, "ok", policy.threshold
+        )
+
+    def policy_for(self, student: Generation) -> ThresholdPolicy:
+        """The answering model's own calibrated threshold, unless one is pinned in config.
+
+        After a hot-swap (or during a canary) two student versions answer side by side;
+        each must be judged against the threshold calibrated for it."""
+        if (
+            self._config.threshold is None
+            and student.calibrated_threshold is not None
+            and student.calibrated_scorer == self.policy.scorer
+        ):
+            return ThresholdPolicy(self.policy.scorer, student.calibrated_threshold)
+        return self.policy
 
     async def _call_teacher(self, request: GenerationRequest) -> tuple[Generation, float]:
         started = time.perf_counter()

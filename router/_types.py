@@ -50,3 +50,6 @@ class Generation(BaseModel):
     completion_tokens: int
     model_id: str
     model_version: str
+    calibrated_threshold: float | None = None
+    """The threshold calibrated for ``model_version`` (thresholds belong to one model)."""
+    calibrated_scorer: str | None = None

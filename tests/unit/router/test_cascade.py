@@ -101,3 +101,15 @@ async def test_an_empty_student_answer_escalates_however_confident():
     result = await router.route(REQ)
     assert result.tier == "teacher" and result.escalated and len(teacher.calls) == 1
     assert result.decision is not None and result.decision.confidence == 0.0
+
+
+async def test_each_student_version_is_judged_by_its_own_calibrated_threshold():
+    def answer(r):
+        gen = make_generation("cba", 0.9, "s2")
+        return gen.model_copy(update={"calibrated_threshold": 0.8, "calibrated_scorer": "mean_logprob"})
+
+    router, _, _ = _router(student=FakeTier(answer))  # configured fallback policy: 0.95
+    result = await router.route(REQ)
+    assert result.tier == "student" and result.threshold == 0.8
+    pinned, _, _ = _router(student=FakeTier(answer), threshold=0.95)  # a pinned threshold wins
+    assert (await pinned.route(REQ)).tier == "teacher"
