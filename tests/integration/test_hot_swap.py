@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 class Traffic:
     """Closed-loop clients sending student-skill prompts until stopped."""
 
-    def __init__(self, url: str, workers: int = 3) -> None:
+    def __init__(self, url: str, workers: int = 3, model: str = "distillery-student") -> None:
         self.url = url
+        self.model = model
         self.statuses: Counter[int] = Counter()
         self.versions: list[tuple[float, str]] = []
         self.errors: list[str] = []
@@ -35,7 +36,7 @@ class Traffic:
                 try:
                     r = client.post(
                         f"{self.url}/v1/completions",
-                        json={"model": "distillery-student", "prompt": "reverse: abc =", "max_tokens": 8},
+                        json={"model": self.model, "prompt": "reverse: abc =", "max_tokens": 8},
                     )
                     with self._lock:
                         self.statuses[r.status_code] += 1
