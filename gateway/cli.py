@@ -232,6 +232,105 @@ def cmd_run(args: argparse.Namespace) -> int:
     return cmd_serve(args, settings)
 
 
+def _registry(settings: DistillerySettings) -> Any:
+    from deploy import ModelRegistry
+
+    return ModelRegistry(settings.resolved_registry_dir)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from retrain import ensure_registry
+
+    settings = _settings(args)
+    registry = _registry(settings)
+    ensure_registry(registry, settings.tier_dir("student"))
+    action = args.models_cmd
+    if action == "list":
+        ptr = registry.pointers()
+        canary, share = registry.canary()
+        for m in registry.versions():
+            tags = [
+                t
+                for t, v in (("current", ptr["current"]), ("previous", ptr["previous"]), ("canary", canary))
+                if v == m.version
+            ]
+            gate = m.manifest.get("gate", {})
+            verdict = "" if not gate else ("gate passed" if gate.get("passed") else "gate refused")
+            created = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.manifest.get("created", 0)))
+            print(
+                f"{m.version:<40} {created}  parent={m.manifest.get('parent')}  {verdict}  {' '.join(tags)}"
+                + (f" ({share:.0%})" if m.version == canary else "")
+            )
+    elif action == "show":
+        print(json.dumps(registry.get(args.version).manifest, indent=2, default=str))
+    elif action == "promote":
+        registry.promote(args.version, reason=args.reason or "manual", actor="cli")
+        print(f"promoted {args.version}; serving replicas follow within {settings.registry_poll_s:g}s")
+    elif action == "rollback":
+        model = registry.rollback(reason=args.reason or "manual", actor="cli")
+        print(f"rolled back to {model.version}; serving replicas follow within {settings.registry_poll_s:g}s")
+    elif action == "canary":
+        if args.end:
+            registry.end_canary(reason=args.reason or "manual", actor="cli")
+        else:
+            registry.start_canary(args.version, args.share, actor="cli")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """One refresh now: dataset from the store, TRL, gate, registry; then canary or promote."""
+    import httpx
+
+    from deploy import CanaryConfig, CanaryController
+    from feedback import open_store
+    from retrain import DistillConfig, GateConfig, demo_regression_suite, ensure_registry, run_refresh
+
+    settings = _settings(args)
+    registry = _registry(settings)
+    ensure_registry(registry, settings.tier_dir("student"))
+    overrides = {
+        k: v for k, v in (("steps", args.steps), ("min_new_examples", args.min_new)) if v is not None
+    }
+    with _progress() as progress:
+        outcome = run_refresh(
+            open_store(settings.store_dsn),
+            registry,
+            workdir=settings.var_dir / "candidates",
+            suite=demo_regression_suite(),
+            distill_config=DistillConfig(**overrides),
+            gate_config=GateConfig(),
+            scorer=settings.cascade.scorer,
+            progress=lambda step, total, loss: progress("candidate", step, total, loss),
+        )
+    gate = outcome.gate
+    print(
+        f"\ncandidate {outcome.version}: dataset {outcome.dataset['new']} new"
+        f" + {outcome.dataset['replay']} replay, holdout {outcome.dataset['holdout']}; stage seconds {outcome.timings_s}"
+    )
+    for label, r in (("current", gate.current), ("candidate", gate.candidate)):
+        print(
+            f"  {label:<10} holdout agreement {r.holdout_agreement}  skills {r.per_skill}  "
+            f"ECE {r.ece:.3f}  escalation {r.escalation_rate:.1%} at {r.threshold:.6f}"
+        )
+    print(f"gate: {'PASSED' if outcome.passed else 'REFUSED'}: {'; '.join(gate.reasons)}")
+    if not outcome.passed:
+        return 1
+    if args.no_canary:
+        registry.promote(outcome.version, reason="gate passed (no canary)", actor="retrain")
+        print(f"promoted {outcome.version}")
+        return 0
+    url = args.gateway_url or f"http://{settings.server.host}:{settings.server.port}"
+    controller = CanaryController(
+        registry, lambda: httpx.get(f"{url}/metrics", timeout=10).text, CanaryConfig()
+    )
+    verdict, cur, can = controller.run(outcome.version)
+    print(
+        f"canary verdict: {verdict} (canary escalation {can.escalation_rate:.1%} over {can.answers:.0f}, "
+        f"current {cur.escalation_rate:.1%} over {cur.answers:.0f})"
+    )
+    return 0 if verdict == "promote" else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distillery", description=__doc__)
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
@@ -263,6 +362,34 @@ def _parser() -> argparse.ArgumentParser:
     consume.add_argument("--bootstrap", help="Kafka bootstrap servers (else from settings)")
     consume.add_argument("--metrics-port", type=int, default=9101)
     consume.set_defaults(fn=cmd_feedback_consume)
+
+    models = sub.add_parser("models", help="the student model registry").add_subparsers(
+        dest="models_cmd", required=True
+    )
+    models.add_parser("list", help="versions, pointers and gate verdicts").set_defaults(fn=cmd_models)
+    show = models.add_parser("show", help="one version's manifest (lineage, dataset, gate)")
+    show.add_argument("version")
+    show.set_defaults(fn=cmd_models)
+    promote = models.add_parser("promote", help="serve this version (replicas follow the registry)")
+    promote.add_argument("version")
+    promote.add_argument("--reason")
+    promote.set_defaults(fn=cmd_models)
+    rollback = models.add_parser("rollback", help="serve the previous version again")
+    rollback.add_argument("--reason")
+    rollback.set_defaults(fn=cmd_models)
+    canary = models.add_parser("canary", help="send a share of traffic to a version (or --end)")
+    canary.add_argument("version", nargs="?")
+    canary.add_argument("--share", type=float, default=0.2)
+    canary.add_argument("--end", action="store_true")
+    canary.add_argument("--reason")
+    canary.set_defaults(fn=cmd_models)
+
+    retrain = sub.add_parser("retrain", help="refresh the student now: store -> TRL -> gate -> canary")
+    retrain.add_argument("--steps", type=int)
+    retrain.add_argument("--min-new", type=int, help="least new escalations to train on")
+    retrain.add_argument("--no-canary", action="store_true", help="promote on a passed gate directly")
+    retrain.add_argument("--gateway-url", help="where the canary's live metrics are read")
+    retrain.set_defaults(fn=cmd_retrain)
 
     cal = sub.add_parser("calibrate", help="pick the escalation threshold on a labelled sample")
     target = cal.add_mutually_exclusive_group()
