@@ -305,7 +305,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     gate = outcome.gate
     print(
         f"\ncandidate {outcome.version}: dataset {outcome.dataset['new']} new"
-        f" + {outcome.dataset['replay']} replay, holdout {outcome.dataset['holdout']}; stage seconds {outcome.timings_s}"
+        f" + {outcome.dataset['replay']} replay, holdout {outcome.dataset['holdout']};"
+        f" stage seconds {outcome.timings_s}"
     )
     for label, r in (("current", gate.current), ("candidate", gate.candidate)):
         print(
