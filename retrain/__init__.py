@@ -1,6 +1,7 @@
 """The refresh loop: dataset from the feedback store, TRL re-distillation, evaluation gate."""
 
 from retrain._dataset import REFERENCE_FILE, DistillDataset, Pair, build_dataset, load_reference
+from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
 from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
 from retrain._suite import demo_regression_suite, load_suite
@@ -13,6 +14,8 @@ __all__ = [
     "DistillConfig",
     "DistillDataset",
     "DriftCheckError",
+    "DriftConfig",
+    "DriftResult",
     "EvalResult",
     "GateConfig",
     "GateReport",
@@ -22,6 +25,7 @@ __all__ = [
     "RetrainError",
     "TrainResult",
     "build_dataset",
+    "check_drift",
     "demo_regression_suite",
     "distill",
     "ensure_registry",
@@ -31,4 +35,5 @@ __all__ = [
     "load_suite",
     "run_gate",
     "run_refresh",
+    "traffic_sample",
 ]

@@ -1,0 +1,66 @@
+"""Evidently drift checks on demo traffic: false alarms on unshifted windows, detection on drift."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from demo import STUDENT_SKILLS, sample_examples
+from feedback import EscalationEvent
+from retrain import DriftConfig, check_drift, load_reference, traffic_sample
+
+pytestmark = pytest.mark.integration
+
+
+def _prompts(skills, n, seed):
+    return [e.prompt for e in sample_examples(list(skills), n, random.Random(seed))]
+
+
+@pytest.fixture(scope="module")
+def reference(demo_models):
+    return [p.prompt for p in load_reference(demo_models / "student")]
+
+
+@pytest.mark.parametrize("seed", [101, 202])
+def test_unshifted_traffic_raises_no_alarm(reference, seed):
+    result = check_drift(reference, _prompts(STUDENT_SKILLS, 300, seed), DriftConfig(), seed=seed)
+    assert not result.drifted, result.columns
+
+
+def test_traffic_drifting_onto_new_skills_is_detected_with_reports(reference, tmp_path):
+    current = _prompts([*STUDENT_SKILLS, "shift", "double"], 300, 303)
+    result = check_drift(
+        reference,
+        current,
+        DriftConfig(),
+        escalation_rate=0.5,
+        expected_escalation_rate=0.02,
+        out_dir=tmp_path,
+    )
+    assert result.drifted and "columns drifted" in result.reason and "escalation rate" in result.reason
+    assert result.columns["leading_word"]["drifted"]
+    assert result.report_html and (tmp_path / result.report_html.split("/")[-1]).stat().st_size > 10_000
+    summary = json.loads(Path(result.summary_json).read_text())
+    assert summary["drifted"] is True and set(summary["columns"]) == {
+        "prompt",
+        "prompt_length",
+        "leading_word",
+    }
+
+
+def test_small_windows_give_no_verdict(reference):
+    result = check_drift(reference, _prompts(["shift"], 20, 1), DriftConfig(min_rows=100))
+    assert not result.drifted and "not enough rows" in result.reason
+
+
+def test_traffic_sample_unbiases_escalations():
+    rng = random.Random(0)
+    events = [EscalationEvent(request_id=f"e{i}", prompt="shift: abc =") for i in range(100)]
+    events += [EscalationEvent(request_id=f"s{i}", kind="sample", prompt="upper: abc =") for i in range(20)]
+    prompts, rate = traffic_sample(events, 0.1, rng)
+    # 20 samples at 10% stand for 200 confident answers: 100 / 300 escalated.
+    assert rate == pytest.approx(100 / 300)
+    assert 20 <= len(prompts) <= 45
