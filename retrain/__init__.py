@@ -3,6 +3,7 @@
 from retrain._dataset import REFERENCE_FILE, DistillDataset, Pair, build_dataset, load_reference
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
+from retrain._loop import LoopConfig, LoopEvent, LoopMetrics, RefreshLoop
 from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
 from retrain._suite import demo_regression_suite, load_suite
 from retrain._train import TrainResult, distill
@@ -19,8 +20,12 @@ __all__ = [
     "EvalResult",
     "GateConfig",
     "GateReport",
+    "LoopConfig",
+    "LoopEvent",
+    "LoopMetrics",
     "NotEnoughFeedback",
     "Pair",
+    "RefreshLoop",
     "RefreshOutcome",
     "RetrainError",
     "TrainResult",

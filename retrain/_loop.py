@@ -1,0 +1,260 @@
+"""The refresh loop: drift checks on a schedule, a nightly refresh, canary, and its metrics.
+
+Each ``tick`` checks drift on the recent window; a refresh runs when drift is detected or
+the nightly time has come, and only when enough new escalations exist since the last
+refresh. A passing candidate goes through a live canary (promote or automatic rollback).
+State that must survive a restart (last refresh time, last nightly date) lives in a small
+JSON file beside the registry, so a killed loop resumes where it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import BaseModel, Field
+
+from deploy import CanaryConfig, CanaryController, ModelRegistry
+from feedback import FeedbackStore
+from retrain._dataset import Pair, load_reference
+from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
+from retrain._refresh import RefreshOutcome, run_refresh
+from retrain.config import DistillConfig, GateConfig
+from retrain.errors import NotEnoughFeedback
+
+__all__ = ["LoopConfig", "LoopEvent", "LoopMetrics", "RefreshLoop"]
+
+logger = logging.getLogger(__name__)
+
+
+class LoopConfig(BaseModel):
+    """Parameters:
+    check_interval_s (`float`, defaults to 300): drift check period.
+    nightly_at (`str | None`, defaults to ``"03:00"``): UTC time of the nightly refresh;
+        None disables it.
+    sample_rate (`float`): the gateway's ``feedback.sample_rate`` (to unbias the window).
+    canary (`bool`, defaults to True): live canary before promotion (else promote on gate).
+    """
+
+    check_interval_s: float = Field(default=300.0, gt=0)
+    nightly_at: str | None = "03:00"
+    sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    canary: bool = True
+    drift: DriftConfig = DriftConfig()
+    distill: DistillConfig = DistillConfig()
+    gate: GateConfig = GateConfig()
+    canary_config: CanaryConfig = CanaryConfig()
+
+
+class LoopMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry or CollectorRegistry()
+        self.registry = r
+        self.drift_share = Gauge(
+            "distillery_drift_share", "Share of drifted columns at the last check.", registry=r
+        )
+        self.drift_detected = Gauge(
+            "distillery_drift_detected", "1 if the last check found drift.", registry=r
+        )
+        self.last_check = Gauge(
+            "distillery_drift_last_check_timestamp_seconds", "Time of the last drift check.", registry=r
+        )
+        self.refreshes = Counter(
+            "distillery_refreshes_total", "Refresh attempts by result.", ["result"], registry=r
+        )
+        self.last_success = Gauge(
+            "distillery_refresh_last_success_timestamp_seconds",
+            "Time of the last promoted refresh.",
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "distillery_refresh_stage_seconds",
+            "Duration of each refresh stage.",
+            ["stage"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+
+
+@dataclass
+class LoopEvent:
+    at: float
+    trigger: str
+    drift: dict[str, Any] | None
+    result: str
+    version: str | None = None
+    detail: str = ""
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+class RefreshLoop:
+    def __init__(
+        self,
+        store: FeedbackStore,
+        registry: ModelRegistry,
+        config: LoopConfig,
+        *,
+        workdir: Path,
+        suite: Sequence[Pair],
+        fetch_metrics: Callable[[], str] | None,
+        scorer: str = "mean_logprob",
+        metrics: LoopMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._config = config
+        self._workdir = workdir
+        self._suite = suite
+        self._fetch = fetch_metrics
+        self._scorer = scorer
+        self.metrics = metrics or LoopMetrics()
+        self._clock = clock
+        self._state_file = registry.root / "loop_state.json"
+        self._stop = threading.Event()
+        self.events: list[LoopEvent] = []
+
+    # ---- persisted state ------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        if self._state_file.is_file():
+            data: dict[str, Any] = json.loads(self._state_file.read_text())
+            return data
+        return {}
+
+    def _save_state(self, **updates: Any) -> None:
+        state = {**self._state(), **updates}
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self._state_file)
+
+    # ---- one tick -------------------------------------------------------------------
+    def check_drift(self, now: float) -> DriftResult:
+        current = self._registry.current()
+        reference = [p.prompt for p in load_reference(current.path)] if current else []
+        events = self._store.events(since=now - self._config.drift.window_s)
+        prompts, rate = traffic_sample(events, self._config.sample_rate, random.Random(int(now)))
+        result = check_drift(
+            reference,
+            prompts,
+            self._config.drift,
+            escalation_rate=rate,
+            out_dir=self._registry.root / "drift-reports",
+            seed=int(now),
+        )
+        self.metrics.drift_share.set(result.drift_share)
+        self.metrics.drift_detected.set(1 if result.drifted else 0)
+        self.metrics.last_check.set(now)
+        return result
+
+    def _nightly_due(self, now: float) -> bool:
+        if not self._config.nightly_at:
+            return False
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
+        hh, mm = (int(x) for x in self._config.nightly_at.split(":"))
+        return at.time() >= dt.time(hh, mm) and self._state().get("last_nightly") != at.date().isoformat()
+
+    def tick(self) -> LoopEvent:
+        now = self._clock()
+        drift = self.check_drift(now)
+        nightly = self._nightly_due(now)
+        trigger = "drift" if drift.drifted else ("nightly" if nightly else "")
+        drift_info = {
+            "drifted": drift.drifted,
+            "share": drift.drift_share,
+            "reason": drift.reason,
+            "escalation_rate": drift.escalation_rate,
+        }
+        if not trigger:
+            return self._record(LoopEvent(now, "check", drift_info, "no_refresh", detail=drift.reason))
+        if nightly:
+            self._save_state(last_nightly=dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat())
+        since = self._state().get("last_refresh_at")
+        new = self._store.count(kind="escalation", since=since)
+        if new < self._config.distill.min_new_examples:
+            self.metrics.refreshes.labels("skipped").inc()
+            return self._record(
+                LoopEvent(
+                    now,
+                    trigger,
+                    drift_info,
+                    "skipped",
+                    detail=f"{new} new escalations < {self._config.distill.min_new_examples}",
+                )
+            )
+        try:
+            outcome = run_refresh(
+                self._store,
+                self._registry,
+                workdir=self._workdir,
+                suite=self._suite,
+                distill_config=self._config.distill,
+                gate_config=self._config.gate,
+                scorer=self._scorer,
+            )
+        except NotEnoughFeedback as exc:
+            self.metrics.refreshes.labels("skipped").inc()
+            return self._record(LoopEvent(now, trigger, drift_info, "skipped", detail=str(exc)))
+        for stage, seconds in outcome.timings_s.items():
+            self.metrics.stage_seconds.labels(stage).observe(seconds)
+        self._save_state(last_refresh_at=now)
+        return self._record(self._roll_out(now, trigger, drift_info, outcome))
+
+    def _roll_out(
+        self, now: float, trigger: str, drift_info: dict[str, Any], outcome: RefreshOutcome
+    ) -> LoopEvent:
+        if not outcome.passed:
+            self.metrics.refreshes.labels("refused").inc()
+            return LoopEvent(
+                now,
+                trigger,
+                drift_info,
+                "refused",
+                outcome.version,
+                "; ".join(outcome.gate.reasons),
+                outcome.timings_s,
+            )
+        if self._config.canary and self._fetch is not None:
+            t0 = time.monotonic()
+            controller = CanaryController(self._registry, self._fetch, self._config.canary_config)
+            verdict, cur, can = controller.run(outcome.version)
+            timings = {**outcome.timings_s, "canary": round(time.monotonic() - t0, 2)}
+            self.metrics.stage_seconds.labels("canary").observe(timings["canary"])
+            detail = (
+                f"canary escalation {can.escalation_rate:.1%} over {can.answers:.0f} vs "
+                f"current {cur.escalation_rate:.1%}"
+            )
+            if verdict != "promote":
+                self.metrics.refreshes.labels("rolled_back").inc()
+                return LoopEvent(now, trigger, drift_info, "rolled_back", outcome.version, detail, timings)
+        else:
+            self._registry.promote(outcome.version, reason=f"{trigger}: gate passed", actor="loop")
+            timings, detail = outcome.timings_s, "gate passed"
+        self.metrics.refreshes.labels("promoted").inc()
+        self.metrics.last_success.set(self._clock())
+        return LoopEvent(now, trigger, drift_info, "promoted", outcome.version, detail, timings)
+
+    def _record(self, event: LoopEvent) -> LoopEvent:
+        self.events.append(event)
+        logger.info("loop tick", extra={"fields": asdict(event)})
+        return event
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("refresh loop tick failed")
+                self.metrics.refreshes.labels("failed").inc()
+            self._stop.wait(self._config.check_interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
