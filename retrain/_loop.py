@@ -142,14 +142,26 @@ class RefreshLoop:
         reference = [p.prompt for p in load_reference(current.path)] if current else []
         events = self._store.events(since=now - self._config.drift.window_s)
         prompts, rate = traffic_sample(events, self._config.sample_rate, random.Random(int(now)))
+        # "Normal" escalation rate of a version: its first drift-free window after promotion.
+        baselines: dict[str, float] = self._state().get("baseline_escalation", {})
+        version = current.version if current else ""
         result = check_drift(
             reference,
             prompts,
             self._config.drift,
             escalation_rate=rate,
+            expected_escalation_rate=baselines.get(version),
             out_dir=self._registry.root / "drift-reports",
             seed=int(now),
         )
+        if (
+            version
+            and version not in baselines
+            and rate is not None
+            and not result.drifted
+            and result.columns
+        ):
+            self._save_state(baseline_escalation={**baselines, version: rate})
         self.metrics.drift_share.set(result.drift_share)
         self.metrics.drift_detected.set(1 if result.drifted else 0)
         self.metrics.last_check.set(now)
