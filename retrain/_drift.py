@@ -71,6 +71,8 @@ def traffic_sample(
     events: Sequence[EscalationEvent], sample_rate: float, rng: random.Random
 ) -> tuple[list[str], float | None]:
     """An unbiased sample of recent prompts, and the estimated escalation rate."""
+    if sample_rate <= 0.0:  # nothing sampled: the escalations are all there is (biased)
+        return [e.prompt_text() for e in events], None
     samples = [e for e in events if e.kind == "sample"]
     escalations = [e for e in events if e.kind == "escalation"]
     thinned = [e for e in escalations if rng.random() < sample_rate] if sample_rate < 1.0 else escalations

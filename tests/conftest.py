@@ -66,7 +66,7 @@ def live_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> I
                 "max_poll_interval_ms": 3000,
                 "session_timeout_ms": 6000,
             },
-            "sample_rate": 0.0,
+            "sample_rate": 0.2,
         },
     )
     store = SQLiteStore(var / "feedback.db")

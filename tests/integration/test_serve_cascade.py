@@ -190,7 +190,8 @@ def test_escalations_reach_the_feedback_store_redacted(live_stack):
         time.sleep(0.2)
     by_id = {e.request_id: e for e in store.events()}
     assert wanted <= set(by_id)
-    assert f"{kept['id']}-0" not in by_id  # confident answers are not escalations (sample_rate 0)
+    kept_event = by_id.get(f"{kept['id']}-0")  # confident answers are only ever sampled
+    assert kept_event is None or (kept_event.kind == "sample" and kept_event.teacher_answer is None)
 
     event = by_id[f"{escalated['id']}-0"]
     assert event.kind == "escalation" and event.skill == "double" and event.route == "completions"
