@@ -61,6 +61,10 @@ class TransformersBackend:
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
+        # A second tokenizer for the event loop's prompt-length checks: a fast tokenizer's
+        # padding/truncation state is mutable and shared, so counting on the batch's own
+        # tokenizer while a worker thread pads a batch corrupted that batch (seen under load).
+        self._counter: Any = AutoTokenizer.from_pretrained(str(path))
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         self._model: Any = model.to(self._device).eval()
         self.max_context = int(getattr(self._model.config, "max_position_embeddings", 2048))
@@ -78,7 +82,7 @@ class TransformersBackend:
         return text
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        return len(self._tokenizer.encode(self.render(request), add_special_tokens=False))
+        return len(self._counter.encode(self.render(request), add_special_tokens=False))
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return await asyncio.to_thread(self.generate_sync, requests)

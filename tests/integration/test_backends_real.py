@@ -75,3 +75,26 @@ def test_unreachable_http_teacher_fails_fast_with_a_typed_error(student):
     # A confident student answer never needs the teacher, down or not.
     ok = asyncio.run(router.route(GenerationRequest(prompt="reverse: abc =")))
     assert ok.tier == "student" and ok.generation.text == "cba"
+
+
+def test_counting_tokens_while_a_batch_generates_does_not_corrupt_it(student):
+    """Regression: length checks on the event loop raced the worker thread's padding."""
+    import threading
+
+    stop = threading.Event()
+    req = GenerationRequest(prompt="reverse: abcdefg =")
+
+    def count_forever() -> None:
+        while not stop.is_set():
+            student.count_prompt_tokens(req)
+
+    counter = threading.Thread(target=count_forever, daemon=True)
+    counter.start()
+    try:
+        prompts = [f"upper: {'abcdefg'[: 3 + i % 5]} =" for i in range(64)]
+        for _ in range(20):
+            gens = student.generate_sync([GenerationRequest(prompt=p) for p in prompts])
+            assert [g.text for g in gens] == [p.split(" ")[1].upper() for p in prompts]
+    finally:
+        stop.set()
+        counter.join(5)
