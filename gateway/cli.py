@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings.feedback.enabled:
         _start_consumer(settings, args.metrics_port)
         print(f"feedback consumer -> {settings.store_dsn} (metrics on :{args.metrics_port})")
+        import threading
+
+        from prometheus_client import start_http_server
+
+        loop = _build_loop(settings)
+        start_http_server(args.metrics_port + 1, addr=settings.server.host, registry=loop.metrics.registry)
+        threading.Thread(target=loop.run, name="refresh-loop", daemon=True).start()
+        print(
+            f"refresh loop: drift check every {loop.config.check_interval_s:g}s "
+            f"(metrics on :{args.metrics_port + 1}); `distillery demo scenario` tells the story"
+        )
     return cmd_serve(args, settings)
 
 
@@ -332,6 +344,71 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0 if verdict == "promote" else 1
 
 
+def _build_loop(settings: DistillerySettings, *, canary: bool = True, interval_s: float | None = None) -> Any:
+    import httpx
+
+    from feedback import open_store
+    from retrain import LoopConfig, RefreshLoop, demo_regression_suite, ensure_registry
+
+    registry = _registry(settings)
+    ensure_registry(registry, settings.tier_dir("student"))
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    config = LoopConfig(sample_rate=settings.feedback.sample_rate, canary=canary)
+    if interval_s is not None:
+        config.check_interval_s = interval_s
+    return RefreshLoop(
+        open_store(settings.store_dsn),
+        registry,
+        config,
+        workdir=settings.var_dir / "candidates",
+        suite=demo_regression_suite(),
+        fetch_metrics=lambda: httpx.get(f"{url}/metrics", timeout=10).text,
+        scorer=settings.cascade.scorer,
+    )
+
+
+def cmd_loop(args: argparse.Namespace) -> int:
+    """The refresh loop in the foreground (a Kubernetes Deployment, or beside ``serve``)."""
+    from prometheus_client import start_http_server
+
+    settings = _settings(args)
+    loop = _build_loop(settings, canary=not args.no_canary, interval_s=args.interval)
+    if args.once:
+        event = loop.tick()
+        print(json.dumps(asdict(event), indent=2, default=str))
+        return 0 if event.result in ("promoted", "no_refresh", "skipped") else 1
+    start_http_server(args.metrics_port, addr=settings.server.host, registry=loop.metrics.registry)
+    print(
+        f"refresh loop: drift check every {loop.config.check_interval_s:g}s; metrics on :{args.metrics_port}"
+    )
+    try:
+        loop.run()
+    except KeyboardInterrupt:
+        loop.stop()
+    return 0
+
+
+def cmd_drift_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    loop = _build_loop(settings)
+    result = loop.check_drift(time.time())
+    print(json.dumps(asdict(result), indent=2, default=str))
+    return 0
+
+
+def cmd_demo_scenario(args: argparse.Namespace) -> int:
+    """The story of the loop, on a running ``distillery run`` stack."""
+    from gateway._scenario import run_scenario
+
+    settings = _settings(args)
+    loop = _build_loop(settings)
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    out = Path(args.plot or settings.var_dir / "scenario.png")
+    report = run_scenario(url, loop, drift_requests=args.drift_requests, plot_path=out)
+    (out.with_suffix(".json")).write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distillery", description=__doc__)
     p.add_argument("--config", type=Path, default=None, help="YAML settings file")
@@ -357,6 +434,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if up to date")
     build.add_argument("--scale", type=float, default=1.0, help="scale the step budget (tests)")
     build.set_defaults(fn=cmd_demo_build)
+    scenario = demo.add_parser("scenario", help="drift -> refresh -> fewer escalations, on a running stack")
+    scenario.add_argument("--drift-requests", type=int, default=2400)
+    scenario.add_argument("--plot", help="PNG path (default var/scenario.png)")
+    scenario.set_defaults(fn=cmd_demo_scenario)
 
     fb = sub.add_parser("feedback", help="the feedback stream").add_subparsers(dest="fb_cmd", required=True)
     consume = fb.add_parser("consume", help="consume escalation events into the feedback store")
@@ -391,6 +472,18 @@ def _parser() -> argparse.ArgumentParser:
     retrain.add_argument("--no-canary", action="store_true", help="promote on a passed gate directly")
     retrain.add_argument("--gateway-url", help="where the canary's live metrics are read")
     retrain.set_defaults(fn=cmd_retrain)
+
+    loop = sub.add_parser("loop", help="drift checks, nightly refresh, canary (runs until stopped)")
+    loop.add_argument("--interval", type=float, help="seconds between drift checks")
+    loop.add_argument("--once", action="store_true", help="one tick, then exit (CronJob)")
+    loop.add_argument("--no-canary", action="store_true")
+    loop.add_argument("--metrics-port", type=int, default=9102)
+    loop.set_defaults(fn=cmd_loop)
+
+    drift = sub.add_parser("drift", help="drift checks").add_subparsers(dest="drift_cmd", required=True)
+    drift.add_parser("check", help="one Evidently drift check on the recent window").set_defaults(
+        fn=cmd_drift_check
+    )
 
     cal = sub.add_parser("calibrate", help="pick the escalation threshold on a labelled sample")
     target = cal.add_mutually_exclusive_group()

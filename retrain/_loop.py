@@ -123,6 +123,10 @@ class RefreshLoop:
         self._stop = threading.Event()
         self.events: list[LoopEvent] = []
 
+    @property
+    def config(self) -> LoopConfig:
+        return self._config
+
     # ---- persisted state ------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         if self._state_file.is_file():
