@@ -53,7 +53,9 @@ class FeedbackConfig(BaseModel):
             None means ``<var_dir>/feedback.db``.
         spool_dir (`Path | None`, defaults to None): None means ``<var_dir>/spool``.
         queue_size (`int`, defaults to 10000): in-memory events before spilling to disk.
-        sample_rate (`float`, defaults to 0.02): share of confident answers also logged.
+        sample_rate (`float`, defaults to 0.1): share of confident answers also logged; the
+            drift check's window is these plus escalations thinned to the same rate, so
+            it needs ``min_rows / sample_rate`` requests per window (1,000 at defaults).
         redact (`bool`, defaults to True), redact_patterns (`dict[str, str]`): extra
             ``LABEL: regex`` patterns on top of emails, phone and card numbers.
         retain_until_consumed (`int`, defaults to 100000): acknowledged events kept in
@@ -66,7 +68,7 @@ class FeedbackConfig(BaseModel):
     store_dsn: str | None = None
     spool_dir: Path | None = None
     queue_size: int = Field(default=10_000, ge=1)
-    sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     redact: bool = True
     redact_patterns: dict[str, str] = Field(default_factory=dict)
     retain_until_consumed: int = Field(default=100_000, ge=0)

@@ -47,7 +47,7 @@ class LoopConfig(BaseModel):
 
     check_interval_s: float = Field(default=300.0, gt=0)
     nightly_at: str | None = "03:00"
-    sample_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     canary: bool = True
     drift: DriftConfig = DriftConfig()
     distill: DistillConfig = DistillConfig()

@@ -63,6 +63,7 @@ def run_refresh(
     since: float | None = None,
     scorer: str = "mean_logprob",
     progress: Callable[[int, int, float], None] | None = None,
+    teacher_dir: Path | None = None,
 ) -> RefreshOutcome:
     current = registry.current()
     if current is None:
@@ -74,7 +75,9 @@ def run_refresh(
     version = f"student-{time.strftime('%Y%m%d-%H%M%S')}-{dataset.sha256[:6]}"
     candidate_dir = workdir / version
     t0 = time.monotonic()
-    trained = distill(current.path, dataset, candidate_dir, distill_config, progress=progress)
+    trained = distill(
+        current.path, dataset, candidate_dir, distill_config, progress=progress, teacher_dir=teacher_dir
+    )
     timings["train"] = time.monotonic() - t0
     t0 = time.monotonic()
     report = run_gate(current.path, candidate_dir, dataset.holdout, suite, gate_config, scorer=scorer)

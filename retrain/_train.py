@@ -55,50 +55,23 @@ def distill(
     *,
     progress: ProgressFn | None = None,
     num_threads: int = 2,
+    teacher_dir: Path | None = None,
 ) -> TrainResult:
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazy re-exports
 
     torch.set_num_threads(num_threads)
     scratch = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(str(parent_dir))
     model = AutoModelForCausalLM.from_pretrained(str(parent_dir), dtype=torch.float32)
-    rows = [{"prompt": p.prompt, "completion": p.completion} for p in dataset.train]
-    args = SFTConfig(
-        output_dir=str(scratch / "checkpoints"),
-        max_steps=config.steps,
-        per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=config.warmup_steps,
-        # CPU: no mixed precision, no checkpointing (8x faster than the defaults here).
-        use_cpu=not torch.cuda.is_available(),
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        completion_only_loss=True,
-        max_length=int(getattr(model.config, "max_position_embeddings", 512)),
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to="none",
-        save_strategy="steps",
-        save_steps=max(1, config.steps // 2),
-        save_total_limit=1,
-        logging_steps=max(1, min(50, config.steps // 10)),
-        dataloader_num_workers=0,
-        disable_tqdm=progress is not None,
-    )
-    callbacks = [_progress_callback(progress, config.steps)] if progress else None
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        callbacks=callbacks,
-    )
+    if config.method == "logit_kd":
+        if teacher_dir is None:
+            raise ValueError("logit_kd needs the teacher's weights locally (teacher_dir)")
+        trainer = _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress)
+    else:
+        trainer = _sft_trainer(model, tok, dataset, config, scratch, progress)
+    rows = dataset.train
     started = time.monotonic()
     out = trainer.train()
     seconds = time.monotonic() - started
@@ -130,3 +103,90 @@ def distill(
     final.rename(output_dir)
     shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _common_args(config: DistillConfig, scratch: Path, progress: ProgressFn | None) -> dict[str, Any]:
+    import torch
+
+    return {
+        "output_dir": str(scratch / "checkpoints"),
+        "max_steps": config.steps,
+        "per_device_train_batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": config.warmup_steps,
+        # CPU: no mixed precision, no checkpointing (8x faster than the defaults here).
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": False,
+        "fp16": False,
+        "gradient_checkpointing": False,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "report_to": "none",
+        "save_strategy": "steps",
+        "save_steps": max(1, config.steps // 2),
+        "save_total_limit": 1,
+        "logging_steps": max(1, min(50, config.steps // 10)),
+        "dataloader_num_workers": 0,
+        "disable_tqdm": progress is not None,
+    }
+
+
+def _logit_kd_trainer(
+    model: Any,
+    tok: Any,
+    dataset: DistillDataset,
+    config: DistillConfig,
+    scratch: Path,
+    teacher_dir: Path,
+    progress: ProgressFn | None,
+) -> Any:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DistillationConfig, DistillationTrainer  # type: ignore[attr-defined]
+
+    teacher = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
+    args = DistillationConfig(
+        **_common_args(config, scratch, progress),
+        max_completion_length=32,
+        beta=config.kd_beta,
+        temperature=config.kd_temperature,
+    )
+    callbacks = [_progress_callback(progress, config.steps)] if progress else None
+    rows = [{"prompt": p.prompt} for p in dataset.train]
+    return DistillationTrainer(
+        model=model,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+
+
+def _sft_trainer(
+    model: Any,
+    tok: Any,
+    dataset: DistillDataset,
+    config: DistillConfig,
+    scratch: Path,
+    progress: ProgressFn | None,
+) -> Any:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazy re-exports
+
+    rows = [{"prompt": p.prompt, "completion": p.completion} for p in dataset.train]
+    args = SFTConfig(
+        **_common_args(config, scratch, progress),
+        completion_only_loss=True,
+        max_length=int(getattr(model.config, "max_position_embeddings", 512)),
+    )
+    callbacks = [_progress_callback(progress, config.steps)] if progress else None
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        callbacks=callbacks,
+    )
