@@ -146,7 +146,7 @@ def plot_timeline(report: ScenarioReport, path: Path) -> str:
     for event in report.loop:
         if event["result"] == "promoted":
             ax.axvline(len(labels) - 1.5, linestyle="--", color="grey")
-            ax.annotate(f"refresh: {event['version']}", (len(labels) - 1.5, 0.5), rotation=90, fontsize=7)
+            ax.annotate(f"refresh -> {event['version']}", (len(labels) - 1.45, 0.3), rotation=90, fontsize=7)
     ax.set_xticks(list(x), labels, rotation=15, fontsize=8)
     ax.set_ylim(-0.05, 1.05)
     ax.set_title("Distillery: drift, refresh, and the escalations that went away")
