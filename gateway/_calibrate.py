@@ -12,7 +12,6 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,19 +22,16 @@ from gateway._deployments import CALIBRATION_FILE
 from gateway.settings import DistillerySettings
 from router import (
     SCORER_NAMES,
-    Backend,
     CalibrationPoint,
-    GenerationRequest,
     all_scores,
     auroc,
     build_backend,
     calibration_curve,
+    generate_prompts,
     pick_threshold,
 )
 
 __all__ = ["CalibrationReport", "run_calibration"]
-
-BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -51,14 +47,6 @@ class CalibrationReport:
     auroc: dict[str, float | None]
     curve: list[CalibrationPoint]
     path: Path | None
-
-
-async def _generate_all(backend: Backend, prompts: Sequence[str], max_tokens: int) -> list[Any]:
-    out = []
-    for i in range(0, len(prompts), BATCH):
-        reqs = [GenerationRequest(prompt=p, max_tokens=max_tokens) for p in prompts[i : i + BATCH]]
-        out.extend(await backend.generate(reqs))
-    return out
 
 
 def _sample_prompts(n: int, seed: int, prompts_file: Path | None) -> list[str]:
@@ -87,8 +75,8 @@ def run_calibration(
     prompts = _sample_prompts(n, seed, prompts_file)
 
     async def both() -> tuple[list[Any], list[Any]]:
-        s = await _generate_all(student, prompts, max_tokens)
-        t = await _generate_all(teacher, prompts, max_tokens)
+        s = await generate_prompts(student, prompts, max_tokens=max_tokens)
+        t = await generate_prompts(teacher, prompts, max_tokens=max_tokens)
         await student.close()
         await teacher.close()
         return s, t

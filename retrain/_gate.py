@@ -17,7 +17,7 @@ from typing import Any
 
 from retrain._dataset import Pair
 from retrain.config import GateConfig
-from router import GenerationRequest, calibration_curve, get_scorer, pick_threshold
+from router import calibration_curve, generate_prompts, get_scorer, pick_threshold
 
 __all__ = ["EvalResult", "GateReport", "evaluate_model", "expected_calibration_error", "run_gate"]
 
@@ -77,11 +77,7 @@ def _answers(model_dir: Path, prompts: Sequence[str]) -> list[Any]:
     from router._transformers_backend import TransformersBackend
 
     backend = TransformersBackend(model_dir, num_threads=2)
-    out: list[Any] = []
-    for i in range(0, len(prompts), 128):
-        reqs = [GenerationRequest(prompt=p, max_tokens=24) for p in prompts[i : i + 128]]
-        out.extend(asyncio.run(backend.generate(reqs)))
-    return out
+    return list(asyncio.run(generate_prompts(backend, prompts, max_tokens=24, batch_size=128)))
 
 
 def evaluate_model(

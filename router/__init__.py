@@ -2,6 +2,7 @@
 
 from router._auroc import auroc
 from router._backend import Backend
+from router._batching import generate_prompts
 from router._calibration import CalibrationPoint, calibration_curve, pick_threshold
 from router._cascade import CascadeResult, CascadeRouter, GenerationClient, Tier
 from router._factory import build_backend
@@ -31,6 +32,7 @@ __all__ = [
     "all_scores",
     "auroc",
     "build_backend",
+    "generate_prompts",
     "calibration_curve",
     "get_scorer",
     "pick_threshold",

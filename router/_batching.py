@@ -1,0 +1,21 @@
+"""Offline batch generation over any backend (calibration, the gate, benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from router._backend import Backend
+from router._types import Generation, GenerationRequest
+
+__all__ = ["generate_prompts"]
+
+
+async def generate_prompts(
+    backend: Backend, prompts: Sequence[str], *, max_tokens: int = 24, batch_size: int = 64
+) -> list[Generation]:
+    """Greedy completions of ``prompts``, ``batch_size`` at a time, in order."""
+    out: list[Generation] = []
+    for i in range(0, len(prompts), batch_size):
+        reqs = [GenerationRequest(prompt=p, max_tokens=max_tokens) for p in prompts[i : i + batch_size]]
+        out.extend(await backend.generate(reqs))
+    return out
