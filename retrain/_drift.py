@@ -69,29 +69,41 @@ def _leading(prompt: str) -> str:
 
 def traffic_sample(
     events: Sequence[EscalationEvent], sample_rate: float, rng: random.Random
-) -> tuple[list[str], float | None]:
-    """An unbiased sample of recent prompts, and the estimated escalation rate."""
+) -> tuple[list[str], list[float | None], float | None]:
+    """An unbiased sample of recent prompts with the student's confidence on each, and the
+    estimated escalation rate."""
     if sample_rate <= 0.0:  # nothing sampled: the escalations are all there is (biased)
-        return [e.prompt_text() for e in events], None
+        return [e.prompt_text() for e in events], [e.student_confidence for e in events], None
     samples = [e for e in events if e.kind == "sample"]
     escalations = [e for e in events if e.kind == "escalation"]
     thinned = [e for e in escalations if rng.random() < sample_rate] if sample_rate < 1.0 else escalations
-    prompts = [e.prompt_text() for e in samples + thinned]
+    kept = samples + thinned
     total = len(escalations) + (len(samples) / sample_rate if sample_rate > 0 else 0.0)
     rate = len(escalations) / total if total else None
-    return prompts, rate
+    return [e.prompt_text() for e in kept], [e.student_confidence for e in kept], rate
 
 
-def _frame(prompts: Sequence[str]) -> Any:
+def _frame(prompts: Sequence[str], confidence: Sequence[float] | None) -> Any:
     import pandas as pd
 
-    return pd.DataFrame(
-        {
-            "prompt": list(prompts),
-            "prompt_length": [len(p) for p in prompts],
-            "leading_word": [_leading(p) for p in prompts],
-        }
-    )
+    columns: dict[str, Any] = {
+        "prompt": list(prompts),
+        "prompt_length": [len(p) for p in prompts],
+        "leading_word": [_leading(p) for p in prompts],
+    }
+    if confidence is not None:
+        columns["confidence"] = list(confidence)
+    return pd.DataFrame(columns)
+
+
+def _sample(
+    prompts: Sequence[str], confidence: Sequence[float | None] | None, n: int, rng: random.Random
+) -> tuple[list[str], list[float] | None]:
+    idx = rng.sample(range(len(prompts)), min(len(prompts), n))
+    if confidence is None:
+        return [prompts[i] for i in idx], None
+    idx = [i for i in idx if confidence[i] is not None]
+    return [prompts[i] for i in idx], [float(confidence[i] or 0.0) for i in idx]
 
 
 def check_drift(
@@ -103,11 +115,16 @@ def check_drift(
     expected_escalation_rate: float | None = None,
     out_dir: Path | None = None,
     seed: int = 0,
+    reference_confidence: Sequence[float | None] | None = None,
+    current_confidence: Sequence[float | None] | None = None,
 ) -> DriftResult:
+    """``*_confidence`` (the student's confidence per prompt, both or neither) adds the
+    confidence distribution as a drift column."""
     now = time.time()
     rng = random.Random(seed)
-    ref = rng.sample(list(reference), min(len(reference), config.max_rows))
-    cur = rng.sample(list(current), min(len(current), config.max_rows))
+    with_conf = reference_confidence is not None and current_confidence is not None
+    ref, ref_conf = _sample(reference, reference_confidence if with_conf else None, config.max_rows, rng)
+    cur, cur_conf = _sample(current, current_confidence if with_conf else None, config.max_rows, rng)
     if len(cur) < config.min_rows or len(ref) < config.min_rows:
         return DriftResult(
             False,
@@ -127,12 +144,14 @@ def check_drift(
         from evidently.presets import DataDriftPreset
 
         definition = DataDefinition(
-            text_columns=["prompt"], numerical_columns=["prompt_length"], categorical_columns=["leading_word"]
+            text_columns=["prompt"],
+            numerical_columns=["prompt_length", "confidence"] if with_conf else ["prompt_length"],
+            categorical_columns=["leading_word"],
         )
         report = Report([DataDriftPreset(drift_share=config.drift_share)])
         snapshot = report.run(
-            current_data=Dataset.from_pandas(_frame(cur), data_definition=definition),
-            reference_data=Dataset.from_pandas(_frame(ref), data_definition=definition),
+            current_data=Dataset.from_pandas(_frame(cur, cur_conf), data_definition=definition),
+            reference_data=Dataset.from_pandas(_frame(ref, ref_conf), data_definition=definition),
         )
         payload = snapshot.dict()
     except Exception as exc:

@@ -122,6 +122,7 @@ class RefreshLoop:
         self._state_file = registry.root / "loop_state.json"
         self._stop = threading.Event()
         self.events: list[LoopEvent] = []
+        self._reference_cache: dict[str, tuple[list[str], list[float | None]]] = {}
 
     @property
     def config(self) -> LoopConfig:
@@ -145,7 +146,10 @@ class RefreshLoop:
         current = self._registry.current()
         reference = [p.prompt for p in load_reference(current.path)] if current else []
         events = self._store.events(since=now - self._config.drift.window_s)
-        prompts, rate = traffic_sample(events, self._config.sample_rate, random.Random(int(now)))
+        prompts, confidence, rate = traffic_sample(events, self._config.sample_rate, random.Random(int(now)))
+        reference_conf: list[float | None] | None = None
+        if current is not None and reference:
+            reference, reference_conf = self._reference(current.version, current.path, reference)
         # "Normal" escalation rate of a version: its first drift-free window after promotion.
         baselines: dict[str, float] = self._state().get("baseline_escalation", {})
         version = current.version if current else ""
@@ -155,6 +159,8 @@ class RefreshLoop:
             self._config.drift,
             escalation_rate=rate,
             expected_escalation_rate=baselines.get(version),
+            reference_confidence=reference_conf,
+            current_confidence=confidence if reference_conf is not None else None,
             out_dir=self._registry.root / "drift-reports",
             seed=int(now),
         )
@@ -170,6 +176,24 @@ class RefreshLoop:
         self.metrics.drift_detected.set(1 if result.drifted else 0)
         self.metrics.last_check.set(now)
         return result
+
+    def _reference(
+        self, version: str, model_dir: Path, prompts: list[str]
+    ) -> tuple[list[str], list[float | None]]:
+        """The version's own confidence on (a sample of) its training prompts, once per version."""
+        if version not in self._reference_cache:
+            import asyncio
+
+            from router import generate_prompts, get_scorer
+            from router._transformers_backend import TransformersBackend
+
+            sample = random.Random(0).sample(prompts, min(len(prompts), self._config.drift.max_rows))
+            backend = TransformersBackend(model_dir, num_threads=1)
+            gens = asyncio.run(generate_prompts(backend, sample, max_tokens=24))
+            score = get_scorer(self._scorer)
+            confs: list[float | None] = [score(g.token_logprobs if g.text.strip() else []) for g in gens]
+            self._reference_cache = {version: (sample, confs)}
+        return self._reference_cache[version]
 
     def _nightly_due(self, now: float) -> bool:
         if not self._config.nightly_at:

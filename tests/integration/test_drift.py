@@ -60,7 +60,30 @@ def test_traffic_sample_unbiases_escalations():
     rng = random.Random(0)
     events = [EscalationEvent(request_id=f"e{i}", prompt="shift: abc =") for i in range(100)]
     events += [EscalationEvent(request_id=f"s{i}", kind="sample", prompt="upper: abc =") for i in range(20)]
-    prompts, rate = traffic_sample(events, 0.1, rng)
+    prompts, confidence, rate = traffic_sample(events, 0.1, rng)
+    assert len(confidence) == len(prompts)
     # 20 samples at 10% stand for 200 confident answers: 100 / 300 escalated.
     assert rate == pytest.approx(100 / 300)
     assert 20 <= len(prompts) <= 45
+
+
+def test_confidence_is_a_drift_column_when_both_sides_have_it(reference):
+    rng = random.Random(4)
+    current = _prompts(STUDENT_SKILLS, 300, 404)
+    confident = [0.999 + rng.random() * 0.001 for _ in reference]
+    same = check_drift(
+        reference,
+        current,
+        DriftConfig(),
+        reference_confidence=confident,
+        current_confidence=[0.999 + rng.random() * 0.001 for _ in current],
+    )
+    assert "confidence" in same.columns and not same.columns["confidence"]["drifted"]
+    shaky = check_drift(
+        reference,
+        current,
+        DriftConfig(),
+        reference_confidence=confident,
+        current_confidence=[0.5 + rng.random() * 0.3 for _ in current],
+    )
+    assert shaky.columns["confidence"]["drifted"]
