@@ -65,12 +65,13 @@ def distill(
     shutil.rmtree(scratch, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(str(parent_dir))
     model = AutoModelForCausalLM.from_pretrained(str(parent_dir), dtype=torch.float32)
+    if config.method in ("logit_kd", "sft_kd") and teacher_dir is None:
+        raise ValueError(f"{config.method} needs the teacher's weights locally (teacher_dir)")
     if config.method == "logit_kd":
-        if teacher_dir is None:
-            raise ValueError("logit_kd needs the teacher's weights locally (teacher_dir)")
+        assert teacher_dir is not None
         trainer = _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress)
     else:
-        trainer = _sft_trainer(model, tok, dataset, config, scratch, progress)
+        trainer = _sft_trainer(model, tok, dataset, config, scratch, progress, teacher_dir)
     rows = dataset.train
     started = time.monotonic()
     out = trainer.train()
@@ -172,6 +173,7 @@ def _sft_trainer(
     config: DistillConfig,
     scratch: Path,
     progress: ProgressFn | None,
+    teacher_dir: Path | None = None,
 ) -> Any:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazy re-exports
@@ -183,10 +185,58 @@ def _sft_trainer(
         max_length=int(getattr(model.config, "max_position_embeddings", 512)),
     )
     callbacks = [_progress_callback(progress, config.steps)] if progress else None
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
-        callbacks=callbacks,
-    )
+    common = {
+        "model": model,
+        "args": args,
+        "train_dataset": Dataset.from_list(rows),
+        "processing_class": tok,
+        "callbacks": callbacks,
+    }
+    if config.method != "sft_kd":
+        return SFTTrainer(**common)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    assert teacher_dir is not None
+    teacher: Any = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
+    teacher.eval()
+    trainer_cls = _blended_trainer_class(SFTTrainer)
+    return trainer_cls(teacher=teacher, alpha=config.kd_alpha, temperature=config.kd_temperature, **common)
+
+
+def _blended_trainer_class(base: Any) -> Any:
+    """SFTTrainer whose loss is alpha x CE(labels) + (1 - alpha) x T^2 KL(teacher || student)
+    over the answer tokens (the ones SFT's collator does not mask with -100)."""
+    import torch
+    import torch.nn.functional as F
+
+    class BlendedKDTrainer(base):  # type: ignore[misc]
+        def __init__(self, *args: Any, teacher: Any, alpha: float, temperature: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._teacher = teacher.to(self.args.device)
+            self._alpha = alpha
+            self._t = temperature
+
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            labels = inputs["labels"]
+            batch = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+            outputs = model(**batch)
+            with torch.no_grad():
+                teacher_logits = self._teacher(**batch).logits
+            logits, t_logits, target = outputs.logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
+            mask = target != -100
+            ce = F.cross_entropy(logits[mask], target[mask])
+            t = self._t
+            student_lp = F.log_softmax(logits[mask] / t, dim=-1)
+            teacher_lp = F.log_softmax(t_logits[mask] / t, dim=-1)
+            kd = F.kl_div(student_lp, teacher_lp, reduction="batchmean", log_target=True) * t * t
+            loss = self._alpha * ce + (1 - self._alpha) * kd
+            return (loss, outputs) if return_outputs else loss
+
+    return BlendedKDTrainer

@@ -29,6 +29,10 @@ class DistillConfig(BaseModel):
             GKD; needs the teacher's weights locally, same tokenizer). Measured on the demo:
             200 steps (27 s) took the new skills only to 0-23% where SFT reached 98-100%,
             so SFT stays the default; ``kd_beta`` sets the JSD interpolation.
+            ``sft_kd`` blends, on the same prompt/answer pairs, ``kd_alpha`` x cross-entropy
+            on the labels (ground truth for replayed rows, the teacher's answer for
+            escalations) with (1 - ``kd_alpha``) x KL(teacher || student) on the teacher's
+            token distributions (Hinton et al.); needs the teacher's weights locally.
         steps (`int`, defaults to 600), batch_size (`int`, defaults to 64),
         learning_rate (`float`, defaults to 1e-3), warmup_steps (`int`, defaults to 20).
             Measured on the demo student: 600 steps (~40 s on 2 cores) take it from 0% to
@@ -40,7 +44,8 @@ class DistillConfig(BaseModel):
     holdout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     replay_share: float = Field(default=0.5, ge=0.0, lt=1.0)
     max_examples: int = Field(default=6000, ge=10)
-    method: Literal["sft", "logit_kd"] = "sft"
+    method: Literal["sft", "logit_kd", "sft_kd"] = "sft"
+    kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     kd_beta: float = Field(default=0.5, ge=0.0, le=1.0)
     kd_temperature: float = Field(default=1.0, gt=0.0)
     steps: int = Field(default=600, ge=1)

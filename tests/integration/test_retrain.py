@@ -136,3 +136,17 @@ def test_logit_distillation_runs_through_trl_with_the_local_teacher(store, demo_
     report = run_gate(student, tmp_path / "kd", ds.holdout[:20], demo_regression_suite(10), GateConfig())
     # Evaluated end to end by the same gate (no verdict expected after 10 steps).
     assert set(report.candidate.per_skill) == {"upper", "reverse", "shift", "double"}
+
+
+def test_blended_ce_and_kd_distillation_learns_the_new_skills(store, demo_models, tmp_path):
+    """alpha x CE on the labels + (1 - alpha) x KL to the local teacher's token distributions."""
+    student = demo_models / "student"
+    ds = build_dataset(store, load_reference(student), DistillConfig(min_new_examples=100))
+    cfg = DistillConfig(method="sft_kd", kd_alpha=0.5, steps=150)
+    with pytest.raises(ValueError, match="teacher"):
+        distill(student, ds, tmp_path / "no-teacher", cfg)
+    result = distill(student, ds, tmp_path / "blend", cfg, teacher_dir=demo_models / "teacher")
+    report = run_gate(student, tmp_path / "blend", ds.holdout, demo_regression_suite(50), GateConfig())
+    print(f"\nblend: {report.candidate.per_skill} in {result.seconds}s; gate {report.reasons}")
+    assert result.steps == 150
+    assert report.candidate.holdout_agreement > report.current.holdout_agreement + 0.3
