@@ -252,9 +252,13 @@ class GatewayIngress:
         s_info, t_info = await asyncio.wait_for(
             asyncio.gather(self._student.info.remote(), self._teacher.info.remote()), timeout=5.0
         )
+        pinned = self._settings.cascade.threshold is not None
+        calibrated = s_info["calibration"].get("threshold")
         return {
             "student": s_info["version"],
+            "canary": s_info.get("canary_version"),
+            "canary_share": s_info.get("canary_share", 0.0),
             "teacher": t_info["version"],
-            "threshold": self._router.policy.threshold,
+            "threshold": self._router.policy.threshold if pinned or calibrated is None else calibrated,
             "scorer": self._router.policy.scorer,
         }

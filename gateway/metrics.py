@@ -16,6 +16,7 @@ __all__ = ["GatewayMetrics"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Confidences of a well-trained student crowd just below 1.0: resolve that end finely.
+MAX_STUDENT_VERSIONS = 2
 CONFIDENCE_BUCKETS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
 
 
@@ -74,6 +75,7 @@ class GatewayMetrics:
             ["model_version", "escalated"],
             registry=r,
         )
+        self._student_versions: list[str] = []
         self.threshold = Gauge(
             "distillery_confidence_threshold",
             "Current escalation threshold of the cascade.",
@@ -85,6 +87,20 @@ class GatewayMetrics:
             if labels[0] == tier:
                 self.model_info.remove(*labels)
         self.model_info.labels(tier, model_id, version).set(1)
+        self._student_versions = [version] if tier == "student" else self._student_versions
+
+    def _saw_student(self, model_id: str, version: str) -> None:
+        """Versions answering now (current, and a canary beside it): at most the last
+        ``MAX_STUDENT_VERSIONS`` stay labelled, so the label set stays bounded."""
+        if version in self._student_versions:
+            return
+        self._student_versions.append(version)
+        self.model_info.labels("student", model_id, version).set(1)
+        while len(self._student_versions) > MAX_STUDENT_VERSIONS:
+            old = self._student_versions.pop(0)
+            for labels in list(self.model_info._metrics):
+                if labels[0] == "student" and labels[2] == old:
+                    self.model_info.remove(*labels)
 
     def observe(self, endpoint: str, result: CascadeResult, elapsed_s: float) -> None:
         tier = result.tier
@@ -92,9 +108,11 @@ class GatewayMetrics:
         self.request_latency.labels(tier).observe(elapsed_s)
         if result.decision is not None:
             self.confidence.observe(result.decision.confidence)
+            self.threshold.set(result.threshold)
             student = result.student if result.escalated else result.generation
             if student is not None:
                 self.student_answers.labels(student.model_version, str(result.escalated).lower()).inc()
+                self._saw_student(student.model_id, student.model_version)
         if result.student_latency_s:
             self.tier_latency.labels("student").observe(result.student_latency_s)
         if result.teacher_latency_s:

@@ -214,3 +214,28 @@ def test_forced_tier_model_names():
     assert resp.headers["x-distillery-tier"] == "teacher"
     resp = client.post("/v1/completions", json={"model": "distillery-student", "prompt": "shift: abc ="})
     assert resp.headers["x-distillery-tier"] == "student"
+
+
+def test_model_version_info_follows_the_versions_answering():
+    from router import CascadeResult, Decision
+
+    metrics = GatewayMetrics()
+    metrics.set_model("student", "student", "v1")
+
+    def result(version):
+        gen = make_generation("x", 0.99, version, "student")
+        return CascadeResult(gen, "student", Decision(0.99, False), False, False, None, 0.01, 0.0, "ok", 0.9)
+
+    def labelled():
+        return {
+            s.labels["model_version"]
+            for s in metrics.model_info.collect()[0].samples
+            if s.labels["tier"] == "student"
+        }
+
+    metrics.observe("completions", result("v1"), 0.01)
+    metrics.observe("completions", result("v2"), 0.01)  # a canary beside v1
+    assert labelled() == {"v1", "v2"}
+    metrics.observe("completions", result("v3"), 0.01)  # bounded: the oldest drops
+    assert labelled() == {"v2", "v3"}
+    assert metrics.registry.get_sample_value("distillery_confidence_threshold") == 0.9
