@@ -162,7 +162,7 @@ def run_scenario(
     url: str,
     loop: RefreshLoop,
     *,
-    drift_requests: int = 2400,
+    drift_requests: int = 3000,
     window: int = 200,
     seed: int = 7,
     plot_path: Path | None = None,
@@ -183,7 +183,9 @@ def run_scenario(
         return stats
 
     window_of("before drift", STUDENT_SKILLS, window)
-    window_of("drift", [*STUDENT_SKILLS, *NEW_SKILLS], drift_requests)
+    # Two thirds of the drifted traffic is on skills the student lacks: ~2,000 escalations,
+    # enough feedback for one refresh (DistillConfig.min_new_examples).
+    window_of("drift", [*NEW_SKILLS, STUDENT_SKILLS[0], *NEW_SKILLS, STUDENT_SKILLS[1]], drift_requests)
     stop = threading.Event()
     traffic = threading.Thread(target=_background_traffic, args=(url, stop, seed + 1), daemon=True)
     traffic.start()

@@ -435,7 +435,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--scale", type=float, default=1.0, help="scale the step budget (tests)")
     build.set_defaults(fn=cmd_demo_build)
     scenario = demo.add_parser("scenario", help="drift -> refresh -> fewer escalations, on a running stack")
-    scenario.add_argument("--drift-requests", type=int, default=2400)
+    scenario.add_argument("--drift-requests", type=int, default=3000)
     scenario.add_argument("--plot", help="PNG path (default var/scenario.png)")
     scenario.set_defaults(fn=cmd_demo_scenario)
 

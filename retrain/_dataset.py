@@ -88,11 +88,11 @@ def build_dataset(
     for prompt in list(latest):
         if prompt in holdout:  # the same prompt in both: keep it out of training
             del latest[prompt]
-    new = list(latest.values())
-    if len(new) < config.min_new_examples:
-        raise NotEnoughFeedback(
-            f"{len(new)} usable escalations (need {config.min_new_examples}) since {since}"
-        )
+    # Sorted, so the set does not depend on the order concurrent requests were stored in.
+    new = sorted(latest.values(), key=lambda p: p.prompt)
+    usable = len(new) + len(holdout)
+    if usable < config.min_new_examples:
+        raise NotEnoughFeedback(f"{usable} usable escalations (need {config.min_new_examples}) since {since}")
     rng = random.Random(config.seed)
     budget_new = min(len(new), int(config.max_examples * (1 - config.replay_share)))
     new = rng.sample(new, budget_new)

@@ -1,6 +1,6 @@
 """The whole loop on the real stack: Serve, Tansu, the store, Evidently, TRL, canary.
 
-Duration on 2 cores: ~3-4 minutes (2,400 drift requests, a 600-step TRL run, the gate,
+Duration on 2 cores: ~3-4 minutes (3,000 drift requests, a 600-step TRL run, the gate,
 a live canary). Marked slow; it runs in ``make test`` (CI) all the same.
 """
 
