@@ -15,9 +15,9 @@ class DistillConfig(BaseModel):
     Parameters that control the data:
         min_new_examples (`int`, defaults to 1800): fewer usable escalations than this
             since the last refresh: no retrain. Measured on the demo (600 steps): ~540
-            escalations: refused by the gate (a known skill 100% -> 76-90%); ~1,100: seed-
-            dependent, 3 of 5 runs refused (reverse 84-96%, shift 70-76%); 2,000: 4 of 4
-            passed with every skill >= 98%.
+            escalations: refused by the gate (a known skill 100% -> 76-90%); ~1,000-1,100:
+            seed-dependent, 4 of 5 runs refused (reverse 84-96%, shift 70-76%); ~2,000: 4 of
+            4 passed with every skill >= 98%.
         holdout_fraction (`float`, defaults to 0.1): share of request ids (stable hash)
             never trained on; the gate's held-out teacher answers.
         replay_share (`float`, defaults to 0.5): share of the training set drawn from the
