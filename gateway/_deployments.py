@@ -104,8 +104,8 @@ class ModelServer:
         return build_backend(cfg, default_dir=model_dir, model_id=self._tier)
 
     @staticmethod
-    def _calibration(model_dir: Path | None) -> dict[str, Any]:
-        path = (model_dir or Path("/nonexistent")) / CALIBRATION_FILE
+    def _calibration(model_dir: Path) -> dict[str, Any]:
+        path = model_dir / CALIBRATION_FILE
         if not path.is_file():
             return {}
         data = json.loads(path.read_text())
