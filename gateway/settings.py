@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from feedback.config import FeedbackConfig
 from router.config import BackendConfig, CascadeConfig
+from router.pricing import PricingConfig
 
 __all__ = ["DistillerySettings", "ServerConfig", "load_settings"]
 
@@ -60,6 +61,8 @@ class DistillerySettings(BaseSettings):
     student: BackendConfig = BackendConfig(num_threads=1)
     teacher: BackendConfig = BackendConfig(num_threads=1)
     feedback: FeedbackConfig = FeedbackConfig()
+    pricing: PricingConfig = PricingConfig()
+    """Per-tier token prices for the cost metrics, the scenario and the benchmarks."""
     registry_dir: Path | None = None
     follow_registry: bool = True
     """Student replicas serve the registry's current (and canary) version, polled every

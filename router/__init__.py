@@ -11,6 +11,7 @@ from router._policy import Decision, ThresholdPolicy
 from router._scoring import SCORER_NAMES, ConfidenceScorer, all_scores, get_scorer
 from router._types import ChatTurn, Generation, GenerationRequest
 from router.config import BackendConfig, CascadeConfig
+from router.pricing import PricingConfig, RequestCost, TierPrice
 
 __all__ = [
     "SCORER_NAMES",
@@ -27,7 +28,10 @@ __all__ = [
     "GenerationClient",
     "GenerationRequest",
     "OpenAIHTTPBackend",
+    "PricingConfig",
+    "RequestCost",
     "ThresholdPolicy",
+    "TierPrice",
     "Tier",
     "all_scores",
     "auroc",
