@@ -222,7 +222,7 @@ class GatewayIngress:
         self._student = student
         self._teacher = teacher
         self._settings = settings
-        self._metrics = GatewayMetrics()
+        self._metrics = GatewayMetrics(pricing=settings.pricing)
         s_info, t_info = await asyncio.gather(student.info.remote(), teacher.info.remote())
         self._versions = {
             "student": (s_info["model_id"], s_info["version"]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from router import CascadeResult
+from router.pricing import PricingConfig
 
 __all__ = ["GatewayMetrics"]
 
@@ -21,8 +22,11 @@ CONFIDENCE_BUCKETS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.9
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, pricing: PricingConfig | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self._pricing = pricing or PricingConfig()
         r = self.registry
         self.requests = Counter(
             "distillery_requests_total",
@@ -76,6 +80,23 @@ class GatewayMetrics:
             registry=r,
         )
         self._student_versions: list[str] = []
+        # Estimated spend from `pricing` (per-tier prices per million tokens, in
+        # pricing.currency). Saved = teacher-equivalent - actual; both start at 0.
+        self.cost = Counter(
+            "distillery_cost_total",
+            "Estimated model spend by the tier that ran (pricing.currency units).",
+            ["tier"],
+            registry=r,
+        )
+        self.teacher_equivalent_cost = Counter(
+            "distillery_teacher_equivalent_cost_total",
+            "What the same answered requests would have cost sent straight to the teacher.",
+            registry=r,
+        )
+        for tier_name in ("student", "teacher"):
+            self.cost.labels(tier_name)
+        for reason in ("low_confidence", "student_error"):
+            self.escalations.labels(reason)  # exported from 0, so rate() sees the first one
         self.threshold = Gauge(
             "distillery_confidence_threshold",
             "Current escalation threshold of the cascade.",
@@ -126,6 +147,19 @@ class GatewayMetrics:
         if result.student is not None and tier == "teacher":
             self.tokens.labels("student", "prompt").inc(result.student.prompt_tokens)
             self.tokens.labels("student", "completion").inc(result.student.completion_tokens)
+        self._observe_cost(result)
+
+    def _observe_cost(self, result: CascadeResult) -> None:
+        """The student pays for every answer it produced (kept or escalated); the teacher for
+        the answers it served. The teacher-only baseline prices the served answer's tokens."""
+        gen, prices = result.generation, self._pricing
+        student = result.student or (gen if result.tier == "student" else None)
+        if student is not None:
+            spent = prices.student.cost(student.prompt_tokens, student.completion_tokens)
+            self.cost.labels("student").inc(spent)
+        if result.tier == "teacher":
+            self.cost.labels("teacher").inc(prices.teacher.cost(gen.prompt_tokens, gen.completion_tokens))
+        self.teacher_equivalent_cost.inc(prices.teacher.cost(gen.prompt_tokens, gen.completion_tokens))
 
     def observe_error(self, endpoint: str, outcome: str) -> None:
         self.requests.labels(endpoint, "none", outcome).inc()
