@@ -92,7 +92,53 @@ class ModelRegistry:
             "model_dir": str(self.get(current).path) if current else None,
             "canary_dir": str(self.get(canary).path) if canary else None,
             "canary_share": float(data.get("canary_share", 0.0)) if canary else 0.0,
+            "threshold_override": data.get("threshold_override"),
         }
+
+    def threshold_override(self) -> float | None:
+        value = self._read().get("threshold_override")
+        return None if value is None else float(value)
+
+    def set_threshold_override(
+        self, threshold: float | None, *, reason: str = "", actor: str = "cli"
+    ) -> None:
+        """Pins the escalation threshold for every student version (``None`` returns to each
+        version's calibrated one). It survives promotions and rollbacks: it is an operator's
+        decision (e.g. escalate less while the teacher is degraded), not a model property."""
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise RegistryError(f"threshold must be in [0, 1], got {threshold}")
+        data = self._read()
+        if threshold is None:
+            data.pop("threshold_override", None)
+        else:
+            data["threshold_override"] = threshold
+        self._write(data)
+        self._log("threshold", threshold=threshold, reason=reason, actor=actor)
+
+    # ---- refresh requests (admin API -> refresh loop) -------------------------------
+    @property
+    def _refresh_request_path(self) -> Path:
+        return self.root / "refresh_request.json"
+
+    def request_refresh(self, *, reason: str = "", actor: str = "cli") -> dict[str, Any]:
+        """Asks the refresh loop (wherever it runs) for a refresh at its next tick."""
+        request = {"requested_at": time.time(), "reason": reason, "actor": actor}
+        _write_json_atomic(self._refresh_request_path, request)
+        self._log("refresh_requested", reason=reason, actor=actor)
+        return request
+
+    def pending_refresh(self) -> dict[str, Any] | None:
+        path = self._refresh_request_path
+        if not path.is_file():
+            return None
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def take_refresh_request(self) -> dict[str, Any] | None:
+        request = self.pending_refresh()
+        if request is not None:
+            self._refresh_request_path.unlink(missing_ok=True)
+        return request
 
     def start_canary(self, version: str, share: float, *, actor: str = "cli") -> None:
         self.get(version)
@@ -107,6 +153,10 @@ class ModelRegistry:
         data.pop("canary_share", None)
         self._write(data)
         self._log("canary_end", version=version, reason=reason, actor=actor)
+
+    def _sticky(self) -> dict[str, Any]:
+        value = self._read().get("threshold_override")
+        return {} if value is None else {"threshold_override": value}
 
     def _write(self, data: dict[str, Any]) -> None:
         _write_json_atomic(self._pointers, data)
@@ -145,7 +195,8 @@ class ModelRegistry:
         ptr = self.pointers()
         if ptr["current"] == version:
             return model
-        self._write({"current": version, "previous": ptr["current"]})  # a promotion ends any canary
+        # A promotion ends any canary; an operator's threshold override stays.
+        self._write({"current": version, "previous": ptr["current"], **self._sticky()})
         self._log("promote", version=version, previous=ptr["current"], reason=reason, actor=actor)
         return model
 
@@ -154,7 +205,7 @@ class ModelRegistry:
         if not ptr["previous"]:
             raise RollbackFailed("no previous version to roll back to")
         model = self.get(ptr["previous"])
-        self._write({"current": ptr["previous"], "previous": ptr["current"]})
+        self._write({"current": ptr["previous"], "previous": ptr["current"], **self._sticky()})
         self._log("rollback", version=ptr["previous"], rolled_back=ptr["current"], reason=reason, actor=actor)
         return model
 

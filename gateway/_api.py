@@ -6,16 +6,26 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import DistilleryError
+from gateway._admission import AdmissionMiddleware
 from gateway._serving import OpenAIServing, Served
+from gateway.auth import AuthConfig, KeyRing
 from gateway.errors import error_response, to_error_response, unwrap
+from gateway.limits import LimitsConfig
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, ErrorResponse, ModelList
+from gateway.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelList,
+)
 
 __all__ = ["build_api"]
 
@@ -24,10 +34,9 @@ logger = logging.getLogger(__name__)
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse},
-    404: {"model": ErrorResponse},
-    503: {"model": ErrorResponse},
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 429, 503)
 }
+_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
 def _json_error(status: int, body: ErrorResponse) -> JSONResponse:
@@ -54,8 +63,26 @@ def _send(served: Served) -> Response:
     return JSONResponse(content=served.body.model_dump(mode="json"), headers=served.headers)
 
 
-def build_api(serving: OpenAIServing, metrics: GatewayMetrics, health: HealthCheck) -> FastAPI:
+def build_api(
+    serving: OpenAIServing,
+    metrics: GatewayMetrics,
+    health: HealthCheck,
+    *,
+    auth: AuthConfig | None = None,
+    limits: LimitsConfig | None = None,
+    admin: APIRouter | None = None,
+) -> FastAPI:
+    auth = auth or AuthConfig()
     app = FastAPI(title="Distillery", version="0.1.0")
+    app.add_middleware(
+        AdmissionMiddleware,
+        keyring=KeyRing(auth),
+        limits=limits or LimitsConfig(),
+        metrics=metrics,
+        public_metrics=auth.public_metrics,
+    )
+    if admin is not None:
+        app.include_router(admin)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -64,7 +91,9 @@ def build_api(serving: OpenAIServing, metrics: GatewayMetrics, health: HealthChe
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+            exc.status_code, "http_error"
+        )
         return _json_error(*error_response(exc.status_code, str(exc.detail), "invalid_request_error", code))
 
     @app.exception_handler(DistilleryError)
@@ -77,11 +106,19 @@ def build_api(serving: OpenAIServing, metrics: GatewayMetrics, health: HealthChe
             logger.exception("unhandled error in gateway")
         return _json_error(*to_error_response(exc))
 
-    @app.post("/v1/completions", responses=_ERROR_RESPONSES)
+    @app.post(
+        "/v1/completions",
+        response_model=CompletionResponse,
+        responses={**_ERROR_RESPONSES, 200: {"content": _SSE}},
+    )
     async def completions(body: CompletionRequest) -> Response:
         return _send(await serving.completion(body))
 
-    @app.post("/v1/chat/completions", responses=_ERROR_RESPONSES)
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses={**_ERROR_RESPONSES, 200: {"content": _SSE}},
+    )
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         return _send(await serving.chat(body))
 

@@ -20,6 +20,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deploy import ModelRegistry
 from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, claim_spool_dir
+from gateway._admin import build_admin_router
 from gateway._api import build_api
 from gateway._feedback_sink import FeedbackSink
 from gateway._serving import OpenAIServing
@@ -71,6 +72,7 @@ class ModelServer:
         self._canary: Backend | None = None
         self._canary_dir: Path | None = None
         self._canary_share = 0.0
+        self._threshold_override: float | None = None
         self._rng = random.Random()
         for batched in (self._batched, self._batched_canary):
             handler: Any = batched  # serve.batch adds these setters at run time
@@ -94,6 +96,8 @@ class ModelServer:
                     state = registry.rollout_state()
                     if state["model_dir"] is not None:
                         await self.reconfigure(state)
+                    else:  # nothing registered yet: only the operator's threshold applies
+                        self._threshold_override = state["threshold_override"]
                     seen = mtime
             except Exception:
                 logger.exception("could not apply the registry's rollout state")
@@ -111,13 +115,13 @@ class ModelServer:
         data = json.loads(path.read_text())
         return {k: data[k] for k in ("scorer", "threshold") if k in data}
 
-    @staticmethod
-    def _stamp(gens: list[Generation], calibration: dict[str, Any]) -> list[Generation]:
-        if not calibration:
+    def _stamp(self, gens: list[Generation], calibration: dict[str, Any]) -> list[Generation]:
+        if not calibration and self._threshold_override is None:
             return gens
         update = {
             "calibrated_threshold": calibration.get("threshold"),
             "calibrated_scorer": calibration.get("scorer"),
+            "threshold_override": self._threshold_override,
         }
         return [g.model_copy(update=update) for g in gens]
 
@@ -135,6 +139,7 @@ class ModelServer:
             self._canary_dir = Path(rollout.canary_dir)
             self._canary_cal = self._calibration(self._canary_dir)
         self._canary_share = rollout.canary_share if self._canary is not None else 0.0
+        self._threshold_override = rollout.threshold_override
 
     async def generate(self, request: GenerationRequest) -> Generation:
         use_canary = self._canary is not None and self._rng.random() < self._canary_share
@@ -173,6 +178,7 @@ class ModelServer:
             "canary_share": self._canary_share,
             "max_context": self._backend.max_context,
             "calibration": self._cal,
+            "threshold_override": self._threshold_override,
         }
 
 
@@ -238,6 +244,13 @@ class GatewayIngress:
             self._router, self._metrics, settings.server, lambda: self._versions, self._feedback
         )
         logger.info("cascade policy: %s >= %.6f keeps the student", policy.scorer, policy.threshold)
+        if settings.auth.enabled:
+            logger.info("API keys required (%d configured)", len(settings.auth.keys))
+        else:
+            logger.warning(
+                "AUTHENTICATION IS DISABLED: no API keys are configured (auth.keys), so anyone who"
+                " can reach this port may call the models AND the admin API. Local development only."
+            )
 
     def __del__(self) -> None:
         # Serve calls this on graceful replica shutdown: flush events, leave the rest spooled.
@@ -246,7 +259,15 @@ class GatewayIngress:
             sink.close()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return build_api(self._serving, self._metrics, self._health)
+        registry = ModelRegistry(self._settings.resolved_registry_dir)
+        return build_api(
+            self._serving,
+            self._metrics,
+            self._health,
+            auth=self._settings.auth,
+            limits=self._settings.limits,
+            admin=build_admin_router(registry, self._metrics),
+        )
 
     async def _health(self) -> dict[str, Any]:
         s_info, t_info = await asyncio.wait_for(
@@ -261,4 +282,6 @@ class GatewayIngress:
             "teacher": t_info["version"],
             "threshold": self._router.policy.threshold if pinned or calibrated is None else calibrated,
             "scorer": self._router.policy.scorer,
+            "threshold_override": s_info.get("threshold_override"),
+            "auth": "enabled" if self._settings.auth.enabled else "disabled",
         }

@@ -281,11 +281,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif action == "rollback":
         model = registry.rollback(reason=args.reason or "manual", actor="cli")
         print(f"rolled back to {model.version}; serving replicas follow within {settings.registry_poll_s:g}s")
+    elif action == "threshold":
+        value = None if args.value == "calibrated" else float(args.value)
+        registry.set_threshold_override(value, reason=args.reason or "manual", actor="cli")
+        print(f"threshold override: {value if value is not None else 'none (calibrated per version)'}")
+    elif action == "refresh":
+        registry.request_refresh(reason=args.reason or "manual", actor="cli")
+        print("refresh requested: the refresh loop runs it at its next tick")
     elif action == "canary":
         if args.end:
             registry.end_canary(reason=args.reason or "manual", actor="cli")
         else:
             registry.start_canary(args.version, args.share, actor="cli")
+    return 0
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    from gateway.auth import ApiKey, hash_key, new_key
+
+    key = new_key()
+    entry = ApiKey(name=args.name, sha256=hash_key(key), scopes=args.scopes or ["inference"])
+    print(f"key (shown once; give it to {entry.name}, store it in a secret manager): {key}")
+    print("config entry (auth.keys in the YAML, or DISTILLERY_AUTH__KEYS as a JSON list):")
+    print(json.dumps(entry.model_dump(exclude_none=True)))
     return 0
 
 
@@ -404,7 +422,9 @@ def cmd_demo_scenario(args: argparse.Namespace) -> int:
     loop = _build_loop(settings)
     url = f"http://{settings.server.host}:{settings.server.port}"
     out = Path(args.plot or settings.var_dir / "scenario.png")
-    report = run_scenario(url, loop, drift_requests=args.drift_requests, plot_path=out)
+    report = run_scenario(
+        url, loop, drift_requests=args.drift_requests, plot_path=out, pricing=settings.pricing
+    )
     (out.with_suffix(".json")).write_text(json.dumps(report.to_dict(), indent=2, default=str))
     return 0
 
@@ -465,6 +485,22 @@ def _parser() -> argparse.ArgumentParser:
     canary.add_argument("--end", action="store_true")
     canary.add_argument("--reason")
     canary.set_defaults(fn=cmd_models)
+
+    threshold = models.add_parser(
+        "threshold", help="pin the escalation threshold for every version ('calibrated' clears it)"
+    )
+    threshold.add_argument("value", help="a number in [0, 1], or 'calibrated'")
+    threshold.add_argument("--reason")
+    threshold.set_defaults(fn=cmd_models)
+    refresh = models.add_parser("refresh", help="ask the running refresh loop for a refresh at its next tick")
+    refresh.add_argument("--reason")
+    refresh.set_defaults(fn=cmd_models)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
+    new_key = keys.add_parser("new", help="make a key; prints it once, and the config entry (digest only)")
+    new_key.add_argument("--name", required=True)
+    new_key.add_argument("--scope", action="append", choices=["inference", "admin"], dest="scopes")
+    new_key.set_defaults(fn=cmd_keys_new)
 
     retrain = sub.add_parser("retrain", help="refresh the student now: store -> TRL -> gate -> canary")
     retrain.add_argument("--steps", type=int)

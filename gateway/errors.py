@@ -4,18 +4,29 @@ DistilleryError
 ├── router.errors.InvalidRequest ........ 400 invalid_request_error
 │   └── gateway.errors.BadRequest ....... 400 (limits checked at the edge)
 ├── gateway.errors.ModelNotFound ........ 404 model_not_found
+├── deploy.errors.ModelNotFound ......... 404 version_not_found (admin API)
+├── deploy.errors.RegistryError ......... 409 registry_conflict (admin API: e.g. nothing to roll back to)
 ├── router.errors.TeacherUnavailable .... 503 teacher_unavailable (TeacherTimeout: 504-free 503)
 └── router.errors.StudentUnavailable .... 503 student_unavailable
 anything else ........................... 500 internal_error (a bug: logged with traceback)
+
+Authentication (401), scope (403), body size (413), per-key concurrency (429) and overload
+(503) are answered by ``gateway._admission`` before a route runs; ``PayloadTooLarge`` is
+the one raised mid-body (a chunked body over the limit), as Starlette's HTTP error so
+FastAPI's body parser lets it through.
 """
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from common.errors import DistilleryError
+from deploy.errors import ModelNotFound as VersionNotFound
+from deploy.errors import RegistryError
 from gateway.protocol import ErrorInfo, ErrorResponse
 from router.errors import InvalidRequest, StudentUnavailable, TeacherTimeout, TeacherUnavailable
 
-__all__ = ["BadRequest", "ModelNotFound", "error_response", "to_error_response", "unwrap"]
+__all__ = ["BadRequest", "ModelNotFound", "PayloadTooLarge", "error_response", "to_error_response", "unwrap"]
 
 
 class BadRequest(InvalidRequest):
@@ -27,6 +38,11 @@ class BadRequest(InvalidRequest):
 
 class ModelNotFound(DistilleryError):
     pass
+
+
+class PayloadTooLarge(StarletteHTTPException):
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)
 
 
 def error_response(
@@ -50,6 +66,10 @@ def to_error_response(exc: BaseException) -> tuple[int, ErrorResponse]:
         )
     if isinstance(exc, ModelNotFound):
         return error_response(404, str(exc), "invalid_request_error", "model_not_found", "model")
+    if isinstance(exc, VersionNotFound):
+        return error_response(404, str(exc), "invalid_request_error", "version_not_found", "version")
+    if isinstance(exc, RegistryError):
+        return error_response(409, str(exc), "invalid_request_error", "registry_conflict")
     if isinstance(exc, TeacherTimeout):
         return error_response(503, str(exc), "service_unavailable", "teacher_timeout")
     if isinstance(exc, TeacherUnavailable):

@@ -102,6 +102,24 @@ class GatewayMetrics:
             "Current escalation threshold of the cascade.",
             registry=r,
         )
+        self.rejected = Counter(
+            "distillery_rejected_requests_total",
+            "Requests refused at admission, by reason (invalid_api_key, insufficient_scope,"
+            " request_too_large, rate_limited, overloaded).",
+            ["reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "distillery_in_flight_requests",
+            "Inference requests admitted and not yet finished, in this ingress replica.",
+            registry=r,
+        )
+        self.admin_actions = Counter(
+            "distillery_admin_actions_total",
+            "Changes made through the admin API, by action.",
+            ["action"],
+            registry=r,
+        )
 
     def set_model(self, tier: str, model_id: str, version: str) -> None:
         for labels in list(self.model_info._metrics):

@@ -16,6 +16,8 @@ class StudentRollout(BaseModel):
     model_dir: str | None = None
     canary_dir: str | None = None
     canary_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    threshold_override: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Pins every version's escalation threshold (admin API / ``models threshold``)."""
 
     @model_validator(mode="after")
     def _share_needs_canary(self) -> StudentRollout:

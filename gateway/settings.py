@@ -20,6 +20,8 @@ from pydantic_settings import (
 )
 
 from feedback.config import FeedbackConfig
+from gateway.auth import AuthConfig
+from gateway.limits import LimitsConfig
 from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig
 
@@ -57,6 +59,8 @@ class DistillerySettings(BaseSettings):
     models_dir: Path | None = None
     log_level: str = "INFO"
     server: ServerConfig = ServerConfig()
+    auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     cascade: CascadeConfig = CascadeConfig()
     student: BackendConfig = BackendConfig(num_threads=1)
     teacher: BackendConfig = BackendConfig(num_threads=1)

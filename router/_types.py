@@ -53,3 +53,5 @@ class Generation(BaseModel):
     calibrated_threshold: float | None = None
     """The threshold calibrated for ``model_version`` (thresholds belong to one model)."""
     calibrated_scorer: str | None = None
+    threshold_override: float | None = None
+    """An operator's live pin (admin API); beats both calibration and config."""
