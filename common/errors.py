@@ -4,7 +4,9 @@
     ├── router.errors.RoutingError
     │   ├── InvalidRequest (PromptTooLong, EmptyPrompt)
     │   ├── StudentUnavailable
-    │   └── TeacherUnavailable (TeacherTimeout)
+    │   ├── ReplicaUnavailable (a replica died under a call; transient)
+    │   └── TeacherUnavailable (TeacherTimeout, TeacherConnectionError, TeacherHTTPError,
+    │                           TeacherCircuitOpen)
     └── (feedback, retrain, deploy add their own branches)
 
 Only ``gateway`` maps these to HTTP status codes and OpenAI-style error bodies.

@@ -8,20 +8,32 @@ from router._cascade import CascadeResult, CascadeRouter, GenerationClient, Tier
 from router._factory import build_backend
 from router._openai_backend import OpenAIHTTPBackend
 from router._policy import Decision, ThresholdPolicy
+from router._resilience import (
+    BREAKER_STATE_CODES,
+    TEACHER_ERROR_REASONS,
+    BreakerState,
+    CircuitBreaker,
+    RetryPolicy,
+    TeacherObserver,
+)
 from router._scoring import SCORER_NAMES, ConfidenceScorer, all_scores, get_scorer
 from router._types import ChatTurn, Generation, GenerationRequest
 from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig, RequestCost, TierPrice
 
 __all__ = [
+    "BREAKER_STATE_CODES",
     "SCORER_NAMES",
+    "TEACHER_ERROR_REASONS",
     "Backend",
     "BackendConfig",
+    "BreakerState",
     "CalibrationPoint",
     "CascadeConfig",
     "CascadeResult",
     "CascadeRouter",
     "ChatTurn",
+    "CircuitBreaker",
     "ConfidenceScorer",
     "Decision",
     "Generation",
@@ -30,6 +42,8 @@ __all__ = [
     "OpenAIHTTPBackend",
     "PricingConfig",
     "RequestCost",
+    "RetryPolicy",
+    "TeacherObserver",
     "ThresholdPolicy",
     "TierPrice",
     "Tier",

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from router._policy import Decision, ThresholdPolicy
+from router._resilience import (
+    BreakerState,
+    CircuitBreaker,
+    RetryPolicy,
+    TeacherObserver,
+    classify_teacher_error,
+)
 from router._types import Generation, GenerationRequest
 from router.config import CascadeConfig
-from router.errors import InvalidRequest, TeacherTimeout, TeacherUnavailable
+from router.errors import InvalidRequest, TeacherCircuitOpen, TeacherTimeout, TeacherUnavailable
 
 __all__ = ["CascadeResult", "CascadeRouter", "GenerationClient", "Tier"]
 
@@ -38,8 +47,28 @@ class CascadeResult:
     """The threshold this request was judged against (0.0 when no student decision)."""
 
 
+# A retry is only worth making with at least this share of the teacher deadline left.
+MIN_ATTEMPT_SHARE = 0.1
+
+
+class _NullObserver:
+    def teacher_error(self, reason: str) -> None:
+        pass
+
+    def teacher_retry(self) -> None:
+        pass
+
+    def breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
+        pass
+
+
 class CascadeRouter:
-    """Routes one request. ``policy`` is swapped whole by ``reconfigure`` (hot knob)."""
+    """Routes one request. ``policy`` is swapped whole by ``reconfigure`` (hot knob).
+
+    Teacher calls go through the failure policy of ``router._resilience``: one deadline
+    (``teacher_timeout_s``) for all attempts, retries with jittered backoff for transient
+    failures, and a circuit breaker that makes calls fail fast while the teacher is down.
+    """
 
     def __init__(
         self,
@@ -47,11 +76,26 @@ class CascadeRouter:
         teacher: GenerationClient,
         policy: ThresholdPolicy,
         config: CascadeConfig,
+        *,
+        observer: TeacherObserver | None = None,
+        breaker_clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self._student = student
         self._teacher = teacher
         self.policy = policy
         self._config = config
+        self._observer: TeacherObserver = observer or _NullObserver()
+        self._rng = rng or random.Random()
+        self._retry = RetryPolicy(
+            config.teacher_retries, config.teacher_backoff_s, config.teacher_backoff_max_s
+        )
+        self.breaker = CircuitBreaker(
+            config.breaker_failure_threshold,
+            config.breaker_cooldown_s,
+            clock=breaker_clock,
+            on_transition=self._observer.breaker_transition,
+        )
 
     def reconfigure(self, policy: ThresholdPolicy) -> None:
         self.policy = policy
@@ -115,17 +159,49 @@ class CascadeRouter:
         return self.policy
 
     async def _call_teacher(self, request: GenerationRequest) -> tuple[Generation, float]:
-        started = time.perf_counter()
-        try:
-            gen = await asyncio.wait_for(
-                self._teacher.generate(request), timeout=self._config.teacher_timeout_s
-            )
-        except TimeoutError as exc:
-            raise TeacherTimeout(
-                f"teacher did not answer within {self._config.teacher_timeout_s:g}s"
-            ) from exc
-        except (InvalidRequest, TeacherUnavailable):
-            raise
-        except Exception as exc:
-            raise TeacherUnavailable(f"teacher failed: {type(exc).__name__}: {exc}") from exc
-        return gen, time.perf_counter() - started
+        timeout_s = self._config.teacher_timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
+        retry = 0
+        while True:
+            permit = self.breaker.allow()
+            if permit is None:
+                self._observer.teacher_error("circuit_open")
+                wait_s = self.breaker.retry_after_s()
+                raise TeacherCircuitOpen(
+                    "the teacher is failing (circuit breaker open after "
+                    f"{self.breaker.failure_threshold} consecutive failures); not called, "
+                    f"retry in {wait_s:.1f}s",
+                    retry_after_s=wait_s,
+                )
+            verdict = False
+            try:
+                left = deadline - time.monotonic()
+                gen = await asyncio.wait_for(self._teacher.generate(request), timeout=left)
+                self.breaker.record_success(permit)
+                verdict = True
+                return gen, time.monotonic() - started
+            except Exception as exc:
+                failure = classify_teacher_error(exc)
+                if failure is None:  # the request itself is invalid: says nothing about the teacher
+                    raise
+                if failure.counts:
+                    self.breaker.record_failure(permit)
+                    verdict = True
+                self._observer.teacher_error(failure.reason)
+                delay = self._retry.delay(retry, self._rng)
+                left_after = deadline - time.monotonic() - delay
+                worth_it = left_after > MIN_ATTEMPT_SHARE * timeout_s
+                if failure.retryable and retry < self._retry.retries and worth_it:
+                    retry += 1
+                    self._observer.teacher_retry()
+                    await asyncio.sleep(delay)
+                    continue
+                if isinstance(exc, TimeoutError):
+                    raise TeacherTimeout(f"teacher did not answer within {timeout_s:g}s") from exc
+                if isinstance(exc, TeacherUnavailable):
+                    raise
+                raise TeacherUnavailable(f"teacher failed: {type(exc).__name__}: {exc}") from exc
+            finally:
+                if not verdict:  # a client error or a cancellation: free the probe slot
+                    self.breaker.release(permit)

@@ -9,7 +9,13 @@ from typing import Any, Literal
 import httpx
 
 from router._types import Generation, GenerationRequest
-from router.errors import EmptyPrompt, TeacherTimeout, TeacherUnavailable
+from router.errors import (
+    EmptyPrompt,
+    TeacherConnectionError,
+    TeacherHTTPError,
+    TeacherTimeout,
+    TeacherUnavailable,
+)
 
 __all__ = ["OpenAIHTTPBackend"]
 
@@ -73,10 +79,16 @@ class OpenAIHTTPBackend:
             resp = await self._client.post(path, json=body)
         except httpx.TimeoutException as exc:
             raise TeacherTimeout(f"teacher at {self._client.base_url} timed out") from exc
+        except httpx.TransportError as exc:
+            raise TeacherConnectionError(
+                f"teacher at {self._client.base_url} unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
         except httpx.HTTPError as exc:
-            raise TeacherUnavailable(f"teacher at {self._client.base_url} unreachable: {exc}") from exc
+            raise TeacherUnavailable(f"teacher at {self._client.base_url} failed: {exc}") from exc
         if resp.status_code != 200:
-            raise TeacherUnavailable(f"teacher answered HTTP {resp.status_code}: {resp.text[:300]}")
+            raise TeacherHTTPError(
+                f"teacher answered HTTP {resp.status_code}: {resp.text[:300]}", resp.status_code
+            )
         try:
             return self._parse(resp.json(), chat=req.messages is not None)
         except (KeyError, IndexError, TypeError, ValueError) as exc:

@@ -21,10 +21,20 @@ class CascadeConfig(BaseModel):
         threshold (`float | None`, defaults to None): escalate below this confidence.
             ``None`` reads the calibrated value from the student's ``calibration.json``.
         fallback_threshold (`float`, defaults to 0.95): used when neither is set.
-        teacher_timeout_s (`float`, defaults to 20): bound on one teacher call.
+        teacher_timeout_s (`float`, defaults to 20): deadline of the whole teacher phase of
+            one request, retries and backoff included.
         teacher_failure_policy (`"error" | "serve_student"`, defaults to ``"error"``):
-            ``error`` answers 503; ``serve_student`` returns the student's answer marked
-            ``low_confidence``.
+            when the teacher fails (or its breaker is open), ``error`` answers 503;
+            ``serve_student`` returns the student's answer marked ``low_confidence``.
+        teacher_retries (`int`, defaults to 2): extra attempts after a transient failure
+            (connection refused/reset, HTTP 429/502/503/504, a replica that died under the
+            call); never after a timeout or another 4xx, never past the deadline.
+        teacher_backoff_s (`float`, defaults to 0.1), teacher_backoff_max_s (`float`,
+            defaults to 2.0): the n-th retry waits uniform(0, min(max, backoff * 2**n)).
+        breaker_failure_threshold (`int`, defaults to 5): consecutive failed teacher calls
+            that open the circuit breaker (calls then fail fast, without a teacher call).
+        breaker_cooldown_s (`float`, defaults to 10): how long it stays open before one
+            probe call is let through (success closes it, failure re-opens it).
     """
 
     scorer: str = "mean_logprob"
@@ -32,6 +42,11 @@ class CascadeConfig(BaseModel):
     fallback_threshold: float = Field(default=0.95, ge=0.0, le=1.0)
     teacher_timeout_s: float = Field(default=20.0, gt=0.0)
     teacher_failure_policy: Literal["error", "serve_student"] = "error"
+    teacher_retries: int = Field(default=2, ge=0, le=10)
+    teacher_backoff_s: float = Field(default=0.1, ge=0.0)
+    teacher_backoff_max_s: float = Field(default=2.0, ge=0.0)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=10.0, gt=0.0)
 
     @model_validator(mode="after")
     def _known_scorer(self) -> CascadeConfig:
