@@ -55,6 +55,9 @@ class LoopConfig(BaseModel):
     canary_config: CanaryConfig = CanaryConfig()
 
 
+REFRESH_RESULTS = ("promoted", "refused", "rolled_back", "skipped", "failed")
+
+
 class LoopMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry or CollectorRegistry()
@@ -83,6 +86,9 @@ class LoopMetrics:
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800),
             registry=r,
         )
+        # Every result exported from 0: alerts and dashboard annotations use increase().
+        for result in REFRESH_RESULTS:
+            self.refreshes.labels(result)
 
 
 @dataclass
@@ -123,6 +129,13 @@ class RefreshLoop:
         self._stop = threading.Event()
         self.events: list[LoopEvent] = []
         self._reference_cache: dict[str, tuple[list[str], list[float | None]]] = {}
+        # Survives restarts (the "no successful refresh in 36 h" alert reads it); before any
+        # promotion, the serving version's registration time stands in.
+        current = registry.current()
+        registered = current.manifest.get("created") if current else None
+        last_success = self._state().get("last_success_at") or registered
+        if last_success:
+            self.metrics.last_success.set(float(last_success))
 
     @property
     def config(self) -> LoopConfig:
@@ -204,9 +217,14 @@ class RefreshLoop:
 
     def tick(self) -> LoopEvent:
         now = self._clock()
+        t0 = time.monotonic()
         drift = self.check_drift(now)
+        drift_s = round(time.monotonic() - t0, 2)
         nightly = self._nightly_due(now)
+        # An operator's request (admin API / `distillery models refresh`) forces a refresh.
+        requested = self._registry.take_refresh_request()
         trigger = "drift" if drift.drifted else ("nightly" if nightly else "")
+        trigger = "manual" if requested is not None else trigger
         drift_info = {
             "drifted": drift.drifted,
             "share": drift.drift_share,
@@ -219,7 +237,7 @@ class RefreshLoop:
             self._save_state(last_nightly=dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat())
         since = self._state().get("last_refresh_at")
         new = self._store.count(kind="escalation", since=since)
-        if new < self._config.distill.min_new_examples:
+        if new < self._config.distill.min_new_examples and trigger != "manual":
             self.metrics.refreshes.labels("skipped").inc()
             return self._record(
                 LoopEvent(
@@ -243,6 +261,8 @@ class RefreshLoop:
         except NotEnoughFeedback as exc:
             self.metrics.refreshes.labels("skipped").inc()
             return self._record(LoopEvent(now, trigger, drift_info, "skipped", detail=str(exc)))
+        # Per stage, in order: drift_check, dataset, train, gate, register (+ canary below).
+        outcome.timings_s = {"drift_check": drift_s, **outcome.timings_s}
         for stage, seconds in outcome.timings_s.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         self._save_state(last_refresh_at=now)
@@ -280,6 +300,7 @@ class RefreshLoop:
             timings, detail = outcome.timings_s, "gate passed"
         self.metrics.refreshes.labels("promoted").inc()
         self.metrics.last_success.set(self._clock())
+        self._save_state(last_success_at=self._clock())
         return LoopEvent(now, trigger, drift_info, "promoted", outcome.version, detail, timings)
 
     def _record(self, event: LoopEvent) -> LoopEvent:

@@ -58,3 +58,30 @@ def test_a_half_written_version_is_invisible(tmp_path):
     assert reg.versions() == []
     with pytest.raises(ModelNotFound):
         reg.get("v9")
+
+
+def test_threshold_override_survives_promote_and_rollback_and_clears(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register(_model_dir(tmp_path, "a"), "v1", {"parent": None})
+    reg.register(_model_dir(tmp_path, "b"), "v2", {"parent": "v1"})
+    reg.promote("v1")
+    reg.set_threshold_override(0.42, actor="ops")
+    reg.promote("v2")
+    assert reg.threshold_override() == 0.42
+    reg.rollback()
+    assert reg.rollout_state()["threshold_override"] == 0.42
+    reg.set_threshold_override(None, actor="ops")
+    assert reg.threshold_override() is None
+    with pytest.raises(RegistryError):
+        reg.set_threshold_override(1.5)
+    assert [a["actor"] for a in reg.audit() if a["action"] == "threshold"] == ["ops", "ops"]
+
+
+def test_refresh_request_is_taken_once(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    assert reg.take_refresh_request() is None
+    reg.request_refresh(reason="new data", actor="ops")
+    assert reg.pending_refresh() is not None
+    taken = reg.take_refresh_request()
+    assert taken is not None and taken["actor"] == "ops" and taken["reason"] == "new data"
+    assert reg.take_refresh_request() is None
