@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -15,9 +16,9 @@ from ray.serve import Application
 from gateway import __version__
 from gateway._deployments import GatewayIngress, ModelServer
 from gateway.rollout import StudentRollout
-from gateway.settings import DistillerySettings
+from gateway.settings import DistillerySettings, load_settings
 
-__all__ = ["APP_NAME", "apply_rollout", "build_app", "run_app", "start_ray"]
+__all__ = ["APP_NAME", "app_builder", "apply_rollout", "build_app", "run_app", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,23 @@ def build_app(settings: DistillerySettings, rollout: StudentRollout | None = Non
     ingress = _pinned(deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **opts), settings)
     app: Application = ingress.bind(tiers["student"], tiers["teacher"], settings)
     return app
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """The ``import_path`` of the Serve config file (``serve deploy deploy/serve/distillery.yaml``,
+    or a KubeRay ``RayService``): Serve calls it with the config's ``args``.
+
+    ``args`` are ``DistillerySettings`` fields (nested sections as mappings), e.g.
+    ``{"cascade": {"teacher_timeout_s": 10}}``; they win over the environment
+    (``DISTILLERY_*``), which wins over the YAML settings file named by the optional
+    ``config_file`` arg (or ``DISTILLERY_CONFIG_FILE``). Invalid args fail the deploy with
+    pydantic's message. Replica counts and autoscaling belong in the Serve config's
+    ``deployments`` section (``student``, ``teacher``, ``ingress``), which overrides the code.
+    """
+    overrides = dict(args)
+    config_file = overrides.pop("config_file", None)
+    settings = load_settings(Path(config_file) if config_file else None, **overrides)
+    return build_app(settings)
 
 
 def _pinned(dep: Any, settings: DistillerySettings) -> Any:

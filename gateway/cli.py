@@ -362,7 +362,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0 if verdict == "promote" else 1
 
 
-def _build_loop(settings: DistillerySettings, *, canary: bool = True, interval_s: float | None = None) -> Any:
+def _build_loop(
+    settings: DistillerySettings,
+    *,
+    canary: bool = True,
+    interval_s: float | None = None,
+    gateway_url: str | None = None,
+) -> Any:
     import httpx
 
     from feedback import open_store
@@ -370,7 +376,7 @@ def _build_loop(settings: DistillerySettings, *, canary: bool = True, interval_s
 
     registry = _registry(settings)
     ensure_registry(registry, settings.tier_dir("student"))
-    url = f"http://{settings.server.host}:{settings.server.port}"
+    url = gateway_url or f"http://{settings.server.host}:{settings.server.port}"
     config = LoopConfig(sample_rate=settings.feedback.sample_rate, canary=canary)
     if interval_s is not None:
         config.check_interval_s = interval_s
@@ -390,7 +396,9 @@ def cmd_loop(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     settings = _settings(args)
-    loop = _build_loop(settings, canary=not args.no_canary, interval_s=args.interval)
+    loop = _build_loop(
+        settings, canary=not args.no_canary, interval_s=args.interval, gateway_url=args.gateway_url
+    )
     if args.once:
         event = loop.tick()
         print(json.dumps(asdict(event), indent=2, default=str))
@@ -514,6 +522,10 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--once", action="store_true", help="one tick, then exit (CronJob)")
     loop.add_argument("--no-canary", action="store_true")
     loop.add_argument("--metrics-port", type=int, default=9102)
+    loop.add_argument(
+        "--gateway-url", help="where the canary reads live metrics (default: server.host:port, which"
+        " the metrics listener also binds)"
+    )
     loop.set_defaults(fn=cmd_loop)
 
     drift = sub.add_parser("drift", help="drift checks").add_subparsers(dest="drift_cmd", required=True)
