@@ -15,7 +15,7 @@ from common.errors import DistilleryError
 from gateway._admission import AdmissionMiddleware
 from gateway._serving import OpenAIServing, Served
 from gateway.auth import AuthConfig, KeyRing
-from gateway.errors import error_response, to_error_response, unwrap
+from gateway.errors import error_headers, error_response, to_error_response, unwrap
 from gateway.limits import LimitsConfig
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
@@ -39,8 +39,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
-def _json_error(status: int, body: ErrorResponse) -> JSONResponse:
-    return JSONResponse(status_code=status, content=body.model_dump())
+def _json_error(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -98,13 +98,13 @@ def build_api(
 
     @app.exception_handler(DistilleryError)
     async def _distillery(_: Request, exc: DistilleryError) -> JSONResponse:
-        return _json_error(*to_error_response(exc))
+        return _json_error(*to_error_response(exc), error_headers(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         if not isinstance(unwrap(exc), DistilleryError):
             logger.exception("unhandled error in gateway")
-        return _json_error(*to_error_response(exc))
+        return _json_error(*to_error_response(exc), error_headers(exc))
 
     @app.post(
         "/v1/completions",

@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deploy import ModelRegistry
@@ -36,7 +37,7 @@ from router import (
     ThresholdPolicy,
     build_backend,
 )
-from router.errors import PromptTooLong
+from router.errors import PromptTooLong, ReplicaUnavailable
 
 __all__ = ["CALIBRATION_FILE", "GatewayIngress", "ModelServer"]
 
@@ -189,7 +190,12 @@ class _HandleClient:
         self._handle = handle
 
     async def generate(self, request: GenerationRequest) -> Generation:
-        result: Generation = await self._handle.generate.remote(request)
+        try:
+            result: Generation = await self._handle.generate.remote(request)
+        except RayActorError as exc:  # ActorDiedError, ActorUnavailableError
+            # The replica died (or is unreachable) under the call: Serve replaces it, so
+            # the router may retry (teacher) or fall back (student).
+            raise ReplicaUnavailable(f"{type(exc).__name__}: the replica died under the call") from exc
         return result
 
 
@@ -235,7 +241,9 @@ class GatewayIngress:
             "teacher": (t_info["model_id"], t_info["version"]),
         }
         policy = resolve_policy(settings, s_info["calibration"])
-        self._router = CascadeRouter(_HandleClient(student), _HandleClient(teacher), policy, settings.cascade)
+        self._router = CascadeRouter(
+            _HandleClient(student), _HandleClient(teacher), policy, settings.cascade, observer=self._metrics
+        )
         for tier, (model_id, version) in self._versions.items():
             self._metrics.set_model(tier, model_id, version)
         self._metrics.threshold.set(policy.threshold)

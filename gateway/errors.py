@@ -7,6 +7,7 @@ DistilleryError
 ├── deploy.errors.ModelNotFound ......... 404 version_not_found (admin API)
 ├── deploy.errors.RegistryError ......... 409 registry_conflict (admin API: e.g. nothing to roll back to)
 ├── router.errors.TeacherUnavailable .... 503 teacher_unavailable (TeacherTimeout: 504-free 503)
+│   └── TeacherCircuitOpen .............. 503 teacher_unavailable + Retry-After (breaker open)
 └── router.errors.StudentUnavailable .... 503 student_unavailable
 anything else ........................... 500 internal_error (a bug: logged with traceback)
 
@@ -18,15 +19,31 @@ FastAPI's body parser lets it through.
 
 from __future__ import annotations
 
+import math
+
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import DistilleryError
 from deploy.errors import ModelNotFound as VersionNotFound
 from deploy.errors import RegistryError
 from gateway.protocol import ErrorInfo, ErrorResponse
-from router.errors import InvalidRequest, StudentUnavailable, TeacherTimeout, TeacherUnavailable
+from router.errors import (
+    InvalidRequest,
+    StudentUnavailable,
+    TeacherCircuitOpen,
+    TeacherTimeout,
+    TeacherUnavailable,
+)
 
-__all__ = ["BadRequest", "ModelNotFound", "PayloadTooLarge", "error_response", "to_error_response", "unwrap"]
+__all__ = [
+    "BadRequest",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "error_headers",
+    "error_response",
+    "to_error_response",
+    "unwrap",
+]
 
 
 class BadRequest(InvalidRequest):
@@ -56,6 +73,15 @@ def unwrap(exc: BaseException) -> BaseException:
     the original whose ``str`` is a remote traceback); its ``cause`` is what was raised."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
+
+
+def error_headers(exc: BaseException) -> dict[str, str]:
+    """Headers an error response carries: ``Retry-After`` (whole seconds, at least 1) when
+    the teacher's circuit breaker is open, so clients back off for its cooldown."""
+    exc = unwrap(exc)
+    if isinstance(exc, TeacherCircuitOpen):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    return {}
 
 
 def to_error_response(exc: BaseException) -> tuple[int, ErrorResponse]:

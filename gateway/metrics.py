@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from router import CascadeResult
+from router import BREAKER_STATE_CODES, TEACHER_ERROR_REASONS, BreakerState, CascadeResult
 from router.pricing import PricingConfig
 
 __all__ = ["GatewayMetrics"]
@@ -120,6 +120,33 @@ class GatewayMetrics:
             ["action"],
             registry=r,
         )
+        # Teacher failure policy (router._resilience): every label value exported from 0.
+        self.teacher_breaker_state = Gauge(
+            "distillery_teacher_breaker_state",
+            "Teacher circuit breaker in this ingress replica: 0 closed, 1 half-open, 2 open.",
+            registry=r,
+        )
+        self.teacher_breaker_transitions = Counter(
+            "distillery_teacher_breaker_transitions_total",
+            "Teacher circuit breaker state changes, by the state entered.",
+            ["state"],
+            registry=r,
+        )
+        self.teacher_errors = Counter(
+            "distillery_teacher_errors_total",
+            "Failed teacher calls (each attempt), by reason; circuit_open: failed fast, not called.",
+            ["reason"],
+            registry=r,
+        )
+        self.teacher_retries = Counter(
+            "distillery_teacher_retries_total",
+            "Teacher calls retried after a transient failure.",
+            registry=r,
+        )
+        for state in BREAKER_STATE_CODES:
+            self.teacher_breaker_transitions.labels(state)
+        for reason in TEACHER_ERROR_REASONS:
+            self.teacher_errors.labels(reason)
 
     def set_model(self, tier: str, model_id: str, version: str) -> None:
         for labels in list(self.model_info._metrics):
@@ -181,6 +208,17 @@ class GatewayMetrics:
 
     def observe_error(self, endpoint: str, outcome: str) -> None:
         self.requests.labels(endpoint, "none", outcome).inc()
+
+    # ---- router.TeacherObserver ---------------------------------------------------------
+    def teacher_error(self, reason: str) -> None:
+        self.teacher_errors.labels(reason if reason in TEACHER_ERROR_REASONS else "error").inc()
+
+    def teacher_retry(self) -> None:
+        self.teacher_retries.inc()
+
+    def breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
+        self.teacher_breaker_state.set(BREAKER_STATE_CODES[new])
+        self.teacher_breaker_transitions.labels(new).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
