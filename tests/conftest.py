@@ -165,3 +165,63 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def postgres_dsn(postgres_server: PostgresServer) -> str:
     return postgres_server.dsn
+
+
+class SecureStack:
+    """A second Distillery app (route prefix ``/secure``) with API keys and tight limits,
+    its own registry (two versions) and feedback into the live stack's broker and store."""
+
+    def __init__(self, url: str, keys: dict[str, str], registry: object, settings: object) -> None:
+        self.url = url
+        self.keys = keys
+        self.registry = registry
+        self.settings = settings
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        return {} if key is None else {"Authorization": f"Bearer {self.keys.get(key, key)}"}
+
+
+@pytest.fixture(scope="session")
+def secure_stack(live_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
+    import shutil
+
+    from ray import serve
+
+    from deploy import ModelRegistry
+    from gateway.app import build_app
+    from gateway.auth import hash_key, new_key
+    from gateway.settings import DistillerySettings
+    from retrain import ensure_registry
+
+    var = tmp_path_factory.mktemp("secure")
+    keys = {name: new_key() for name in ("app", "ops", "both", "tiny")}
+    scopes = {"app": ["inference"], "ops": ["admin"], "both": ["inference", "admin"], "tiny": ["inference"]}
+    base: DistillerySettings = live_stack.settings  # type: ignore[assignment]
+    settings = DistillerySettings.model_validate(
+        {
+            **base.model_dump(),
+            "var_dir": var,
+            "registry_dir": var / "registry",
+            "auth": {
+                "keys": [
+                    {
+                        "name": n,
+                        "sha256": hash_key(k),
+                        "scopes": scopes[n],
+                        **({"max_concurrent": 2} if n == "tiny" else {}),
+                    }
+                    for n, k in keys.items()
+                ]
+            },
+            "limits": {"max_body_bytes": 4096, "max_in_flight": 6, "max_concurrent_per_key": 64},
+        }
+    )
+    registry = ModelRegistry(settings.resolved_registry_dir)
+    student_dir = settings.tier_dir("student")
+    ensure_registry(registry, student_dir)
+    copy = var / "student-copy"
+    shutil.copytree(student_dir, copy)
+    registry.register(copy, "student-copy", {"parent": registry.pointers()["current"], "source": "test copy"})
+    serve.run(build_app(settings), name="secure", route_prefix="/secure")
+    yield SecureStack(f"{live_stack.url}/secure", keys, registry, settings)
+    serve.delete("secure")
