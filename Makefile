@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 TORCH  := torch==2.13.0+cpu
 
-.PHONY: setup postgres run test test-fast bench lint demo clean
+.PHONY: setup postgres prometheus run test test-fast bench lint demo clean
 
 setup: $(STAMP)
 
@@ -26,13 +26,22 @@ postgres:
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	    else echo "PostgreSQL missing and cannot install it here: its tests will be skipped"; fi; }
 
+# Prometheus and promtool for the monitoring tests (Debian's package; the tests start the
+# binaries themselves, the packaged service is not used). Tests skip, saying why, only
+# where it cannot be installed.
+prometheus:
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	    else echo "Prometheus missing and cannot install it here: its tests will be skipped"; fi; }
+
 demo: setup
 	$(BIN)/distillery demo build
 
 run: setup
 	$(BIN)/distillery run
 
-test: setup postgres
+test: setup postgres prometheus
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/distillery demo build
