@@ -7,6 +7,7 @@ are read back from the metrics' own Prometheus exposition, as a scrape would see
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,7 +43,9 @@ def _cost(metrics: GatewayMetrics) -> tuple[float, float, float]:
     )
 
 
-def _route(student_prob: float, *, teacher_fails: bool = False, policy: str = "error") -> GatewayMetrics:
+def _route(
+    student_prob: float, *, teacher_fails: bool = False, policy: Literal["error", "serve_student"] = "error"
+) -> GatewayMetrics:
     # Student answers 3 tokens for a 5-token prompt; the teacher answers 4 tokens.
     student = FakeTier(lambda r: make_generation("cba", student_prob, model_id="student"))
     teacher = FakeTier(

@@ -82,13 +82,15 @@ def test_serve_config_scaling_bounds() -> None:
     for tier in ("student", "teacher"):
         dep = deps[tier]
         assert dep.num_replicas == "auto"
+        assert isinstance(dep.autoscaling_config, dict) and isinstance(dep.max_ongoing_requests, int)
         auto = AutoscalingConfig(**dep.autoscaling_config)
         assert 1 <= auto.min_replicas <= auto.max_replicas
         # a replica must not refuse work before the autoscaler sees it as loaded
+        assert auto.target_ongoing_requests is not None
         assert auto.target_ongoing_requests < dep.max_ongoing_requests
         # torch threads per replica = the CPUs Ray reserves for it
         assert dep.ray_actor_options.num_cpus == getattr(settings, tier).num_threads
-    assert deps["student"].autoscaling_config["min_replicas"] >= 2
+    assert AutoscalingConfig(**deps["student"].model_dump()["autoscaling_config"]).min_replicas >= 2
     # /metrics is per ingress replica: one replica, or scrapes alternate between counters
     assert deps["ingress"].num_replicas == 1
     assert "autoscaling_config" not in deps["ingress"].model_dump(exclude_unset=True)
