@@ -193,6 +193,38 @@ def _start_consumer(settings: DistillerySettings, metrics_port: int | None) -> A
     return consumer
 
 
+def cmd_feedback_replay_spool(args: argparse.Namespace) -> int:
+    """Sends one spool directory's events to Kafka (an orphaned replica's spool slot)."""
+    import fcntl
+
+    from feedback import DiskSpool, EscalationProducer
+
+    settings = _settings(args)
+    bootstrap = args.bootstrap or settings.feedback.kafka.bootstrap
+    if not bootstrap:
+        print("set DISTILLERY_FEEDBACK__KAFKA__BOOTSTRAP or --bootstrap", file=sys.stderr)
+        return 2
+    directory = Path(args.spool_dir)
+    if not directory.is_dir():
+        print(f"{directory} is not a spool directory", file=sys.stderr)
+        return 2
+    # The same advisory lock a live producer holds on its slot (claim_spool_dir).
+    with (directory / ".owner").open("ab") as owner:
+        try:
+            fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"{directory} belongs to a running producer, which re-sends it itself", file=sys.stderr)
+            return 2
+        spool = DiskSpool(directory)
+        events = spool.depth
+        producer = EscalationProducer(settings.feedback, bootstrap, spool).start()
+        delivered = producer.flush(args.timeout)
+        producer.close()
+        left = DiskSpool(directory).depth
+    print(json.dumps({"spool": str(directory), "events": events, "sent": events - left, "left": left}))
+    return 0 if delivered and left == 0 else 1
+
+
 def cmd_feedback_consume(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.bootstrap:
@@ -472,6 +504,11 @@ def _parser() -> argparse.ArgumentParser:
     consume.add_argument("--bootstrap", help="Kafka bootstrap servers (else from settings)")
     consume.add_argument("--metrics-port", type=int, default=9101)
     consume.set_defaults(fn=cmd_feedback_consume)
+    replay = fb.add_parser("replay-spool", help="send an orphaned spool directory's events to Kafka")
+    replay.add_argument("spool_dir", help="one spool slot, e.g. var/spool/3")
+    replay.add_argument("--bootstrap", help="Kafka bootstrap servers (else from settings)")
+    replay.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for acks")
+    replay.set_defaults(fn=cmd_feedback_replay_spool)
 
     models = sub.add_parser("models", help="the student model registry").add_subparsers(
         dest="models_cmd", required=True
