@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import DistilleryError
@@ -126,7 +126,13 @@ def build_api(
     async def models() -> ModelList:
         return serving.list_models()
 
-    @app.get("/healthz")
+    @app.get(
+        "/healthz",
+        responses={
+            200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+            503: {"content": {"application/json": {"schema": {"type": "object"}}}},
+        },
+    )
     async def healthz() -> JSONResponse:
         try:
             detail = await health()
@@ -134,7 +140,11 @@ def build_api(
             return JSONResponse(status_code=503, content={"status": "unhealthy", "reason": str(exc)})
         return JSONResponse(content={"status": "ok", **detail})
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
