@@ -39,6 +39,10 @@ class FeedbackSink:
         self._sample_rate = sample_rate
         self._label = skill_label
         self._rng = rng or random.Random()
+        # Warm the labeler at start-up: the demo labeler's first call imports the demo
+        # package (torch, transformers: ~7 s here), which on the first escalation blocked
+        # the ingress's event loop -- and every request in flight -- past the teacher deadline.
+        skill_label("")
 
     def record(
         self, route: str, request: GenerationRequest, result: CascadeResult, threshold: float, scorer: str

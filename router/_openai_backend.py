@@ -28,6 +28,11 @@ class OpenAIHTTPBackend:
     comes back as ``TeacherUnavailable`` with the server's message).
     """
 
+    continuous_batching = True
+    """The remote server batches on its side. Batching here as well (Serve's ``@serve.batch``,
+    one batch at a time) would make each call wait for the slowest of its batch and the next
+    batch wait behind it: one slow teacher request would stall every other one."""
+
     def __init__(
         self,
         base_url: str,
