@@ -11,15 +11,17 @@ a paced run at the 5,000 events/s target (lag at that load). Lag is the store's
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench._common import percentile, write_result
+from bench._common import RESULTS, percentile, write_result
 from feedback import (
     DiskSpool,
     EscalationEvent,
@@ -151,12 +153,12 @@ def _postgres(workdir: Path) -> tuple[str, Any] | None:
     return server.dsn, server
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=5_000)
     parser.add_argument("--skip-postgres", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser.parse_args([] if argv is None else argv)
     workdir = Path(tempfile.mkdtemp(prefix="distillery-bench-"))
     rows = []
     stores: list[tuple[str, str]] = [("sqlite", str(workdir / "feedback.db"))]
@@ -181,5 +183,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
+main = run  # the name ``python -m bench`` used before the module list
+
+
+def render(img_dir: Path) -> list[str]:
+    path = RESULTS / "feedback_throughput.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    m = data["machine"]
+    lines = [
+        "## Feedback stream: producer -> Kafka (Tansu) -> store",
+        "",
+        f"Machine: {m['cpus']} cores, {m['cpu']}, {m['mem_gib']} GiB; {m['when']}.",
+        "Consumer in its own process, producer (with redaction, acks=all) in the bench process.",
+        "Burst = as fast as the producer accepts events (sustained throughput); paced = offered",
+        "at the 5,000 events/s target. Lag = store `ingested_at` - event `created_at`.",
+        "",
+        "| store | mode | events | stored | events/s into store | lag p50 | lag p99 | lag max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        lags = " | ".join(f"{r[k] * 1000:.0f} ms" for k in ("lag_p50_s", "lag_p99_s", "lag_max_s"))
+        head = f"| {r['store']} | {r['mode']} | {r['events']} | {r['stored']}"
+        lines.append(f"{head} | {r['events_per_s']:,.0f} | {lags} |")
+    lines += [
+        "",
+        "Lag max (~3.4 s in every run, paced ones included) comes from the first events after the",
+        "consumer joins its group; p50/p99 are unaffected. Suspected cause: a second group",
+        "rebalance on the dev broker (Tansu) right after the first commit; not yet isolated.",
+        "",
+        "Target: >= 5,000 events/s on 2 cores with p99 lag < 1 s. The one change that mattered:",
+        "the C `crc32c` package (kafka-python falls back to a pure-Python CRC32C for record",
+        "batches, which took half the CPU): producer 4.1k -> 8.7k events/s acknowledged, consumer",
+        "8.6k -> 25k events/s drained, measured side by side in one session.",
+        "",
+    ]
+    return lines
+
+
 if __name__ == "__main__":
-    main()
+    run(sys.argv[1:])

@@ -1,0 +1,545 @@
+"""Cascade overhead: what the gateway adds on top of the student it fronts.
+
+Three targets under the same fixed closed-loop concurrency, same prompts (``upper`` and
+``reverse`` prompts the student answers confidently, so the cascade never escalates):
+
+* (a) ``inproc``: the student ``TransformersBackend`` called in this process, with an
+  asyncio batcher of the Serve batcher's settings (max batch 16, 5 ms wait): the floor.
+* (b) ``bare``: a bench-only Serve app, a plain ``__call__`` ingress -> the student
+  ``ModelServer`` deployment (same batching) over a cached handle: no FastAPI, no cascade,
+  no feedback, no metrics.
+* (c) ``gateway``: the full Serve app (``gateway.app.build_app``) with feedback on (Tansu
+  broker, consumer into SQLite), on ``/v1/completions``.
+
+(b) and (c) run in one Ray session, side by side, interleaved in rounds; the load comes
+from a separate process (``bench._load``, aiohttp) over loopback. With ``--profile`` a
+py-spy recording of the gateway's ingress replica is taken during an extra (c) run and
+its hottest frames are summarised.
+
+    python -m bench.overhead [--concurrency 1,16] [--requests 600] [--rounds 2] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from bench._common import RESULTS, percentile, write_result
+from router import Generation, GenerationRequest
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "overhead"
+TARGETS = ("inproc", "bare", "gateway")
+LABELS = {
+    "inproc": "(a) student backend in-process",
+    "bare": "(b) student Serve deployment over HTTP",
+    "gateway": "(c) full gateway (cascade)",
+}
+MAX_TOKENS = 16
+
+
+# ---- (a) in-process ------------------------------------------------------------------
+class _Batcher:
+    """The Serve batcher's policy without Serve: up to ``max_batch`` requests, or whatever
+    arrived ``wait_s`` after the first one, go to ``backend.generate`` as one batch."""
+
+    def __init__(self, backend: Any, max_batch: int, wait_s: float) -> None:
+        self._backend = backend
+        self._max = max_batch
+        self._wait = wait_s
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            deadline = time.monotonic() + self._wait
+            while len(batch) < self._max:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
+            gens = await self._backend.generate([r for r, _ in batch])
+            for (_, fut), gen in zip(batch, gens, strict=True):
+                fut.set_result(gen)
+
+    async def generate(self, request: Any) -> Any:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, fut))
+        return await fut
+
+
+def _confident_prompts(student_dir: Path, n: int, seed: int) -> tuple[list[str], dict[str, Any]]:
+    """``n`` on-skill prompts the student keeps (confidence >= its calibrated threshold)."""
+    import random
+
+    from demo import STUDENT_SKILLS, sample_examples
+    from router import generate_prompts, get_scorer
+    from router._transformers_backend import TransformersBackend
+
+    cal = json.loads((student_dir / "calibration.json").read_text())
+    score = get_scorer(cal["scorer"])
+    backend = TransformersBackend(student_dir, num_threads=1)
+    candidates = [e.prompt for e in sample_examples(STUDENT_SKILLS, int(n * 1.5) + 20, random.Random(seed))]
+    gens = asyncio.run(generate_prompts(backend, candidates, max_tokens=MAX_TOKENS))
+    kept = [p for p, g in zip(candidates, gens, strict=True) if score(g.token_logprobs) >= cal["threshold"]]
+    info = {"candidates": len(candidates), "kept": len(kept), "threshold": cal["threshold"]}
+    return kept[:n], info
+
+
+def _run_inproc(
+    student_dir: Path, prompts: list[str], concurrency: int, n: int, warmup: int
+) -> dict[str, Any]:
+    from router import GenerationRequest
+    from router._transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(student_dir, num_threads=1)  # as the Serve student replica
+
+    async def go() -> dict[str, Any]:
+        batcher = _Batcher(backend, 16, 0.005)
+        counter = iter(range(warmup + n))
+        latencies: list[float] = []
+        started: list[float] = []
+
+        async def worker() -> None:
+            for i in counter:
+                if i == warmup:
+                    started.append(time.perf_counter())
+                req = GenerationRequest(prompt=prompts[i % len(prompts)], max_tokens=MAX_TOKENS)
+                t0 = time.perf_counter()
+                await batcher.generate(req)
+                if i >= warmup:
+                    latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return {
+            "latencies_s": latencies,
+            "statuses": {"200": len(latencies)},
+            "tiers": {"student": len(latencies)},
+            "wall_s": time.perf_counter() - started[0],
+        }
+
+    return asyncio.run(go())
+
+
+# ---- (b) bare Serve app ------------------------------------------------------------
+class BareIngress:
+    """Proxy -> this deployment's ``__call__`` -> the student ``ModelServer``; nothing else
+    (no FastAPI, no validation models, no cascade, no feedback, no metrics)."""
+
+    def __init__(self, student: DeploymentHandle[Any]) -> None:
+        self._generate = student.options(method_name="generate")
+
+    async def __call__(self, request: Any) -> dict[str, Any]:
+        body = await request.json()
+        req = GenerationRequest(prompt=body["prompt"], max_tokens=int(body.get("max_tokens", 16)))
+        gen: Generation = await self._generate.remote(req)
+        return {"text": gen.text, "usage": {"completion_tokens": gen.completion_tokens}}
+
+
+def build_bare_app(settings: Any) -> Any:
+    """The student deployment exactly as ``gateway.app.build_app`` configures it."""
+    from gateway._deployments import ModelServer
+    from gateway.rollout import StudentRollout
+
+    deployment: Any = serve.deployment
+    cfg = settings.student
+    student = deployment(
+        ModelServer,
+        name="student",
+        num_replicas=cfg.num_replicas,
+        max_ongoing_requests=256,
+        ray_actor_options={"num_cpus": 0},
+        user_config=StudentRollout().model_dump(),
+    ).bind("student", cfg, str(settings.tier_dir("student")), None, settings.registry_poll_s)
+    ingress = deployment(
+        BareIngress, name="bare_ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0}
+    )
+    return ingress.bind(student)
+
+
+# ---- load, stats ---------------------------------------------------------------------
+_COMPONENTS = {
+    "ServeReplica:distillery:ingress": "gateway ingress",
+    "ServeReplica:distillery:student": "gateway student",
+    "ServeReplica:distillery:teacher": "gateway teacher",
+    "ServeReplica:bare:bare_ingress": "bare ingress",
+    "ServeReplica:bare:student": "bare student",
+    "ProxyActor": "Serve proxy",
+    "ServeController": "Serve controller",
+    "raylet": "raylet",
+    "gcs_server": "GCS",
+}
+
+
+def _cpu_by_component() -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process named in ``_COMPONENTS``, and of
+    this one (the driver: the feedback consumer thread, Ray's log forwarding)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = "driver" if int(pid_dir.name) == os.getpid() else None
+        for key, label in _COMPONENTS.items():
+            if key in cmd:
+                name = label
+                break
+        if name is not None:
+            out[name] = out.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / tick  # utime + stime
+    return out
+
+
+def _load(
+    url: str, prompts: list[str], concurrency: int, n: int, warmup: int, workdir: Path
+) -> dict[str, Any]:
+    spec = {
+        "url": url,
+        "prompts": prompts,
+        "concurrency": concurrency,
+        "requests": n,
+        "warmup": warmup,
+        "model": "distillery",
+        "max_tokens": MAX_TOKENS,
+    }
+    spec_file = workdir / f"spec-{time.time_ns()}.json"
+    out_file = spec_file.with_suffix(".out.json")
+    spec_file.write_text(json.dumps(spec))
+    subprocess.run([sys.executable, "-m", "bench._load", str(spec_file), str(out_file)], check=True, cwd=REPO)
+    result: dict[str, Any] = json.loads(out_file.read_text())
+    return result
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    lat = [x for r in runs for x in r["latencies_s"]]
+    statuses: Counter[str] = Counter()
+    tiers: Counter[str] = Counter()
+    for r in runs:
+        statuses.update(r["statuses"])
+        tiers.update(r["tiers"])
+    wall = sum(r["wall_s"] for r in runs)
+    return {
+        "n": len(lat),
+        "p50_ms": round(percentile(lat, 0.5) * 1000, 3),
+        "p90_ms": round(percentile(lat, 0.9) * 1000, 3),
+        "p99_ms": round(percentile(lat, 0.99) * 1000, 3),
+        "mean_ms": round(sum(lat) / len(lat) * 1000, 3),
+        "max_ms": round(max(lat) * 1000, 3),
+        "throughput_rps": round(len(lat) / wall, 1),
+        "statuses": dict(statuses),
+        "tiers": dict(tiers),
+        "rounds": [
+            {
+                "p50_ms": round(percentile(r["latencies_s"], 0.5) * 1000, 3),
+                "p99_ms": round(percentile(r["latencies_s"], 0.99) * 1000, 3),
+                "throughput_rps": round(len(r["latencies_s"]) / r["wall_s"], 1),
+            }
+            for r in runs
+        ],
+        "latencies_ms": [round(x * 1000, 3) for x in lat],
+    }
+
+
+def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    a, b, c = rows["inproc"], rows["bare"], rows["gateway"]
+    return {
+        "c_minus_b_p50_ms": round(c["p50_ms"] - b["p50_ms"], 3),
+        "c_minus_b_p99_ms": round(c["p99_ms"] - b["p99_ms"], 3),
+        "c_over_b_p50": round(c["p50_ms"] / b["p50_ms"], 3),
+        "c_over_a_p50": round(c["p50_ms"] / a["p50_ms"], 3),
+        "c_over_a_p99": round(c["p99_ms"] / a["p99_ms"], 3),
+        "c_over_a_throughput": round(c["throughput_rps"] / a["throughput_rps"], 3),
+        "c_over_b_throughput": round(c["throughput_rps"] / b["throughput_rps"], 3),
+    }
+
+
+# ---- profiling -----------------------------------------------------------------------
+def _ingress_pid() -> int | None:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "ServeReplica:distillery:ingress" in line and "grep" not in line:
+            return int(line.split()[0])
+    return None
+
+
+def summarise_profile(raw: Path, top: int = 25) -> dict[str, Any]:
+    """Self and inclusive sample shares per frame from py-spy's collapsed-stack output."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        frames = stack.split(";")
+        total += count
+        own[frames[-1]] += count
+        for f in set(frames):
+            incl[f] += count
+
+    def share(c: Counter[str]) -> list[dict[str, Any]]:
+        return [{"frame": f, "share": round(v / total, 4)} for f, v in c.most_common(top)]
+
+    ours = Counter(
+        {
+            f: v
+            for f, v in incl.items()
+            if any(p in f for p in ("gateway/", "router/", "feedback/", "fastapi/"))
+        }
+    )
+    return {"samples": total, "self": share(own), "inclusive": share(incl), "inclusive_ours": share(ours)}
+
+
+def _profile(url: str, prompts: list[str], concurrency: int, n: int, workdir: Path) -> dict[str, Any] | None:
+    pid = _ingress_pid()
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if pid is None or not Path(pyspy).exists():
+        print("profile skipped: no ingress replica pid or no py-spy", flush=True)
+        return None
+    raw = workdir / "ingress.raw.txt"
+    load = threading.Thread(target=_load, args=(url, prompts, concurrency, n, 50, workdir))
+    load.start()
+    time.sleep(3)
+    proc = subprocess.run(
+        [
+            pyspy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            "15",
+            "-r",
+            "200",
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--gil",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    load.join()
+    if not raw.is_file():
+        print(f"profile failed: {proc.stderr[-500:]}", flush=True)
+        return None
+    shutil.copy(raw, RESULTS / "overhead_ingress_profile.txt")
+    return summarise_profile(raw)
+
+
+# ---- the run ---------------------------------------------------------------------------
+def _start_stack(var: Path, models: Path) -> tuple[Any, Any, Any, Any]:
+    from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
+    from gateway.app import build_app, start_ray
+    from gateway.settings import load_settings
+    from tests.conftest import free_port
+
+    var.mkdir(parents=True, exist_ok=True)
+    broker = TansuBroker(log_path=var / "tansu.log").start()
+    settings = load_settings(
+        models_dir=str(models),
+        var_dir=str(var),
+        server={"port": free_port()},
+        feedback={
+            "kafka": {"bootstrap": broker.bootstrap, "max_poll_interval_ms": 3000, "session_timeout_ms": 6000}
+        },
+    )
+    store = SQLiteStore(var / "feedback.db")
+    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
+    threading.Thread(target=consumer.run, daemon=True).start()
+    # Ray workers must import bench (the bare app's ingress class lives here).
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    start_ray(settings)
+    from ray import serve
+
+    serve.run(build_app(settings), name="distillery", route_prefix="/gw")
+    serve.run(build_bare_app(settings), name="bare", route_prefix="/bare")
+    return settings, broker, consumer, store
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    quick = os.environ.get("DISTILLERY_BENCH_QUICK") == "1"
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead")
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--requests", type=int, default=200 if quick else 600)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    parser.add_argument("--out", default=NAME, help="result file name under bench/results")
+    args = parser.parse_args([] if argv is None else argv)
+    levels = [int(x) for x in args.concurrency.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="dbo-"))
+    student_dir = args.models_dir / "student"
+    prompts, prompt_info = _confident_prompts(student_dir, 400, seed=11)
+    print(f"prompts: {prompt_info}", flush=True)
+    raw: dict[int, dict[str, list[dict[str, Any]]]] = {c: {t: [] for t in TARGETS} for c in levels}
+    for c in levels:
+        for _ in range(args.rounds):
+            r = _run_inproc(student_dir, prompts, c, args.requests, args.warmup)
+            print(f"c={c} inproc: p50 {percentile(r['latencies_s'], 0.5) * 1000:.2f} ms", flush=True)
+            raw[c]["inproc"].append(r)
+    settings, broker, consumer, _store = _start_stack(workdir / "v", args.models_dir)
+    base = f"http://127.0.0.1:{settings.server.port}"
+    urls = {"bare": f"{base}/bare/v1/completions", "gateway": f"{base}/gw/v1/completions"}
+    profile = None
+    try:
+        for c in levels:
+            for _ in range(args.rounds):
+                for target in ("bare", "gateway"):  # interleaved, back to back
+                    cpu0 = _cpu_by_component()
+                    r = _load(urls[target], prompts, c, args.requests, args.warmup, workdir)
+                    cpu1 = _cpu_by_component()
+                    total = args.requests + args.warmup
+                    r["cpu_ms_per_request"] = {
+                        k: round((cpu1[k] - cpu0.get(k, 0.0)) / total * 1000, 3)
+                        for k in cpu1
+                        if cpu1[k] - cpu0.get(k, 0.0) > 0
+                    }
+                    r["cpu_ms_per_request"]["load generator"] = round(r["cpu_s"] / total * 1000, 3)
+                    print(f"   cpu ms/request: {r['cpu_ms_per_request']}", flush=True)
+                    print(
+                        f"c={c} {target}: p50 {percentile(r['latencies_s'], 0.5) * 1000:.2f} ms", flush=True
+                    )
+                    raw[c][target].append(r)
+        if args.profile:
+            profile = _profile(urls["gateway"], prompts, max(levels), 3000, workdir)
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+        consumer.stop()
+        broker.stop()
+    by_level = []
+    for c in levels:
+        rows = {t: _merge(raw[c][t]) for t in TARGETS}
+        by_level.append({"concurrency": c, "targets": rows, "ratios": _ratios(rows)})
+        print(f"c={c}: " + ", ".join(f"{t} p50 {rows[t]['p50_ms']} ms" for t in TARGETS), flush=True)
+        print(f"c={c}: {by_level[-1]['ratios']}", flush=True)
+    result = {
+        "benchmark": NAME,
+        "config": {
+            "requests_per_round": args.requests,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "max_tokens": MAX_TOKENS,
+            "prompts": prompt_info,
+            "student_threads": settings.student.num_threads,
+            "batch": {
+                "max_batch_size": settings.student.max_batch_size,
+                "wait_s": settings.student.batch_wait_timeout_s,
+            },
+            "ray_serve_throughput_optimized": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0"),
+        },
+        "levels": by_level,
+        "profile": profile,
+    }
+    print(f"wrote {write_result(args.out, result)}")
+    return result
+
+
+# ---- the report section ------------------------------------------------------------------
+def _plot(data: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = data["levels"]
+    fig, axes = plt.subplots(1, len(levels), figsize=(5.5 * len(levels), 4), squeeze=False)
+    for ax, level in zip(axes[0], levels, strict=True):
+        for t in TARGETS:
+            lat = sorted(level["targets"][t]["latencies_ms"])
+            ys = [(i + 1) / len(lat) for i in range(len(lat))]
+            ax.plot(lat, ys, label=LABELS[t])
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"concurrency {level['concurrency']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("Latency distribution (CDF): student in-process vs Serve vs full gateway")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def render(img_dir: Path) -> list[str]:
+    path = RESULTS / f"{NAME}.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    m, cfg = data["machine"], data["config"]
+    img = img_dir / "overhead_latency.png"
+    _plot(data, img)
+    lines = [
+        "## Cascade overhead",
+        "",
+        f"Machine: {m['cpus']} cores, {m['cpu']}; {m['when']}. Load from a separate process (aiohttp,",
+        f"closed loop at fixed concurrency), {cfg['rounds']} rounds x {cfg['requests_per_round']} requests",
+        f"per target after {cfg['warmup']} warm-up, (b) and (c) interleaved in one Ray session; prompts:",
+        "`upper`/`reverse`",
+        f"the student keeps ({cfg['prompts']['kept']} of {cfg['prompts']['candidates']} sampled), max_tokens",
+        f"{cfg['max_tokens']}; student: 1 torch thread, batches of <= {cfg['batch']['max_batch_size']}, "
+        f"{cfg['batch']['wait_s'] * 1000:g} ms wait.",
+        "",
+        "| concurrency | target | p50 | p90 | p99 | throughput | answered by |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for level in data["levels"]:
+        for t in TARGETS:
+            r = level["targets"][t]
+            tiers = ", ".join(f"{k or '-'}: {v}" for k, v in r["tiers"].items())
+            lines.append(
+                f"| {level['concurrency']} | {LABELS[t]} | {r['p50_ms']:.2f} ms | {r['p90_ms']:.2f} ms "
+                f"| {r['p99_ms']:.2f} ms | {r['throughput_rps']:.0f} req/s | {tiers} |"
+            )
+    lines += [
+        "",
+        "| concurrency | (c)-(b) p50 | (c)-(b) p99 | (c)/(b) p50 | (c)/(a) p50 | (c)/(a) p99 "
+        "| (c)/(a) throughput | (c)/(b) throughput |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for level in data["levels"]:
+        q = level["ratios"]
+        lines.append(
+            f"| {level['concurrency']} | {q['c_minus_b_p50_ms']:+.2f} ms | {q['c_minus_b_p99_ms']:+.2f} ms "
+            f"| {q['c_over_b_p50']:.2f}x | {q['c_over_a_p50']:.2f}x | {q['c_over_a_p99']:.2f}x "
+            f"| {q['c_over_a_throughput']:.2f}x | {q['c_over_b_throughput']:.2f}x |"
+        )
+    lines += ["", f"![latency distributions]({img.relative_to(img_dir.parent)})", ""]
+    return lines
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
