@@ -43,10 +43,12 @@ from router import Generation, GenerationRequest
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "overhead"
-TARGETS = ("inproc", "bare", "gateway")
+TARGETS = ("inproc", "bare", "gateway_before", "gateway")
+SERVED = ("bare", "gateway_before", "gateway")
 LABELS = {
     "inproc": "(a) student backend in-process",
     "bare": "(b) student Serve deployment over HTTP",
+    "gateway_before": "(c) before: ingress on Serve's default threads",
     "gateway": "(c) full gateway (cascade)",
 }
 MAX_TOKENS = 16
@@ -183,6 +185,9 @@ _COMPONENTS = {
     "ServeReplica:distillery:ingress": "gateway ingress",
     "ServeReplica:distillery:student": "gateway student",
     "ServeReplica:distillery:teacher": "gateway teacher",
+    "ServeReplica:gw_before:ingress": "gateway_before ingress",
+    "ServeReplica:gw_before:student": "gateway_before student",
+    "ServeReplica:gw_before:teacher": "gateway_before teacher",
     "ServeReplica:bare:bare_ingress": "bare ingress",
     "ServeReplica:bare:student": "bare student",
     "ProxyActor": "Serve proxy",
@@ -243,6 +248,10 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
         statuses.update(r["statuses"])
         tiers.update(r["tiers"])
     wall = sum(r["wall_s"] for r in runs)
+    cpu: dict[str, float] = {}
+    for r in runs:
+        for k, v in r.get("cpu_ms_per_request", {}).items():
+            cpu[k] = cpu.get(k, 0.0) + v / len(runs)
     return {
         "n": len(lat),
         "p50_ms": round(percentile(lat, 0.5) * 1000, 3),
@@ -253,6 +262,7 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "throughput_rps": round(len(lat) / wall, 1),
         "statuses": dict(statuses),
         "tiers": dict(tiers),
+        "cpu_ms_per_request": {k: round(v, 3) for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])},
         "rounds": [
             {
                 "p50_ms": round(percentile(r["latencies_s"], 0.5) * 1000, 3),
@@ -275,6 +285,8 @@ def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
         "c_over_a_p99": round(c["p99_ms"] / a["p99_ms"], 3),
         "c_over_a_throughput": round(c["throughput_rps"] / a["throughput_rps"], 3),
         "c_over_b_throughput": round(c["throughput_rps"] / b["throughput_rps"], 3),
+        "before_minus_b_p50_ms": round(rows["gateway_before"]["p50_ms"] - b["p50_ms"], 3),
+        "before_minus_b_p99_ms": round(rows["gateway_before"]["p99_ms"] - b["p99_ms"], 3),
     }
 
 
@@ -379,6 +391,12 @@ def _start_stack(var: Path, models: Path) -> tuple[Any, Any, Any, Any]:
     from ray import serve
 
     serve.run(build_app(settings), name="distillery", route_prefix="/gw")
+    # The hot-path change, side by side: the same gateway with the ingress on Serve's
+    # default threads (user code in its own thread, the handle router in another loop).
+    before = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"ingress_same_loop": False})}
+    )
+    serve.run(build_app(before), name="gw_before", route_prefix="/gwb")
     serve.run(build_bare_app(settings), name="bare", route_prefix="/bare")
     return settings, broker, consumer, store
 
@@ -407,12 +425,18 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             raw[c]["inproc"].append(r)
     settings, broker, consumer, _store = _start_stack(workdir / "v", args.models_dir)
     base = f"http://127.0.0.1:{settings.server.port}"
-    urls = {"bare": f"{base}/bare/v1/completions", "gateway": f"{base}/gw/v1/completions"}
+    urls = {
+        "bare": f"{base}/bare/v1/completions",
+        "gateway_before": f"{base}/gwb/v1/completions",
+        "gateway": f"{base}/gw/v1/completions",
+    }
     profile = None
     try:
         for c in levels:
-            for _ in range(args.rounds):
-                for target in ("bare", "gateway"):  # interleaved, back to back
+            for rnd in range(args.rounds):
+                # Interleaved, back to back, the order rotated each round.
+                order = [SERVED[(i + rnd) % len(SERVED)] for i in range(len(SERVED))]
+                for target in order:
                     cpu0 = _cpu_by_component()
                     r = _load(urls[target], prompts, c, args.requests, args.warmup, workdir)
                     cpu1 = _cpu_by_component()
@@ -429,7 +453,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                     )
                     raw[c][target].append(r)
         if args.profile:
-            profile = _profile(urls["gateway"], prompts, max(levels), 3000, workdir)
+            profile = _profile(urls["gateway"], prompts, max(levels), 1200, workdir)
     finally:
         from ray import serve
 
@@ -537,6 +561,60 @@ def render(img_dir: Path) -> list[str]:
             f"| {q['c_over_b_p50']:.2f}x | {q['c_over_a_p50']:.2f}x | {q['c_over_a_p99']:.2f}x "
             f"| {q['c_over_a_throughput']:.2f}x | {q['c_over_b_throughput']:.2f}x |"
         )
+    lines += [
+        "",
+        "The hot-path change, side by side in the same session (same app, only the ingress's",
+        "threading differs; see below):",
+        "",
+        "| concurrency | before p50 | after p50 | before p99 | after p99 | before throughput "
+        "| after throughput | before - (b) p50 | after - (b) p50 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for level in data["levels"]:
+        bf, af, q = level["targets"]["gateway_before"], level["targets"]["gateway"], level["ratios"]
+        lines.append(
+            f"| {level['concurrency']} | {bf['p50_ms']:.2f} ms | {af['p50_ms']:.2f} ms "
+            f"| {bf['p99_ms']:.2f} ms | {af['p99_ms']:.2f} ms "
+            f"| {bf['throughput_rps']:.0f} req/s | {af['throughput_rps']:.0f} req/s "
+            f"| {q['before_minus_b_p50_ms']:+.2f} ms | {q['c_minus_b_p50_ms']:+.2f} ms |"
+        )
+    lines += [
+        "",
+        "CPU per request by process (ms of CPU time per request, warm-up included; from /proc while",
+        "each target ran alone; components idle during a run are left out):",
+        "",
+        "| concurrency | target | Serve proxy | ingress | student | load generator | everything else |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    prefix = {"bare": "bare", "gateway_before": "gateway_before", "gateway": "gateway"}
+    for level in data["levels"]:
+        for t in SERVED:
+            cpu = dict(level["targets"][t].get("cpu_ms_per_request", {}))
+            if not cpu:
+                continue
+            proxy = cpu.pop("Serve proxy", 0.0)
+            ingress = cpu.pop(f"{prefix[t]} ingress", 0.0)
+            student = cpu.pop(f"{prefix[t]} student", 0.0)
+            load = cpu.pop("load generator", 0.0)
+            rest = sum(cpu.values())
+            lines.append(
+                f"| {level['concurrency']} | {LABELS[t]} | {proxy:.2f} | {ingress:.2f} | {student:.2f} "
+                f"| {load:.2f} | {rest:.2f} |"
+            )
+    prof = data.get("profile")
+    if prof:
+        lines += [
+            "",
+            f"py-spy (`--gil`, {prof['samples']} samples of the gateway ingress under load at concurrency",
+            f"{max(lv['concurrency'] for lv in data['levels'])}); the frames of Distillery and FastAPI with",
+            "the largest inclusive share (raw collapsed stacks:",
+            "`bench/results/overhead_ingress_profile.txt`):",
+            "",
+            "| inclusive share | frame |",
+            "|---|---|",
+        ]
+        for row in prof["inclusive_ours"][:12]:
+            lines.append(f"| {row['share']:.1%} | `{row['frame']}` |")
     lines += ["", f"![latency distributions]({img.relative_to(img_dir.parent)})", ""]
     return lines
 
