@@ -13,7 +13,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,14 @@ import httpx
 
 from demo import STUDENT_SKILLS, DemoExample, sample_examples
 from retrain import LoopEvent, RefreshLoop
+from router.pricing import PricingConfig
 
-__all__ = ["ScenarioReport", "WindowStats", "run_scenario", "send_window"]
+__all__ = ["ScenarioReport", "WindowObserver", "WindowStats", "run_scenario", "send_window"]
 
 NEW_SKILLS = ("shift", "double")
+
+WindowObserver = Callable[[str, Sequence[DemoExample], list[dict[str, Any]]], None]
+"""Sees each window's examples and the gateway's response bodies (benchmarks use it)."""
 
 
 @dataclass
@@ -75,24 +79,31 @@ def send_window(
     examples: Sequence[DemoExample],
     *,
     concurrency: int = 16,
-    student_price: float = 0.1,
-    teacher_price: float = 1.0,
+    pricing: PricingConfig | None = None,
+    observer: WindowObserver | None = None,
 ) -> WindowStats:
     """Sends a window of demo prompts and measures what the cascade did with them.
 
-    Cost model: tokens x per-tier price (per 1k tokens, configurable); every request pays
-    the student, escalated ones pay the teacher too; teacher-only pays the teacher for all.
+    Cost model: ``router.pricing.PricingConfig`` (tokens x per-tier price, configurable via
+    ``DistillerySettings.pricing``); every request pays the student, escalated ones pay the
+    teacher too; teacher-only pays the teacher for all. The response reports the served
+    answer's length only, so an escalated request's student part is priced at that length.
     """
+    pricing = pricing or PricingConfig()
     started = time.monotonic()
     bodies = asyncio.run(_post_all(url, examples, concurrency))
+    if observer is not None:
+        observer(label, examples, bodies)
     escalated = [b["distillery"][0]["escalated"] for b in bodies]
     correct = [b["choices"][0]["text"] == e.answer for e, b in zip(examples, bodies, strict=True)]
-    tokens = [b["usage"]["total_tokens"] for b in bodies]
-    cascade = sum(
-        t * student_price + (t * teacher_price if esc else 0)
-        for t, esc in zip(tokens, escalated, strict=True)
-    )
-    teacher_only = sum(t * teacher_price for t in tokens) or 1.0
+    costs = [
+        pricing.request_cost(
+            b["usage"]["prompt_tokens"], b["usage"]["completion_tokens"], student_ran=True, teacher_ran=esc
+        )
+        for b, esc in zip(bodies, escalated, strict=True)
+    ]
+    cascade = sum(c.actual for c in costs)
+    teacher_only = sum(c.teacher_equivalent for c in costs) or 1.0
 
     def rate(values: list[bool], skills: Sequence[str]) -> float | None:
         picked = [v for v, e in zip(values, examples, strict=True) if e.skill in skills]
@@ -168,12 +179,14 @@ def run_scenario(
     plot_path: Path | None = None,
     echo: Any = print,
     max_attempts: int = 2,
+    pricing: PricingConfig | None = None,
+    observer: WindowObserver | None = None,
 ) -> ScenarioReport:
     rng = random.Random(seed)
     report = ScenarioReport()
 
     def window_of(label: str, skills: Sequence[str], n: int) -> WindowStats:
-        stats = send_window(url, label, sample_examples(skills, n, rng))
+        stats = send_window(url, label, sample_examples(skills, n, rng), pricing=pricing, observer=observer)
         report.windows.append(stats)
         echo(
             f"[{label}] {stats.requests} requests: escalation {stats.escalation_rate:.1%} "
