@@ -395,7 +395,7 @@ def _plot_frontier(data: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    for tag, color in (("before", "tab:orange"), ("after", "tab:blue")):
+    for tag, color, dy in (("before", "tab:orange", -11), ("after", "tab:blue", 6)):
         f = data["frontier"][tag]
         pts = sorted(f["curve"], key=lambda p: p["cost_vs_teacher_only"])
         ax.plot(
@@ -406,13 +406,19 @@ def _plot_frontier(data: dict[str, Any], path: Path) -> None:
         )
         so, cal = f["student_only"], f["calibrated"]
         ax.scatter([so["cost_vs_teacher_only"]], [so["agreement"]], color=color, marker="s")
-        ax.annotate(f"student-only ({tag})", (so["cost_vs_teacher_only"], so["agreement"]), fontsize=7)
+        ax.annotate(
+            f"student-only ({tag})",
+            (so["cost_vs_teacher_only"], so["agreement"]),
+            fontsize=7,
+            xytext=(5, dy),
+            textcoords="offset points",
+        )
         ax.scatter([cal["cost_vs_teacher_only"]], [cal["agreement"]], color=color, marker="*", s=120)
         ax.annotate(
             f"calibrated threshold ({tag})",
             (cal["cost_vs_teacher_only"], cal["agreement"]),
             fontsize=7,
-            xytext=(5, -10),
+            xytext=(5, dy),
             textcoords="offset points",
         )
     ax.scatter([1.0], [1.0], color="black", marker="D")

@@ -411,8 +411,17 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
     parser.add_argument("--out", default=NAME, help="result file name under bench/results")
+    parser.add_argument(
+        "--throughput-optimized",
+        action="store_true",
+        help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 for the whole Ray session (result: overhead_tput)",
+    )
     args = parser.parse_args([] if argv is None else argv)
     levels = [int(x) for x in args.concurrency.split(",")]
+    if args.throughput_optimized:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by Ray's constants at import
+        if args.out == NAME:
+            args.out = f"{NAME}_tput"
     workdir = Path(tempfile.mkdtemp(prefix="dbo-"))
     student_dir = args.models_dir / "student"
     prompts, prompt_info = _confident_prompts(student_dir, 400, seed=11)
@@ -616,6 +625,32 @@ def render(img_dir: Path) -> list[str]:
         for row in prof["inclusive_ours"][:12]:
             lines.append(f"| {row['share']:.1%} | `{row['frame']}` |")
     lines += ["", f"![latency distributions]({img.relative_to(img_dir.parent)})", ""]
+    tput = RESULTS / f"{NAME}_tput.json"
+    if tput.is_file():
+        opt = json.loads(tput.read_text())
+        lines += [
+            "### Variant: `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`",
+            "",
+            "Same bench, a separate Ray session with Serve's throughput-optimized mode",
+            f"({opt['machine']['when']}; {opt['config']['rounds']} rounds x "
+            f"{opt['config']['requests_per_round']} requests). Default-mode numbers from the table above:",
+            "",
+            "| concurrency | target | p50 default | p50 optimized | p99 default | p99 optimized "
+            "| throughput default | throughput optimized |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        default = {lv["concurrency"]: lv["targets"] for lv in data["levels"]}
+        for level in opt["levels"]:
+            for t in SERVED:
+                d, o = default.get(level["concurrency"], {}).get(t), level["targets"][t]
+                if d is None:
+                    continue
+                lines.append(
+                    f"| {level['concurrency']} | {LABELS[t]} | {d['p50_ms']:.2f} ms | {o['p50_ms']:.2f} ms "
+                    f"| {d['p99_ms']:.2f} ms | {o['p99_ms']:.2f} ms | {d['throughput_rps']:.0f} req/s "
+                    f"| {o['throughput_rps']:.0f} req/s |"
+                )
+        lines.append("")
     return lines
 
 
