@@ -280,7 +280,8 @@ def vllm_app(live_stack, demo_models: Path, tmp_path_factory: pytest.TempPathFac
         models_dir=str(demo_models),
         var_dir=str(var),
         server=live_stack.settings.server.model_dump(),
-        student={"kind": "vllm", "num_threads": 1, "vllm": ENGINE.model_dump()},
+        # Starts on v1 itself, so following the registry swaps nothing until a promote.
+        student={"kind": "vllm", "model_dir": str(v1.path), "num_threads": 1, "vllm": ENGINE.model_dump()},
         feedback={"enabled": False},
         registry_dir=str(var / "registry"),
         registry_poll_s=0.5,
