@@ -104,6 +104,9 @@ class GatewayMetrics:
             self.cost.labels(tier_name)
         for reason in ("low_confidence", "student_error"):
             self.escalations.labels(reason)  # exported from 0, so rate() sees the first one
+        for endpoint in ("completions", "chat"):  # likewise the escalation rate's denominator
+            for tier_name in ("student", "teacher"):
+                self.requests.labels(endpoint, tier_name, "ok")
         self.threshold = Gauge(
             "distillery_confidence_threshold",
             "Current escalation threshold of the cascade.",
