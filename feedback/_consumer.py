@@ -147,7 +147,27 @@ class FeedbackConsumer:
             if not parts:
                 return
             ends = self._consumer.end_offsets(parts)
-            lag = sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in parts)
+            lag = 0
+            for tp in parts:
+                position = self._consumer.position(tp)
+                if ends[tp] < position:
+                    # The partition's log is shorter than what this consumer already read:
+                    # the broker lost it (the dev broker keeps its log in memory) and is
+                    # filling a new one. Reading on from the old position would silently
+                    # skip the new log up to there; read it from the start instead (the
+                    # store drops the request ids it already has).
+                    logger.warning(
+                        "%s/%d ends at %d, behind our position %d: the broker lost its log; "
+                        "re-reading the partition from the start",
+                        tp.topic,
+                        tp.partition,
+                        ends[tp],
+                        position,
+                    )
+                    self._consumer.seek_to_beginning(tp)
+                    lag += ends[tp]
+                else:
+                    lag += ends[tp] - position
             self._metrics.consumer_lag.set(lag)
         except Exception:
             logger.debug("could not compute consumer lag", exc_info=True)
