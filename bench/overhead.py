@@ -12,11 +12,11 @@ Three targets under the same fixed closed-loop concurrency, same prompts (``uppe
   broker, consumer into SQLite), on ``/v1/completions``.
 
 (b) and (c) run in one Ray session, side by side, interleaved in rounds; the load comes
-from a separate process (``bench._load``, aiohttp) over loopback. With ``--profile`` a
+from a separate process (``bench._load``, aiohttp) over loopback. Unless ``--no-profile``, a
 py-spy recording of the gateway's ingress replica is taken during an extra (c) run and
 its hottest frames are summarised.
 
-    python -m bench.overhead [--concurrency 1,16] [--requests 600] [--rounds 2] [--profile]
+    python -m bench.overhead [--concurrency 1,16] [--requests 600] [--rounds 2] [--no-profile]
 """
 
 from __future__ import annotations
@@ -408,7 +408,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=200 if quick else 600)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy run")
     parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
     parser.add_argument("--out", default=NAME, help="result file name under bench/results")
     parser.add_argument(
@@ -624,6 +624,8 @@ def render(img_dir: Path) -> list[str]:
         ]
         for row in prof["inclusive_ours"][:12]:
             lines.append(f"| {row['share']:.1%} | `{row['frame']}` |")
+        if prof.get("note"):
+            lines += ["", f"Profile source: {prof['note']}."]
     lines += ["", f"![latency distributions]({img.relative_to(img_dir.parent)})", ""]
     tput = RESULTS / f"{NAME}_tput.json"
     if tput.is_file():

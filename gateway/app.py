@@ -43,7 +43,18 @@ def build_app(settings: DistillerySettings, rollout: StudentRollout | None = Non
         tiers[tier] = _pinned(dep, settings).bind(
             tier, cfg, str(settings.tier_dir(tier)), registry, settings.registry_poll_s
         )
-    ingress = _pinned(deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **opts), settings)
+    ingress_opts = opts
+    if settings.server.ingress_same_loop:
+        # The ingress only awaits (handles, a non-blocking feedback queue): Serve's extra
+        # user-code thread and router loop cost two cross-thread hops per request there.
+        same_loop = {
+            "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+        }
+        ingress_opts = {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": same_loop}}}
+    ingress = _pinned(
+        deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **ingress_opts), settings
+    )
     app: Application = ingress.bind(tiers["student"], tiers["teacher"], settings)
     return app
 

@@ -40,6 +40,12 @@ class ServerConfig(BaseModel):
         max_tokens_limit (`int`, defaults to 256): largest ``max_tokens`` accepted.
         max_prompts_per_request (`int`, defaults to 16): largest ``prompt`` list.
         request_timeout_s (`float`, defaults to 60): Serve's end-to-end bound per request.
+        ingress_same_loop (`bool`, defaults to True): run the ingress's code and its
+            handle router on the replica's main event loop (Ray Serve's
+            ``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0`` and
+            ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0``, for the ingress only): two fewer
+            cross-thread hand-offs per request; the ingress never blocks its loop. Measured
+            in docs/benchmarks.md (hot path).
     """
 
     host: str = "127.0.0.1"
@@ -48,6 +54,7 @@ class ServerConfig(BaseModel):
     max_tokens_limit: int = Field(default=256, ge=1)
     max_prompts_per_request: int = Field(default=16, ge=1)
     request_timeout_s: float = Field(default=60.0, gt=0)
+    ingress_same_loop: bool = True
 
 
 class DistillerySettings(BaseSettings):
