@@ -345,6 +345,7 @@ def test_escalation_rate_over_prometheus_http_api(monitoring: Monitoring, live_s
     teacher_only = after["teacher_only"] - before["teacher_only"]
     assert ratio == pytest.approx(spent / teacher_only, rel=0.02)
     assert 0 < ratio < 1  # the cascade is cheaper than teacher-only on this mix
+    print(f"escalation rate {rate:.4f} ({escalations:.0f}/{requests:.0f}); spend/teacher-only {ratio:.4f}")
     # the recording rule is live too: read an evaluation made after the traffic was scraped
     deadline = time.monotonic() + 15
     while monitoring.scalar("timestamp(distillery:escalation_rate:ratio_rate5m)") <= end:
