@@ -405,9 +405,10 @@ def _plot_frontier(data: dict[str, Any], path: Path) -> None:
             label=f"cascade {tag} refresh ({f['version']})",
         )
         so, cal = f["student_only"], f["calibrated"]
+        same = all(cal[k] == so[k] for k in ("cost_vs_teacher_only", "agreement"))
         ax.scatter([so["cost_vs_teacher_only"]], [so["agreement"]], color=color, marker="s")
         ax.annotate(
-            f"student-only ({tag})",
+            f"student-only ({tag})" if not same else f"student-only = calibrated threshold ({tag})",
             (so["cost_vs_teacher_only"], so["agreement"]),
             fontsize=7,
             xytext=(5, dy),
@@ -415,7 +416,7 @@ def _plot_frontier(data: dict[str, Any], path: Path) -> None:
         )
         ax.scatter([cal["cost_vs_teacher_only"]], [cal["agreement"]], color=color, marker="*", s=120)
         ax.annotate(
-            f"calibrated threshold ({tag})",
+            f"calibrated threshold ({tag})" if not same else "",
             (cal["cost_vs_teacher_only"], cal["agreement"]),
             fontsize=7,
             xytext=(5, dy),
