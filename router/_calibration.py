@@ -57,9 +57,14 @@ def calibration_curve(confidences: Sequence[float], agrees: Sequence[bool]) -> l
 
 
 def _dedupe(points: list[CalibrationPoint]) -> list[CalibrationPoint]:
+    """Of thresholds giving the same split, keeps the highest: a student that is right on
+    the whole sample gets the lowest confidence it showed there as its threshold, not 0.0.
+    A threshold of 0.0 would never escalate again, so a later drift onto something it does
+    not know would produce no escalations (and no feedback to learn from)."""
     out: list[CalibrationPoint] = []
     for p in points:
         if out and out[-1].escalation_rate == p.escalation_rate:
+            out[-1] = p
             continue
         out.append(p)
     return out

@@ -1,6 +1,8 @@
+import math
+
 import pytest
 
-from router import auroc, calibration_curve, pick_threshold
+from router import ThresholdPolicy, auroc, calibration_curve, pick_threshold
 
 
 def _sample():
@@ -73,3 +75,13 @@ def test_auroc_perfect_random_and_undefined():
     assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
     assert auroc([0.5, 0.5], [True, False]) == 0.5
     assert auroc([0.5, 0.6], [True, True]) is None
+
+
+def test_a_student_right_on_everything_keeps_a_floor_not_zero():
+    """Found by the benchmarks: after a refresh the student was right on the whole gate
+    sample and was recalibrated to 0.0, i.e. never escalate again."""
+    conf = [0.91, 0.95, 0.99, 0.999]
+    point = pick_threshold(calibration_curve(conf, [True] * 4), target_agreement=0.995)
+    assert point.escalation_rate == 0.0
+    assert point.threshold == 0.91
+    assert ThresholdPolicy("mean_logprob", point.threshold).decide([math.log(0.5)]).escalate
