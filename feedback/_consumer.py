@@ -49,6 +49,7 @@ class FeedbackConsumer:
         self._retry_max_s = store_retry_max_s
         self._stop = threading.Event()
         self._next_lag = 0.0
+        self._behind: dict[Any, int] = {}  # partition -> read position past its log's end
         ensure_topics(
             bootstrap,
             [config.topic, config.sample_topic, config.dead_letter_topic],
@@ -150,12 +151,21 @@ class FeedbackConsumer:
             lag = 0
             for tp in parts:
                 position = self._consumer.position(tp)
-                if ends[tp] < position:
+                if ends[tp] >= position - 1:
+                    # (Tansu has been seen reporting an end one short of a position it
+                    # served, for seconds on end: a gap of one is not a lost log.)
+                    self._behind.pop(tp, None)
+                    lag += max(0, ends[tp] - position)
+                elif self._behind.get(tp) != position:
+                    # Seen once; a lost log shows the same stuck position at the next check.
+                    self._behind[tp] = position
+                else:
                     # The partition's log is shorter than what this consumer already read:
                     # the broker lost it (the dev broker keeps its log in memory) and is
                     # filling a new one. Reading on from the old position would silently
                     # skip the new log up to there; read it from the start instead (the
                     # store drops the request ids it already has).
+                    del self._behind[tp]
                     logger.warning(
                         "%s/%d ends at %d, behind our position %d: the broker lost its log; "
                         "re-reading the partition from the start",
@@ -166,8 +176,6 @@ class FeedbackConsumer:
                     )
                     self._consumer.seek_to_beginning(tp)
                     lag += ends[tp]
-                else:
-                    lag += ends[tp] - position
             self._metrics.consumer_lag.set(lag)
         except Exception:
             logger.debug("could not compute consumer lag", exc_info=True)

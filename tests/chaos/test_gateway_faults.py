@@ -187,57 +187,64 @@ def chaos(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     var = tmp_path_factory.mktemp("chaos")
     broker = TansuBroker(log_path=var / "tansu.log").start()
-    port = free_port()
-    store_path = var / "feedback.db"
-    base = {"models_dir": str(demo_models), "follow_registry": False, "server": {"port": port}}
-    upstream = load_settings(**base, var_dir=str(var), feedback={"enabled": False})
-    start_ray(upstream)
-    opts = {"ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256}
-    deployment = serve.deployment
-    teacher = deployment(ModelServer, name="teacher", **opts).bind(
-        "teacher", upstream.teacher, str(upstream.tier_dir("teacher")), None, 1.0
-    )
-    # The upstream gateway's "student" handle is the teacher too: it only serves the
-    # tier-pinned model id `distillery-teacher`.
-    serve.run(
-        deployment(GatewayIngress, name="ingress", **opts).bind(teacher, teacher, upstream),
-        name="upstream",
-        route_prefix="/upstream",
-    )
-    proxy = FaultProxy(port).start()
-    settings = load_settings(
-        **base,
-        var_dir=str(var),
-        cascade={
-            "teacher_timeout_s": TEACHER_TIMEOUT_S,
-            "teacher_failure_policy": "serve_student",
-            "teacher_retries": 2,
-            "teacher_backoff_s": 0.05,
-            "teacher_backoff_max_s": 0.2,
-            "breaker_failure_threshold": THRESHOLD,
-            "breaker_cooldown_s": COOLDOWN_S,
-        },
-        teacher={
-            "kind": "openai",
-            "base_url": f"http://127.0.0.1:{proxy.port}/upstream",
-            "model": "distillery-teacher",
-            "timeout_s": 30,
-        },
-        feedback={
-            "store_dsn": str(store_path),
-            "sample_rate": 0.0,
-            "kafka": {"bootstrap": broker.bootstrap, **KAFKA_FAST},
-        },
-    )
-    serve.run(build_app(settings), name="distillery", route_prefix="/")
-    stack = ChaosStack(var, f"http://127.0.0.1:{port}", proxy, broker, store_path, settings)
-    stack.start_consumer()
-    # Warm-up (not counted): first calls through each handle and the link.
-    for model in ("distillery-teacher", "distillery"):
-        warm = asyncio.run(
-            send(stack.url, prompts(TEACHER_SKILLS, 4, seed=0), model=model, client_timeout_s=60)
+    try:
+        port = free_port()
+        store_path = var / "feedback.db"
+        base = {"models_dir": str(demo_models), "follow_registry": False, "server": {"port": port}}
+        upstream = load_settings(**base, var_dir=str(var), feedback={"enabled": False})
+        start_ray(upstream)
+        opts = {"ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256}
+        deployment = serve.deployment
+        teacher = deployment(ModelServer, name="teacher", **opts).bind(
+            "teacher", upstream.teacher, str(upstream.tier_dir("teacher")), None, 1.0
         )
-        stack.track(warm)
+        # The upstream gateway's "student" handle is the teacher too: it only serves the
+        # tier-pinned model id `distillery-teacher`.
+        serve.run(
+            deployment(GatewayIngress, name="ingress", **opts).bind(teacher, teacher, upstream),
+            name="upstream",
+            route_prefix="/upstream",
+        )
+        proxy = FaultProxy(port).start()
+        settings = load_settings(
+            **base,
+            var_dir=str(var),
+            cascade={
+                "teacher_timeout_s": TEACHER_TIMEOUT_S,
+                "teacher_failure_policy": "serve_student",
+                "teacher_retries": 2,
+                "teacher_backoff_s": 0.05,
+                "teacher_backoff_max_s": 0.2,
+                "breaker_failure_threshold": THRESHOLD,
+                "breaker_cooldown_s": COOLDOWN_S,
+            },
+            teacher={
+                "kind": "openai",
+                "base_url": f"http://127.0.0.1:{proxy.port}/upstream",
+                "model": "distillery-teacher",
+                "timeout_s": 30,
+            },
+            feedback={
+                "store_dsn": str(store_path),
+                "sample_rate": 0.0,
+                "kafka": {"bootstrap": broker.bootstrap, **KAFKA_FAST},
+            },
+        )
+        serve.run(build_app(settings), name="distillery", route_prefix="/")
+        stack = ChaosStack(var, f"http://127.0.0.1:{port}", proxy, broker, store_path, settings)
+        stack.start_consumer()
+        # Warm-up (not counted): first calls through each handle and the link.
+        for model in ("distillery-teacher", "distillery"):
+            warm = asyncio.run(
+                send(stack.url, prompts(TEACHER_SKILLS, 4, seed=0), model=model, client_timeout_s=60)
+            )
+            stack.track(warm)
+    except BaseException:  # no stray broker or cluster when the set-up fails
+        broker.stop()
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        raise
     yield stack
     print("\n" + "\n".join(c.line() for c in RESULTS))
     if stack.consumer is not None:
