@@ -120,6 +120,17 @@ class ModelServer:
         backend, self._choice = build_backend_with_choice(cfg, default_dir=model_dir, model_id=self._tier)
         return backend
 
+    async def _loaded(self, model_dir: Path) -> Backend:
+        """A new backend, warmed with one request when it is an engine (a fresh vLLM engine's
+        first step is slow), so traffic reaches it only once it answers at speed."""
+        backend = await asyncio.to_thread(self._load, model_dir)
+        if getattr(backend, "continuous_batching", False):
+            try:
+                await backend.generate([GenerationRequest(prompt="warm up", max_tokens=1)])
+            except Exception:
+                logger.exception("warm-up request on %s failed", backend.version)
+        return backend
+
     async def _call(self, backend: Backend, requests: list[GenerationRequest]) -> list[Generation]:
         """``backend.generate``, counted so a replaced backend is closed only when idle."""
         key = id(backend)
@@ -172,14 +183,14 @@ class ModelServer:
             if self._canary is not None and Path(rollout.model_dir) == self._canary_dir:
                 new = self._canary  # promoting the canary: its loaded engine becomes current
             else:
-                new = await asyncio.to_thread(self._load, Path(rollout.model_dir))
+                new = await self._loaded(Path(rollout.model_dir))
             cal = self._calibration(Path(rollout.model_dir))
             self._backend, self._dir, self._cal = new, Path(rollout.model_dir), cal
             logger.info("%s swapped to %s (%s)", self._tier, new.version, self._dir)
         if rollout.canary_dir is None:
             self._canary, self._canary_dir = None, None
         elif Path(rollout.canary_dir) != self._canary_dir:
-            self._canary = await asyncio.to_thread(self._load, Path(rollout.canary_dir))
+            self._canary = await self._loaded(Path(rollout.canary_dir))
             self._canary_dir = Path(rollout.canary_dir)
             self._canary_cal = self._calibration(self._canary_dir)
         self._canary_share = rollout.canary_share if self._canary is not None else 0.0

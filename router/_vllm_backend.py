@@ -308,5 +308,10 @@ class VLLMBackend:
         self._closed.set()
         engine, self._engine = self._engine, None
         if engine is not None:
+            # Stop reading outputs first: a handler still waiting when the engine process
+            # ends would log the (expected) end as an EngineDeadError.
+            handler = getattr(engine, "output_handler", None)
+            if handler is not None:
+                handler.cancel()
             await asyncio.to_thread(engine.shutdown)
             logger.info("vLLM engine of %s (%s) shut down", self.model_id, self.version)
