@@ -149,7 +149,10 @@ class CascadeRouter:
         """The answering model's own calibrated threshold, unless one is pinned in config.
 
         After a hot-swap (or during a canary) two student versions answer side by side;
-        each must be judged against the threshold calibrated for it."""
+        each must be judged against the threshold calibrated for it. An operator's live
+        override (carried on the answer by the student replica) beats both."""
+        if student.threshold_override is not None:
+            return ThresholdPolicy(self.policy.scorer, student.threshold_override)
         if (
             self._config.threshold is None
             and student.calibrated_threshold is not None
