@@ -69,7 +69,8 @@ class DistillerySettings(BaseSettings):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     cascade: CascadeConfig = CascadeConfig()
-    student: BackendConfig = BackendConfig(num_threads=1)
+    student: BackendConfig = BackendConfig(kind="auto", num_threads=1)
+    """``auto``: vLLM wherever it is installed and supports the model, else transformers."""
     teacher: BackendConfig = BackendConfig(num_threads=1)
     feedback: FeedbackConfig = FeedbackConfig()
     pricing: PricingConfig = PricingConfig()

@@ -1,10 +1,16 @@
-"""Stop-sequence truncation shared by backends that cannot stop on strings natively."""
+"""How a local backend turns generated ids into a ``Generation``: cut at EOS, at a stop
+string or at ``max_tokens``, and score exactly what is kept (plus the EOS when the model
+chose to stop). One function, so the transformers and vLLM backends cut and score alike.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["truncate_at_stop"]
+from router._types import Generation, GenerationRequest
+
+__all__ = ["to_generation", "truncate_at_stop"]
 
 
 def truncate_at_stop(tokens: Sequence[str], stop: Sequence[str]) -> tuple[int, bool]:
@@ -21,3 +27,38 @@ def truncate_at_stop(tokens: Sequence[str], stop: Sequence[str]) -> tuple[int, b
         if any(s and s in text for s in stop):
             return i, True
     return len(tokens), False
+
+
+def to_generation(
+    tokenizer: Any,
+    req: GenerationRequest,
+    ids: list[int],
+    logprobs: list[float],
+    prompt_tokens: int,
+    *,
+    model_id: str,
+    model_version: str,
+) -> Generation:
+    eos = tokenizer.eos_token_id
+    limit = min(req.max_tokens, len(ids))
+    stopped_on_eos = False
+    keep = limit
+    for i in range(limit):
+        if ids[i] == eos:
+            keep, stopped_on_eos = i, True
+            break
+    text_ids = ids[:keep]
+    token_strs = [tokenizer.decode([t]) for t in text_ids]
+    cut, stopped_on_string = truncate_at_stop(token_strs, req.stop)
+    scored = logprobs[: keep + 1] if stopped_on_eos and cut == keep else logprobs[:cut]
+    text_ids, token_strs = text_ids[:cut], token_strs[:cut]
+    return Generation(
+        text=tokenizer.decode(text_ids, skip_special_tokens=True),
+        tokens=token_strs,
+        token_logprobs=[float(x) for x in scored],
+        finish_reason="stop" if (stopped_on_eos or stopped_on_string) else "length",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(text_ids),
+        model_id=model_id,
+        model_version=model_version,
+    )

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router._stop import truncate_at_stop
+from router._stop import to_generation
 from router._transformers_backend import read_model_version
 from router._types import Generation, GenerationRequest
 from router.config import VLLMEngineConfig
@@ -276,27 +276,12 @@ class VLLMBackend:
     def _to_generation(
         self, req: GenerationRequest, ids: list[int], logprobs: list[float], prompt_tokens: int
     ) -> Generation:
-        # Mirrors TransformersBackend._to_generation so both backends cut and score alike.
-        eos = self._tokenizer.eos_token_id
-        limit = min(req.max_tokens, len(ids))
-        stopped_on_eos = False
-        keep = limit
-        for i in range(limit):
-            if ids[i] == eos:
-                keep, stopped_on_eos = i, True
-                break
-        text_ids = ids[:keep]
-        token_strs = [self._tokenizer.decode([t]) for t in text_ids]
-        cut, stopped_on_string = truncate_at_stop(token_strs, req.stop)
-        scored = logprobs[: keep + 1] if stopped_on_eos and cut == keep else logprobs[:cut]
-        text_ids, token_strs = text_ids[:cut], token_strs[:cut]
-        return Generation(
-            text=self._tokenizer.decode(text_ids, skip_special_tokens=True),
-            tokens=token_strs,
-            token_logprobs=[float(x) for x in scored],
-            finish_reason="stop" if (stopped_on_eos or stopped_on_string) else "length",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=len(text_ids),
+        return to_generation(
+            self._tokenizer,
+            req,
+            ids,
+            logprobs,
+            prompt_tokens,
             model_id=self.model_id,
             model_version=self.version,
         )
