@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -50,3 +51,48 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2))
     return path
+
+
+class MicroBatcher:
+    """The Serve batcher's policy without Serve (what ``@serve.batch`` does for the
+    transformers student): up to ``max_batch`` requests, or whatever arrived ``wait_s``
+    after the first one, go to ``backend.generate`` as one batch."""
+
+    def __init__(self, backend: Any, max_batch: int, wait_s: float) -> None:
+        self._backend = backend
+        self._max = max_batch
+        self._wait = wait_s
+        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def generate(self, request: Any) -> Any:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, fut))
+        return await fut
+
+    async def _loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.perf_counter() + self._wait
+            while len(batch) < self._max:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
+            try:
+                gens = await self._backend.generate([r for r, _ in batch])
+            except Exception as exc:
+                for _, fut in batch:
+                    fut.set_exception(exc)
+                continue
+            for (_, fut), gen in zip(batch, gens, strict=True):
+                fut.set_result(gen)
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()

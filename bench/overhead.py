@@ -38,7 +38,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from bench._common import RESULTS, percentile, write_result
+from bench._common import RESULTS, MicroBatcher, percentile, write_result
 from router import Generation, GenerationRequest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,42 +55,6 @@ MAX_TOKENS = 16
 
 
 # ---- (a) in-process ------------------------------------------------------------------
-class _Batcher:
-    """The Serve batcher's policy without Serve: up to ``max_batch`` requests, or whatever
-    arrived ``wait_s`` after the first one, go to ``backend.generate`` as one batch."""
-
-    def __init__(self, backend: Any, max_batch: int, wait_s: float) -> None:
-        self._backend = backend
-        self._max = max_batch
-        self._wait = wait_s
-        self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    async def _loop(self) -> None:
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            deadline = time.monotonic() + self._wait
-            while len(batch) < self._max:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
-                except TimeoutError:
-                    break
-            gens = await self._backend.generate([r for r, _ in batch])
-            for (_, fut), gen in zip(batch, gens, strict=True):
-                fut.set_result(gen)
-
-    async def generate(self, request: Any) -> Any:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put((request, fut))
-        return await fut
-
-
 def _confident_prompts(student_dir: Path, n: int, seed: int) -> tuple[list[str], dict[str, Any]]:
     """``n`` on-skill prompts the student keeps (confidence >= its calibrated threshold)."""
     import random
@@ -118,7 +82,7 @@ def _run_inproc(
     backend = TransformersBackend(student_dir, num_threads=1)  # as the Serve student replica
 
     async def go() -> dict[str, Any]:
-        batcher = _Batcher(backend, 16, 0.005)
+        batcher = MicroBatcher(backend, 16, 0.005)
         counter = iter(range(warmup + n))
         latencies: list[float] = []
         started: list[float] = []

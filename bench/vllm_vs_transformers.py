@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._common import RESULTS, percentile, write_result
+from bench._common import RESULTS, MicroBatcher, percentile, write_result
 from router import Backend, BackendConfig, Generation, GenerationRequest
 
 NAME = "vllm_vs_transformers"
@@ -37,46 +37,6 @@ MAX_TOKENS = 24
 BATCH = BackendConfig().max_batch_size
 BATCH_WAIT_S = BackendConfig().batch_wait_timeout_s
 TORCH_THREADS = 2
-
-
-class MicroBatcher:
-    """What ``@serve.batch`` does for the transformers student: gather, then one batch."""
-
-    def __init__(self, backend: Backend, max_batch: int, wait_s: float) -> None:
-        self._backend = backend
-        self._max = max_batch
-        self._wait = wait_s
-        self._queue: asyncio.Queue[tuple[GenerationRequest, asyncio.Future[Generation]]] = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def generate(self, request: GenerationRequest) -> Generation:
-        fut: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
-        await self._queue.put((request, fut))
-        return await fut
-
-    async def _loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            deadline = time.perf_counter() + self._wait
-            while len(batch) < self._max:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
-                except TimeoutError:
-                    break
-            try:
-                gens = await self._backend.generate([r for r, _ in batch])
-            except Exception as exc:
-                for _, fut in batch:
-                    fut.set_exception(exc)
-                continue
-            for (_, fut), gen in zip(batch, gens, strict=True):
-                fut.set_result(gen)
-
-    def close(self) -> None:
-        self._task.cancel()
 
 
 class Direct:
