@@ -128,22 +128,17 @@ class TransformersBackend:
         chosen = torch.log_softmax(logits, dim=-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         return [
-            self._to_generation(req, new_ids[row].tolist(), chosen[row].tolist(), int(prompt_lens[row]))
+            to_generation(
+                self._tokenizer,
+                req,
+                new_ids[row].tolist(),
+                chosen[row].tolist(),
+                int(prompt_lens[row]),
+                model_id=self.model_id,
+                model_version=self.version,
+            )
             for row, req in enumerate(requests)
         ]
-
-    def _to_generation(
-        self, req: GenerationRequest, ids: list[int], logprobs: list[float], prompt_tokens: int
-    ) -> Generation:
-        return to_generation(
-            self._tokenizer,
-            req,
-            ids,
-            logprobs,
-            prompt_tokens,
-            model_id=self.model_id,
-            model_version=self.version,
-        )
 
     async def close(self) -> None:
         self._model = None

@@ -242,7 +242,15 @@ class VLLMBackend:
         token_ids = [int(t) for t in completion.token_ids]
         steps = zip(completion.logprobs, token_ids, strict=True)
         logprobs = [float(step[tid].logprob) for step, tid in steps]
-        return self._to_generation(request, token_ids, logprobs, len(ids))
+        return to_generation(
+            self._tokenizer,
+            request,
+            token_ids,
+            logprobs,
+            len(ids),
+            model_id=self.model_id,
+            model_version=self.version,
+        )
 
     async def _submit(
         self, ids: list[int], request: GenerationRequest, *, stream: bool
@@ -272,19 +280,6 @@ class VLLMBackend:
                 if int(tid) == eos:
                     return
                 yield TokenDelta(self._tokenizer.decode([int(tid)]), int(tid), float(step[tid].logprob))
-
-    def _to_generation(
-        self, req: GenerationRequest, ids: list[int], logprobs: list[float], prompt_tokens: int
-    ) -> Generation:
-        return to_generation(
-            self._tokenizer,
-            req,
-            ids,
-            logprobs,
-            prompt_tokens,
-            model_id=self.model_id,
-            model_version=self.version,
-        )
 
     async def close(self) -> None:
         """Shuts the engine down (its process ends, its KV cache is freed). Idempotent."""
