@@ -125,12 +125,15 @@ def check_drift(
     with_conf = reference_confidence is not None and current_confidence is not None
     ref, ref_conf = _sample(reference, reference_confidence if with_conf else None, config.max_rows, rng)
     cur, cur_conf = _sample(current, current_confidence if with_conf else None, config.max_rows, rng)
-    if len(cur) < config.min_rows or len(ref) < config.min_rows:
+
+    def result_of(
+        drifted: bool, reason: str, share: float, columns: dict[str, dict[str, Any]]
+    ) -> DriftResult:
         return DriftResult(
-            False,
-            f"not enough rows ({len(cur)} current, {len(ref)} reference)",
-            0.0,
-            {},
+            drifted,
+            reason,
+            share,
+            columns,
             escalation_rate,
             expected_escalation_rate,
             len(ref),
@@ -139,6 +142,9 @@ def check_drift(
             None,
             None,
         )
+
+    if len(cur) < config.min_rows or len(ref) < config.min_rows:
+        return result_of(False, f"not enough rows ({len(cur)} current, {len(ref)} reference)", 0.0, {})
     try:
         from evidently import DataDefinition, Dataset, Report
         from evidently.presets import DataDriftPreset
@@ -188,19 +194,7 @@ def check_drift(
         and escalation_rate > expected_escalation_rate + config.escalation_margin
     ):
         reasons.append(f"escalation rate {escalation_rate:.1%} vs expected {expected_escalation_rate:.1%}")
-    result = DriftResult(
-        bool(reasons),
-        "; ".join(reasons) or "no drift",
-        share,
-        columns,
-        escalation_rate,
-        expected_escalation_rate,
-        len(ref),
-        len(cur),
-        now,
-        None,
-        None,
-    )
+    result = result_of(bool(reasons), "; ".join(reasons) or "no drift", share, columns)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
