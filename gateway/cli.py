@@ -560,8 +560,9 @@ def _parser() -> argparse.ArgumentParser:
     loop.add_argument("--no-canary", action="store_true")
     loop.add_argument("--metrics-port", type=int, default=9102)
     loop.add_argument(
-        "--gateway-url", help="where the canary reads live metrics (default: server.host:port, which"
-        " the metrics listener also binds)"
+        "--gateway-url",
+        help="where the canary reads live metrics (default: server.host:port, which"
+        " the metrics listener also binds)",
     )
     loop.set_defaults(fn=cmd_loop)
 
