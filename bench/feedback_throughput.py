@@ -33,7 +33,7 @@ from feedback import (
     open_store,
 )
 
-KAFKA = KafkaConfig(max_poll_interval_ms=3000, session_timeout_ms=6000, linger_ms=5)
+KAFKA = KafkaConfig(linger_ms=5)
 
 
 def _consume(bootstrap: str, dsn: str, group: str, stop: Any) -> None:

@@ -94,11 +94,7 @@ def _stack(var: Path, models: Path) -> tuple[Any, Any, Any]:
         server={"port": free_port()},
         cascade={"teacher_timeout_s": 30},
         feedback={
-            "kafka": {
-                "bootstrap": broker.bootstrap,
-                "max_poll_interval_ms": 3000,
-                "session_timeout_ms": 6000,
-            },
+            "kafka": {"bootstrap": broker.bootstrap},
             "sample_rate": 0.2,
         },
     )

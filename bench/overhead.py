@@ -342,9 +342,7 @@ def _start_stack(var: Path, models: Path) -> tuple[Any, Any, Any, Any]:
         models_dir=str(models),
         var_dir=str(var),
         server={"port": free_port()},
-        feedback={
-            "kafka": {"bootstrap": broker.bootstrap, "max_poll_interval_ms": 3000, "session_timeout_ms": 6000}
-        },
+        feedback={"kafka": {"bootstrap": broker.bootstrap}},
     )
     store = SQLiteStore(var / "feedback.db")
     consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)

@@ -4,6 +4,22 @@ Offsets are committed only after the store commit; the store ignores request ids
 so a crash between the two re-delivers a batch without duplicating a row. A message that
 does not validate goes to the dead-letter topic (with the reason in a header) and is
 committed past, so one bad producer cannot stall the loop.
+
+Partitions are assigned statically (``consumer_index`` of ``consumer_instances`` takes
+every partition ``p`` with ``p % instances == index``), with offsets committed under the
+consumer group: no group join, no rebalance, no heartbeat. That is what keeps the consumer
+reading after a broker restart -- a restarted dev broker (Tansu) wedges a group's
+join/sync for minutes when the old member comes back -- and a feedback sink needs no
+dynamic balancing: the store is idempotent, so an overlap of two instances during a deploy
+costs duplicates, never rows.
+
+A broker can also come back without its log (the dev broker keeps it in memory). Our own
+committed offsets then vanish from the group, which is how it is noticed: before every
+commit, and every few seconds while idle, the group's offsets are compared with what this
+consumer last committed, and a partition whose offset went missing (or backwards) is read
+again from the start (or from where the group now says). Comparing the read position with
+the log end instead is not reliable: the new log can outgrow the old position before the
+check runs, and Tansu's end offsets do not count records.
 """
 
 from __future__ import annotations
@@ -26,7 +42,7 @@ __all__ = ["FeedbackConsumer"]
 
 logger = logging.getLogger(__name__)
 
-LAG_INTERVAL_S = 2.0
+CHECK_INTERVAL_S = 2.0
 
 
 class FeedbackConsumer:
@@ -48,29 +64,26 @@ class FeedbackConsumer:
         self._max_records = max_records
         self._retry_max_s = store_retry_max_s
         self._stop = threading.Event()
-        self._next_lag = 0.0
-        self._behind: dict[Any, int] = {}  # partition -> read position past its log's end
+        self._next_check = 0.0
+        self._ours: dict[Any, int] = {}  # partition -> offset this consumer last committed
+        self._topics = [config.topic, config.sample_topic]
         ensure_topics(
             bootstrap,
-            [config.topic, config.sample_topic, config.dead_letter_topic],
+            [*self._topics, config.dead_letter_topic],
             config.partitions,
             config.replication_factor,
         )
         self._consumer: Any = KafkaConsumer(
-            config.topic,
-            config.sample_topic,
             bootstrap_servers=bootstrap,
-            group_id=config.consumer_group,
+            group_id=config.consumer_group,  # where offsets are committed; no group join
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_interval_ms=config.max_poll_interval_ms,
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=max(500, config.session_timeout_ms // 4),
             fetch_max_wait_ms=100,
-            request_timeout_ms=max(config.request_timeout_ms, config.session_timeout_ms + 1000),
+            request_timeout_ms=config.request_timeout_ms,
             reconnect_backoff_max_ms=1000,
         )
         self._dlq: Any = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5)
+        self._assign()
 
     def stop(self) -> None:
         self._stop.set()
@@ -87,7 +100,11 @@ class FeedbackConsumer:
         """One poll -> validate -> dead-letter -> store -> commit cycle; rows added."""
         batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         records = [r for part in batches.values() for r in part]
-        self._update_lag()
+        if time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + CHECK_INTERVAL_S
+            self._assign()
+            self._rewind_lost_partitions()
+            self._update_lag()
         if not records:
             return 0
         events: list[EscalationEvent] = []
@@ -99,7 +116,10 @@ class FeedbackConsumer:
         added = self._store_with_retry(events)
         if added is None:
             return 0  # stopping: offsets stay uncommitted, the batch is redelivered
-        self._consumer.commit()
+        if not self._rewind_lost_partitions():
+            # (After a rewind the batch is stored but not committed past: the partition is
+            # read again from where the broker now says, and the store drops the repeats.)
+            self._commit()
         for kind in ("escalation", "sample"):
             n = sum(1 for e in events if e.kind == kind)
             if n:
@@ -115,7 +135,6 @@ class FeedbackConsumer:
             except StoreUnavailable as exc:
                 self._metrics.store_errors.inc()
                 logger.warning("feedback store unavailable (%s); retrying in %.2fs", exc, delay)
-                # Keep the group membership alive while we wait (poll-free pause).
                 if self._stop.wait(delay):
                     return None
                 delay = min(self._retry_max_s, delay * 2)
@@ -139,43 +158,80 @@ class FeedbackConsumer:
         self._metrics.dead_lettered.inc()
         logger.warning("dead-lettered %s/%d@%d: %s", record.topic, record.partition, record.offset, reason)
 
-    def _update_lag(self) -> None:
-        if time.monotonic() < self._next_lag:
+    # ---- partitions and offsets ------------------------------------------------------
+    def _owned(self, partition: int) -> bool:
+        return partition % self._config.consumer_instances == self._config.consumer_index
+
+    def _assign(self) -> None:
+        """(Re)assigns this instance's partitions; picks up partitions added to a topic."""
+        from kafka import TopicPartition
+
+        try:
+            wanted = {
+                TopicPartition(topic, p)
+                for topic in self._topics
+                for p in self._consumer.partitions_for_topic(topic) or ()
+                if self._owned(p)
+            }
+        except Exception:
+            logger.debug("could not read topic metadata", exc_info=True)
             return
-        self._next_lag = time.monotonic() + LAG_INTERVAL_S
+        if wanted and wanted != set(self._consumer.assignment()):
+            self._consumer.assign(sorted(wanted))
+            logger.info(
+                "feedback consumer reads %s", ", ".join(f"{t.topic}/{t.partition}" for t in sorted(wanted))
+            )
+
+    def _commit(self) -> None:
+        positions = {tp: self._consumer.position(tp) for tp in self._consumer.assignment()}
+        self._consumer.commit(timeout_ms=self._config.request_timeout_ms)
+        self._ours.update(positions)
+
+    def _rewind_lost_partitions(self) -> bool:
+        """Rewinds every partition whose committed offset is no longer ours; True if any."""
+        if not self._ours:
+            return False
+        try:
+            timeout_ms = self._config.request_timeout_ms
+            committed = {tp: self._consumer.committed(tp, timeout_ms=timeout_ms) for tp in self._ours}
+        except Exception:
+            logger.debug("could not read committed offsets", exc_info=True)
+            return False
+        rewound = False
+        for tp, broker_offset in committed.items():
+            ours = self._ours[tp]
+            if (broker_offset or 0) >= ours:  # still ours (or nothing was read yet)
+                continue
+            if broker_offset is None:
+                logger.warning(
+                    "%s/%d: the broker no longer has this group's offset %d (it lost its state); "
+                    "reading the partition again from the start",
+                    tp.topic,
+                    tp.partition,
+                    ours,
+                )
+                self._consumer.seek_to_beginning(tp)
+            else:
+                logger.warning(
+                    "%s/%d: the group's offset went back from %d to %d; reading again from there",
+                    tp.topic,
+                    tp.partition,
+                    ours,
+                    broker_offset,
+                )
+                self._consumer.seek(tp, broker_offset)
+            del self._ours[tp]
+            self._metrics.rewinds.inc()
+            rewound = True
+        return rewound
+
+    def _update_lag(self) -> None:
         try:
             parts = list(self._consumer.assignment())
             if not parts:
                 return
             ends = self._consumer.end_offsets(parts)
-            lag = 0
-            for tp in parts:
-                position = self._consumer.position(tp)
-                if ends[tp] >= position - 1:
-                    # (Tansu has been seen reporting an end one short of a position it
-                    # served, for seconds on end: a gap of one is not a lost log.)
-                    self._behind.pop(tp, None)
-                    lag += max(0, ends[tp] - position)
-                elif self._behind.get(tp) != position:
-                    # Seen once; a lost log shows the same stuck position at the next check.
-                    self._behind[tp] = position
-                else:
-                    # The partition's log is shorter than what this consumer already read:
-                    # the broker lost it (the dev broker keeps its log in memory) and is
-                    # filling a new one. Reading on from the old position would silently
-                    # skip the new log up to there; read it from the start instead (the
-                    # store drops the request ids it already has).
-                    del self._behind[tp]
-                    logger.warning(
-                        "%s/%d ends at %d, behind our position %d: the broker lost its log; "
-                        "re-reading the partition from the start",
-                        tp.topic,
-                        tp.partition,
-                        ends[tp],
-                        position,
-                    )
-                    self._consumer.seek_to_beginning(tp)
-                    lag += ends[tp]
+            lag = sum(max(0, ends[tp] - self._consumer.position(tp)) for tp in parts)
             self._metrics.consumer_lag.set(lag)
         except Exception:
             logger.debug("could not compute consumer lag", exc_info=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 __all__ = ["FeedbackConfig", "KafkaConfig"]
 
@@ -21,11 +21,13 @@ class KafkaConfig(BaseModel):
         dead_letter_topic (`str`, defaults to ``distillery.escalations.dlq``).
         partitions (`int`, defaults to 1), replication_factor (`int`, defaults to 1):
             used when topics are created on start; production: 6 and 3.
-        consumer_group (`str`, defaults to ``distillery-feedback``).
+        consumer_group (`str`, defaults to ``distillery-feedback``): where the consumer
+            commits its offsets (partitions are assigned statically, not by the group).
+        consumer_instances (`int`, defaults to 1), consumer_index (`int`, defaults to 0):
+            consumer ``index`` of ``instances`` reads the partitions ``p`` with
+            ``p % instances == index`` (a StatefulSet ordinal fits).
         request_timeout_ms, max_block_ms, delivery_timeout_ms (`int`): producer bounds;
             small so an outage is noticed (and spooled) in seconds, not minutes.
-        max_poll_interval_ms (`int`, defaults to 10000): keep low against Tansu, whose
-            group join waits for it (see DESIGN.md).
     """
 
     bootstrap: str | None = None
@@ -39,8 +41,17 @@ class KafkaConfig(BaseModel):
     max_block_ms: int = Field(default=2000, ge=10)
     delivery_timeout_ms: int = Field(default=10000, ge=100)
     linger_ms: int = Field(default=5, ge=0)
-    max_poll_interval_ms: int = Field(default=10000, ge=1000)
-    session_timeout_ms: int = Field(default=10000, ge=1000)
+    consumer_instances: int = Field(default=1, ge=1)
+    consumer_index: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _index_within_instances(self) -> KafkaConfig:
+        if self.consumer_index >= self.consumer_instances:
+            raise ValueError(
+                f"consumer_index {self.consumer_index} must be below "
+                f"consumer_instances {self.consumer_instances}"
+            )
+        return self
 
 
 class FeedbackConfig(BaseModel):

@@ -56,6 +56,11 @@ class FeedbackMetrics:
         self.store_errors = Counter(
             "distillery_feedback_store_errors_total", "Failed store writes (retried).", registry=r
         )
+        self.rewinds = Counter(
+            "distillery_feedback_consumer_rewinds_total",
+            "Partitions read again because the broker lost (or moved back) the group's offset.",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "distillery_feedback_consumer_lag",
             "Messages behind the log end, summed over partitions.",

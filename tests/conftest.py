@@ -66,11 +66,7 @@ def live_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         server={"port": port},
         cascade={"teacher_timeout_s": 30},
         feedback={
-            "kafka": {
-                "bootstrap": broker.bootstrap,
-                "max_poll_interval_ms": 3000,
-                "session_timeout_ms": 6000,
-            },
+            "kafka": {"bootstrap": broker.bootstrap},
             "sample_rate": 0.2,
         },
     )

@@ -47,8 +47,6 @@ COOLDOWN_S = 3.0
 THRESHOLD = 5
 CLIENT_BOUND_S = 45.0  # far above anything the gateway should take: reaching it is a hang
 KAFKA_FAST = {
-    "max_poll_interval_ms": 3000,
-    "session_timeout_ms": 6000,
     "request_timeout_ms": 1500,
     "max_block_ms": 1000,
     "delivery_timeout_ms": 3000,

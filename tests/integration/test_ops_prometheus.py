@@ -155,8 +155,6 @@ def monitoring(live_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory) 
                 "DISTILLERY_VAR_DIR": str(tmp / "consumer"),
                 "DISTILLERY_FEEDBACK__KAFKA__BOOTSTRAP": settings.feedback.kafka.bootstrap,
                 "DISTILLERY_FEEDBACK__KAFKA__CONSUMER_GROUP": "ops-test",
-                "DISTILLERY_FEEDBACK__KAFKA__MAX_POLL_INTERVAL_MS": "3000",
-                "DISTILLERY_FEEDBACK__KAFKA__SESSION_TIMEOUT_MS": "6000",
                 "DISTILLERY_FEEDBACK__STORE_DSN": str(tmp / "consumer.db"),
             },
             tmp / "consumer.log",

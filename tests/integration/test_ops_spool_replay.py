@@ -34,8 +34,6 @@ FAST = {
     "request_timeout_ms": 1500,
     "max_block_ms": 1000,
     "delivery_timeout_ms": 3000,
-    "max_poll_interval_ms": 3000,
-    "session_timeout_ms": 6000,
 }
 
 

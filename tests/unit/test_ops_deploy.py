@@ -208,6 +208,15 @@ def test_kafka_topics_match_the_code_and_survive_one_broker() -> None:
     for name, spec in topics.items():
         assert spec["replicas"] == 3 and spec["config"]["min.insync.replicas"] == 2, name
     assert topics[kafka.topic]["partitions"] >= consumers["spec"]["replicas"]
+    # static assignment: every pod knows how many instances share the partitions, and which it is
+    assert consumers["kind"] == "StatefulSet"
+    (container,) = consumers["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert (
+        int(env["DISTILLERY_FEEDBACK__KAFKA__CONSUMER_INSTANCES"]["value"]) == consumers["spec"]["replicas"]
+    )
+    ordinal = env["DISTILLERY_FEEDBACK__KAFKA__CONSUMER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert ordinal == "metadata.labels['apps.kubernetes.io/pod-index']"
     serve_kafka = _serve_doc()["applications"][0]["args"]["feedback"]["kafka"]
     assert serve_kafka["partitions"] == topics[kafka.topic]["partitions"]
     assert serve_kafka["replication_factor"] == topics[kafka.topic]["replicas"]
