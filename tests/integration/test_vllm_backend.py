@@ -357,14 +357,17 @@ def test_hot_swap_under_traffic_drops_nothing_and_shuts_the_old_engine_down(vllm
     assert before["version"] == "student-vllm-v1"
     replica_pid = before["pid"]
 
-    def engines() -> int:
-        return sum(
-            "EngineCore" in " ".join(p.cmdline() + [p.name()])
+    def children() -> dict[int, str]:
+        """The replica's live child processes: its engine core (vLLM names it
+        ``VLLM::EngineCore`` once started), plus whatever else vLLM keeps there."""
+        return {
+            p.pid: " ".join(p.cmdline())
             for p in psutil.Process(replica_pid).children(recursive=True)
             if p.status() != psutil.STATUS_ZOMBIE
-        )
+        }
 
-    assert engines() == 1
+    old = children()
+    assert old, "the engine core runs in a child process of the replica"
     v2 = registry.register(
         registry.get("student-vllm-v1").path, "student-vllm-v2", {"parent": "student-vllm-v1"}
     )
@@ -387,5 +390,9 @@ def test_hot_swap_under_traffic_drops_nothing_and_shuts_the_old_engine_down(vllm
     assert "student-vllm-v1" in info["retired_versions"]
     assert traffic.errors == [] and set(traffic.statuses) == {200}
     assert traffic.versions["student-vllm-v1"] > 0 and traffic.versions["student-vllm-v2"] > 0
-    assert engines() == 1  # the old engine's process is gone; the new one serves
+    # The old engine's process is gone and the new engine runs in its own (as many as before).
+    new = children()
+    assert not set(old) & set(new), (old, new)
+    assert new and len(new) == len(old), (old, new)
+    print(f"replica {replica_pid} children before {old}, after {new}")
     assert info["pid"] == replica_pid  # swapped in place
