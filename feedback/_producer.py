@@ -156,6 +156,7 @@ class EscalationProducer:
                 acks="all",
                 retries=5,
                 linger_ms=self._kafka.linger_ms,
+                batch_size=self._kafka.batch_size,
                 request_timeout_ms=self._kafka.request_timeout_ms,
                 max_block_ms=self._kafka.max_block_ms,
                 delivery_timeout_ms=self._kafka.delivery_timeout_ms,
