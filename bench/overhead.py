@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -493,6 +494,13 @@ def _plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _apart(a: str, b: str) -> str:
+    """Flags two runs far apart in time: on this shared machine they are not side by side."""
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    hours = abs((datetime.strptime(a, fmt) - datetime.strptime(b, fmt)).total_seconds()) / 3600
+    return f"; **{hours:.0f} h apart, not side by side: rerun the variant**" if hours > 2 else ""
+
+
 def render(img_dir: Path) -> list[str]:
     path = RESULTS / f"{NAME}.json"
     if not path.is_file():
@@ -545,7 +553,7 @@ def render(img_dir: Path) -> list[str]:
         "feedback sampling) plus the extra CPU it takes from the shared cores. At concurrency 16 the",
         "Serve path saturates the CPU (the proxy and the ingress each burn several ms of CPU per",
         "request, see the CPU table), the student's batches stay small, and throughput falls to a",
-        "tenth of the in-process batcher's; p50 then swings by ~100 ms from round to round (the",
+        "tenth of the in-process batcher's or less; p50 then swings by ~100 ms from round to round (the",
         "per-round column), so (c)-(b) at 16 is within that noise and says more about Serve on two",
         "cores than about the cascade. (b) has no FastAPI (a plain `__call__` deployment).",
         "",
@@ -616,7 +624,9 @@ def render(img_dir: Path) -> list[str]:
             "",
             "Same bench, a separate Ray session with Serve's throughput-optimized mode",
             f"({opt['machine']['when']}; {opt['config']['rounds']} rounds x "
-            f"{opt['config']['requests_per_round']} requests). Default-mode numbers from the table above:",
+            f"{opt['config']['requests_per_round']} requests; `python -m bench.overhead "
+            f"--throughput-optimized --rounds 1 --requests 300`). Default-mode numbers from the table "
+            f"above ({data['machine']['when']}{_apart(data['machine']['when'], opt['machine']['when'])}):",
             "",
             "| concurrency | target | p50 default | p50 optimized | p99 default | p99 optimized "
             "| throughput default | throughput optimized |",
@@ -633,7 +643,14 @@ def render(img_dir: Path) -> list[str]:
                     f"| {d['p99_ms']:.2f} ms | {o['p99_ms']:.2f} ms | {d['throughput_rps']:.0f} req/s "
                     f"| {o['throughput_rps']:.0f} req/s |"
                 )
+        gaps = ", ".join(
+            f"concurrency {lv['concurrency']}: p50 {lv['ratios']['c_minus_b_p50_ms']:+.2f} ms, "
+            f"p99 {lv['ratios']['c_minus_b_p99_ms']:+.2f} ms"
+            for lv in opt["levels"]
+        )
         lines += [
+            "",
+            f"(c)-(b) with the mode on: {gaps}.",
             "",
             "Requests still entered through the Serve proxy's port, whose CPU per request stayed the",
             "same. One round only, so read the differences against the round-to-round spread above;",
