@@ -6,11 +6,30 @@ import asyncio
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class BackgroundConsumer:
+    """A ``FeedbackConsumer`` looping on a daemon thread of the bench process.
+
+    ``close`` stops the loop, waits for it, then closes the Kafka client: a client left
+    open keeps retrying its broker (gone after the benchmark) for the rest of ``make bench``.
+    """
+
+    def __init__(self, consumer: Any) -> None:
+        self._consumer = consumer
+        self._thread = threading.Thread(target=consumer.run, name="feedback-consumer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._consumer.stop()
+        self._thread.join(10)
+        self._consumer.close()
 
 
 def machine_info() -> dict[str, Any]:

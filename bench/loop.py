@@ -30,7 +30,6 @@ import os
 import random
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -39,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from bench._common import RESULTS, write_result
+from bench._common import RESULTS, BackgroundConsumer, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "loop"
@@ -99,8 +98,7 @@ def _stack(var: Path, models: Path) -> tuple[Any, Any, Any]:
         },
     )
     store = SQLiteStore(var / "feedback.db")
-    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
-    threading.Thread(target=consumer.run, daemon=True).start()
+    consumer = BackgroundConsumer(FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store))
     run_app(settings)
     return settings, broker, consumer
 
@@ -258,7 +256,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         import ray
 
         ray.shutdown()
-        consumer.stop()
+        consumer.close()
         broker.stop()
     refreshed = registry.current()
     assert refreshed is not None

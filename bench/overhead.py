@@ -39,7 +39,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from bench._common import RESULTS, MicroBatcher, percentile, write_result
+from bench._common import RESULTS, BackgroundConsumer, MicroBatcher, percentile, write_result
 from router import Generation, GenerationRequest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -331,7 +331,7 @@ def _profile(url: str, prompts: list[str], concurrency: int, n: int, workdir: Pa
 
 
 # ---- the run ---------------------------------------------------------------------------
-def _start_stack(var: Path, models: Path) -> tuple[Any, Any, Any, Any]:
+def _start_stack(var: Path, models: Path) -> tuple[Any, Any, BackgroundConsumer]:
     from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
     from gateway.app import build_app, start_ray
     from gateway.settings import load_settings
@@ -346,8 +346,7 @@ def _start_stack(var: Path, models: Path) -> tuple[Any, Any, Any, Any]:
         feedback={"kafka": {"bootstrap": broker.bootstrap}},
     )
     store = SQLiteStore(var / "feedback.db")
-    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
-    threading.Thread(target=consumer.run, daemon=True).start()
+    consumer = BackgroundConsumer(FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store))
     # Ray workers must import bench (the bare app's ingress class lives here).
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     start_ray(settings)
@@ -361,7 +360,7 @@ def _start_stack(var: Path, models: Path) -> tuple[Any, Any, Any, Any]:
     )
     serve.run(build_app(before), name="gw_before", route_prefix="/gwb")
     serve.run(build_bare_app(settings), name="bare", route_prefix="/bare")
-    return settings, broker, consumer, store
+    return settings, broker, consumer
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -395,7 +394,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             r = _run_inproc(student_dir, prompts, c, args.requests, args.warmup)
             print(f"c={c} inproc: p50 {percentile(r['latencies_s'], 0.5) * 1000:.2f} ms", flush=True)
             raw[c]["inproc"].append(r)
-    settings, broker, consumer, _store = _start_stack(workdir / "v", args.models_dir)
+    settings, broker, consumer = _start_stack(workdir / "v", args.models_dir)
     base = f"http://127.0.0.1:{settings.server.port}"
     urls = {
         "bare": f"{base}/bare/v1/completions",
@@ -433,7 +432,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         import ray
 
         ray.shutdown()
-        consumer.stop()
+        consumer.close()
         broker.stop()
     by_level = []
     for c in levels:
