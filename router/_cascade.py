@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -19,9 +20,17 @@ from router._resilience import (
 )
 from router._types import Generation, GenerationRequest
 from router.config import CascadeConfig
-from router.errors import InvalidRequest, TeacherCircuitOpen, TeacherTimeout, TeacherUnavailable
+from router.errors import (
+    InvalidRequest,
+    StudentUnavailable,
+    TeacherCircuitOpen,
+    TeacherTimeout,
+    TeacherUnavailable,
+)
 
 __all__ = ["CascadeResult", "CascadeRouter", "GenerationClient", "Tier"]
+
+logger = logging.getLogger(__name__)
 
 Tier = Literal["student", "teacher"]
 
@@ -106,12 +115,20 @@ class CascadeRouter:
             return CascadeResult(gen, "teacher", None, False, False, None, 0.0, t_lat, "ok")
         started = time.perf_counter()
         try:
-            student = await self._student.generate(request)
+            student = await asyncio.wait_for(
+                self._student.generate(request), timeout=self._config.student_timeout_s
+            )
         except InvalidRequest:
             raise
-        except Exception:
-            if force == "student":
-                raise
+        except Exception as exc:
+            why = (
+                f"the student did not answer within {self._config.student_timeout_s:g}s"
+                if isinstance(exc, TimeoutError)
+                else f"the student failed: {type(exc).__name__}: {str(exc)[:200]}"
+            )
+            if force == "student":  # asked for by name: nothing to fall back on
+                raise StudentUnavailable(why) from exc
+            logger.warning("%s; escalating to the teacher", why)
             gen, t_lat = await self._call_teacher(request)
             s_lat = time.perf_counter() - started - t_lat
             return CascadeResult(gen, "teacher", None, True, False, None, s_lat, t_lat, "student_failed")

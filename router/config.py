@@ -21,6 +21,13 @@ class CascadeConfig(BaseModel):
         threshold (`float | None`, defaults to None): escalate below this confidence.
             ``None`` reads the calibrated value from the student's ``calibration.json``.
         fallback_threshold (`float`, defaults to 0.95): used when neither is set.
+        student_timeout_s (`float`, defaults to 10): deadline of the student call. Past it
+            the request escalates to the teacher (``reason="student_error"``), or answers
+            503 ``student_unavailable`` when the student tier was asked for by name. It
+            bounds the wait while Serve replaces the only student replica (a vLLM engine
+            start on CPU took >45 s end to end in the chaos test); set it well above the
+            student's p99 under load (~1 s on the demo), or every slow answer costs a
+            teacher call.
         teacher_timeout_s (`float`, defaults to 20): deadline of the whole teacher phase of
             one request, retries and backoff included.
         teacher_failure_policy (`"error" | "serve_student"`, defaults to ``"error"``):
@@ -40,6 +47,7 @@ class CascadeConfig(BaseModel):
     scorer: str = "mean_logprob"
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     fallback_threshold: float = Field(default=0.95, ge=0.0, le=1.0)
+    student_timeout_s: float = Field(default=10.0, gt=0.0)
     teacher_timeout_s: float = Field(default=20.0, gt=0.0)
     teacher_failure_policy: Literal["error", "serve_student"] = "error"
     teacher_retries: int = Field(default=2, ge=0, le=10)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gateway.errors import error_headers, to_error_response
 from gateway.metrics import GatewayMetrics
-from router.errors import TeacherCircuitOpen, TeacherConnectionError
+from router.errors import StudentUnavailable, TeacherCircuitOpen, TeacherConnectionError
 
 
 def _value(m: GatewayMetrics, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -37,3 +37,8 @@ def test_an_open_breaker_answers_503_with_retry_after_in_whole_seconds():
     assert error_headers(exc) == {"Retry-After": "3"}
     assert error_headers(TeacherCircuitOpen("x", retry_after_s=0.0)) == {"Retry-After": "1"}
     assert error_headers(TeacherConnectionError("refused")) == {}
+
+
+def test_a_student_asked_for_by_name_that_cannot_answer_is_a_503_not_a_500():
+    status, body = to_error_response(StudentUnavailable("the student did not answer within 10s"))
+    assert status == 503 and body.error.code == "student_unavailable"

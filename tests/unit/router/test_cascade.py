@@ -3,7 +3,7 @@ import asyncio
 import pytest
 
 from router import CascadeConfig, CascadeRouter, GenerationRequest, ThresholdPolicy
-from router.errors import PromptTooLong, TeacherTimeout, TeacherUnavailable
+from router.errors import PromptTooLong, StudentUnavailable, TeacherTimeout, TeacherUnavailable
 from tests.fakes.clients import FakeTier, make_generation
 
 REQ = GenerationRequest(prompt="reverse: abc =", max_tokens=8)
@@ -70,6 +70,27 @@ async def test_student_failure_falls_back_to_teacher():
     assert result.tier == "teacher"
     assert result.outcome == "student_failed"
     assert len(teacher.calls) == 1
+
+
+async def test_a_student_past_its_deadline_escalates_to_the_teacher():
+    stalled = FakeTier(lambda r: make_generation("cba"), delay_s=5.0)
+    router, _, teacher = _router(student=stalled, student_timeout_s=0.05)
+    result = await asyncio.wait_for(router.route(REQ), timeout=2.0)
+    assert result.tier == "teacher"
+    assert result.outcome == "student_failed"
+    assert len(teacher.calls) == 1
+
+
+async def test_the_student_asked_for_by_name_fails_as_student_unavailable():
+    stalled = FakeTier(lambda r: make_generation("cba"), delay_s=5.0)
+    router, _, teacher = _router(student=stalled, student_timeout_s=0.05)
+    with pytest.raises(StudentUnavailable, match=r"within 0\.05s"):
+        await asyncio.wait_for(router.route(REQ, force="student"), timeout=2.0)
+    broken = FakeTier(lambda r: make_generation("x"), fail=RuntimeError("replica died"))
+    router, _, teacher = _router(student=broken)
+    with pytest.raises(StudentUnavailable, match="replica died"):
+        await router.route(REQ, force="student")
+    assert teacher.calls == []
 
 
 async def test_invalid_request_is_never_escalated():
