@@ -86,6 +86,7 @@ async def test_the_student_asked_for_by_name_fails_as_student_unavailable():
     router, _, teacher = _router(student=stalled, student_timeout_s=0.05)
     with pytest.raises(StudentUnavailable, match=r"within 0\.05s"):
         await asyncio.wait_for(router.route(REQ, force="student"), timeout=2.0)
+    assert teacher.calls == []
     broken = FakeTier(lambda r: make_generation("x"), fail=RuntimeError("replica died"))
     router, _, teacher = _router(student=broken)
     with pytest.raises(StudentUnavailable, match="replica died"):
