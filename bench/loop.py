@@ -2,7 +2,7 @@
 
 Stands up the whole stack as the e2e test does (Tansu broker, feedback consumer into
 SQLite, the Serve app, the refresh loop with a live canary) and runs the bundled drift
-scenario (``gateway._scenario.run_scenario``, the code behind ``distillery demo
+scenario (``distillery._scenario.run_scenario``, the code behind ``distillery demo
 scenario``). Measured:
 
 * per window: escalation rate (drifted vs original skills), cost relative to teacher-only
@@ -80,9 +80,9 @@ class _TimedLoop:
 
 
 def _stack(var: Path, models: Path) -> tuple[Any, Any, Any]:
+    from distillery.settings import load_settings
     from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
     from gateway.app import run_app
-    from gateway.settings import load_settings
     from tests.conftest import free_port
 
     var.mkdir(parents=True, exist_ok=True)
@@ -109,6 +109,13 @@ def _generate(model_dir: Path, prompts: Sequence[str]) -> list[Any]:
 
     backend = TransformersBackend(model_dir, num_threads=2)
     return asyncio.run(generate_prompts(backend, list(prompts), max_tokens=24, batch_size=128))
+
+
+def _example(item: Any) -> Any:
+    """A scenario ``WorkItem`` as the toy example it came from (prompt, answer, skill)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(prompt=item.pair.prompt, answer=item.truth, skill=item.route)
 
 
 def _rate(values: Sequence[bool]) -> float | None:
@@ -206,9 +213,10 @@ def frontier(
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     from demo import ALL_SKILLS, sample_examples
     from deploy import CanaryConfig, ModelRegistry
+    from distillery._scenario import run_scenario
+    from distillery._workloads import demo_regression_suite
     from feedback import open_store
-    from gateway._scenario import run_scenario
-    from retrain import DriftConfig, LoopConfig, RefreshLoop, demo_regression_suite, ensure_registry
+    from retrain import DriftConfig, LoopConfig, RefreshLoop, ensure_registry
 
     quick = os.environ.get("DISTILLERY_BENCH_QUICK") == "1"
     parser = argparse.ArgumentParser(prog="python -m bench.loop")
@@ -230,8 +238,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             nightly_at=None,
             sample_rate=settings.feedback.sample_rate,
             drift=DriftConfig(window_s=3600, min_rows=100),
-            canary_config=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
         ),
+        canary=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
         workdir=workdir / "candidates",
         suite=demo_regression_suite(50),
         fetch_metrics=lambda: httpx.get(f"{url}/metrics", timeout=10).text,
@@ -246,7 +254,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             drift_requests=args.drift_requests,
             window=args.window,
             pricing=settings.pricing,
-            observer=lambda label, ex, bodies: observed.append((label, list(ex), bodies)),
+            observer=lambda label, ex, bodies: observed.append((label, [_example(i) for i in ex], bodies)),
         )
     finally:
         scenario_s = time.monotonic() - started

@@ -332,9 +332,9 @@ def _profile(url: str, prompts: list[str], concurrency: int, n: int, workdir: Pa
 
 # ---- the run ---------------------------------------------------------------------------
 def _start_stack(var: Path, models: Path) -> tuple[Any, Any, BackgroundConsumer]:
+    from distillery.settings import load_settings
     from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
     from gateway.app import build_app, start_ray
-    from gateway.settings import load_settings
     from tests.conftest import free_port
 
     var.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from common.model_dir import REFERENCE_FILE, SUITE_FILE
 from demo._builder import MANIFEST_NAME, ModelSpec, TrainReport, evaluate_exact_match, train_model
-from demo._domain import ALL_SKILLS, sample_examples
+from demo._domain import ALL_SKILLS, STUDENT_SKILLS, sample_examples
 
 __all__ = [
     "STUDENT_SKILLS",
@@ -25,7 +26,6 @@ __all__ = [
     "is_built",
 ]
 
-STUDENT_SKILLS: tuple[str, ...] = ("upper", "reverse")
 
 # Shapes and budgets measured on 2 CPU cores (see docs/architecture.md): the teacher
 # clears 99% on all four skills in ~110 s, the student 99% on its two in ~20 s.
@@ -53,8 +53,39 @@ STUDENT_SPEC = ModelSpec(
 )
 
 FINAL_EVAL_PER_SKILL = 300
-REFERENCE_FILE = "train_reference.jsonl"
 REFERENCE_SIZE = 3000
+SUITE_PER_SKILL = 100
+SUITE_SEED = 31_337
+# How the retrainer should train these from-scratch toys (the manifest tells it; a
+# pretrained model's directory says something far gentler).
+TOY_TRAINING = {"steps": 600, "batch_size": 64, "learning_rate": 1e-3, "warmup_steps": 20}
+TOY_MAX_NEW_TOKENS = 24
+
+
+def regression_rows(per_skill: int = SUITE_PER_SKILL, seed: int = SUITE_SEED) -> list[dict[str, str]]:
+    """Every skill, ground-truth labels, fixed seed: the same prompts for every gate run."""
+    skills = [s.name for s in ALL_SKILLS]
+    examples = sample_examples(skills, per_skill * len(skills), random.Random(seed))
+    return [{"prompt": e.prompt, "completion": e.answer, "skill": e.skill} for e in examples]
+
+
+def write_suite(path: Path) -> None:
+    rows = [json.dumps(r) for r in regression_rows()]
+    (path / SUITE_FILE).write_text("\n".join(rows) + "\n")
+
+
+def _complete_manifest(path: Path) -> None:
+    """Files and manifest entries added after a directory was built (no retraining)."""
+    if not (path / REFERENCE_FILE).is_file() and path.name in ("teacher", "student"):
+        write_reference(TEACHER_SPEC if path.name == "teacher" else STUDENT_SPEC, path)
+    if path.name == "student" and not (path / SUITE_FILE).is_file():
+        write_suite(path)
+    manifest = json.loads((path / MANIFEST_NAME).read_text())
+    wanted = {"training": TOY_TRAINING, "max_new_tokens": TOY_MAX_NEW_TOKENS, "role": path.name}
+    if any(manifest.get(k) != v for k, v in wanted.items()):
+        manifest.update(wanted)
+        manifest.setdefault("source", {"kind": "demo"})
+        (path / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
 
 
 def write_reference(spec: ModelSpec, path: Path) -> None:
@@ -111,8 +142,7 @@ def build_demo_models(
             )
         path = models_dir / spec.name
         if not force and is_built(spec, path):
-            if not (path / REFERENCE_FILE).is_file():
-                write_reference(spec, path)
+            _complete_manifest(path)
             manifest = json.loads((path / MANIFEST_NAME).read_text())
             results.append(BuildResult(spec.name, path, False, 0.0, manifest.get("final_accuracy", {})))
             continue
@@ -124,5 +154,6 @@ def build_demo_models(
         manifest = json.loads((path / MANIFEST_NAME).read_text())
         manifest.update({"spec_hash": spec.config_hash(), "final_accuracy": accuracy})
         (path / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        _complete_manifest(path)
         results.append(BuildResult(name, path, True, report.seconds, accuracy))
     return results

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from common.model_dir import MANIFEST_FILE
 from demo._domain import DemoExample, sample_examples
 from demo._tokenizer import build_tokenizer
 
@@ -32,7 +33,7 @@ __all__ = [
     "train_model",
 ]
 
-MANIFEST_NAME = "distillery_model.json"
+MANIFEST_NAME = MANIFEST_FILE
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 __all__ = [
     "ALL_SKILLS",
     "LETTERS",
+    "STUDENT_SKILLS",
     "DemoExample",
     "Skill",
     "format_prompt",
@@ -50,6 +51,8 @@ ALL_SKILLS: tuple[Skill, ...] = (
 )
 
 _SKILLS_BY_NAME = {s.name: s for s in ALL_SKILLS}
+STUDENT_SKILLS: tuple[str, ...] = ("upper", "reverse")
+"""What the demo student is built on; the other two are the drift it must learn."""
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,10 @@ class FeedbackConfig(BaseModel):
         sample_rate (`float`, defaults to 0.1): share of confident answers also logged; the
             drift check's window is these plus escalations thinned to the same rate, so
             it needs ``min_rows / sample_rate`` requests per window (1,000 at defaults).
+        route_labeler (`str | None`): ``module:function`` mapping a prompt's text (for
+            chat, the last user turn) to a route label or None; a request's own
+            ``metadata.route`` wins over it. The presets name their workload's labeller
+            (``demo:skill_label``, ``demo:support_route_label``); None labels nothing.
         redact (`bool`, defaults to True), redact_patterns (`dict[str, str]`): extra
             ``LABEL: regex`` patterns on top of emails, phone and card numbers.
         retain_until_consumed (`int`, defaults to 100000): acknowledged events kept in
@@ -86,6 +90,7 @@ class FeedbackConfig(BaseModel):
     spool_dir: Path | None = None
     queue_size: int = Field(default=10_000, ge=1)
     sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    route_labeler: str | None = Field(default=None, pattern=r"^[\w.]+:[\w]+$")
     redact: bool = True
     redact_patterns: dict[str, str] = Field(default_factory=dict)
     retain_until_consumed: int = Field(default=100_000, ge=0)

@@ -8,7 +8,7 @@ the ASGI app together. ``gateway.app.build_app`` wraps them with ``serve.deploym
 from __future__ import annotations
 
 import asyncio
-import json
+import importlib
 import logging
 import os
 import random
@@ -20,15 +20,16 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from common.model_dir import CALIBRATION_FILE, CalibrationRecord
 from deploy import ModelRegistry
 from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, claim_spool_dir
 from gateway._admin import build_admin_router
 from gateway._api import build_api
-from gateway._feedback_sink import FeedbackSink
+from gateway._feedback_sink import FeedbackSink, RouteLabeler
 from gateway._serving import OpenAIServing
 from gateway.metrics import GatewayMetrics
 from gateway.rollout import StudentRollout
-from gateway.settings import DistillerySettings
+from gateway.settings import GatewaySettings
 from router import (
     Backend,
     BackendConfig,
@@ -43,8 +44,6 @@ from router.errors import PromptTooLong, ReplicaUnavailable
 __all__ = ["CALIBRATION_FILE", "GatewayIngress", "ModelServer"]
 
 logger = logging.getLogger(__name__)
-
-CALIBRATION_FILE = "calibration.json"
 
 
 class ModelServer:
@@ -160,11 +159,8 @@ class ModelServer:
 
     @staticmethod
     def _calibration(model_dir: Path) -> dict[str, Any]:
-        path = model_dir / CALIBRATION_FILE
-        if not path.is_file():
-            return {}
-        data = json.loads(path.read_text())
-        return {k: data[k] for k in ("scorer", "threshold") if k in data}
+        record = CalibrationRecord.load(model_dir)
+        return {} if record is None else {"scorer": record.scorer, "threshold": record.threshold}
 
     def _stamp(self, gens: list[Generation], calibration: dict[str, Any]) -> list[Generation]:
         if not calibration and self._threshold_override is None:
@@ -277,7 +273,7 @@ class _HandleClient:
         return result
 
 
-def resolve_policy(settings: DistillerySettings, calibration: dict[str, Any]) -> ThresholdPolicy:
+def resolve_policy(settings: GatewaySettings, calibration: dict[str, Any]) -> ThresholdPolicy:
     """Configured threshold wins; else the student's calibrated one; else the fallback."""
     cascade = settings.cascade
     if cascade.threshold is not None:
@@ -287,19 +283,23 @@ def resolve_policy(settings: DistillerySettings, calibration: dict[str, Any]) ->
     return ThresholdPolicy(cascade.scorer, cascade.fallback_threshold)
 
 
-def _feedback_sink(settings: DistillerySettings, metrics: GatewayMetrics) -> FeedbackSink | None:
+def _feedback_sink(settings: GatewaySettings, metrics: GatewayMetrics) -> FeedbackSink | None:
     cfg = settings.feedback
     if not cfg.enabled:
         return None
     if not cfg.kafka.bootstrap:
         logger.warning("feedback.kafka.bootstrap is not set: escalation events are NOT recorded")
         return None
+    labeler: RouteLabeler | None = None
+    if cfg.route_labeler:
+        module, _, name = cfg.route_labeler.partition(":")
+        labeler = getattr(importlib.import_module(module), name)
     claim = claim_spool_dir(settings.spool_dir)
     producer = EscalationProducer(
         cfg, cfg.kafka.bootstrap, DiskSpool(claim.path), FeedbackMetrics(metrics.registry)
     ).start()
     logger.info("escalation events -> %s (spool %s)", cfg.kafka.bootstrap, claim.path)
-    return FeedbackSink(producer, sample_rate=cfg.sample_rate)
+    return FeedbackSink(producer, sample_rate=cfg.sample_rate, route_label=labeler)
 
 
 @serve.ingress()
@@ -307,7 +307,7 @@ class GatewayIngress:
     """HTTP edge. Owns the metrics registry and the cascade router."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, student: DeploymentHandle[Any], teacher: DeploymentHandle[Any], settings: DistillerySettings
+        self, student: DeploymentHandle[Any], teacher: DeploymentHandle[Any], settings: GatewaySettings
     ) -> None:
         self._student = student
         self._teacher = teacher

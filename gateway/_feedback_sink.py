@@ -13,17 +13,10 @@ from typing import Literal
 from feedback import EscalationEvent, EscalationProducer, EventMessage
 from router import CascadeResult, GenerationRequest
 
-__all__ = ["FeedbackSink", "demo_skill_label"]
+__all__ = ["FeedbackSink", "RouteLabeler"]
 
-SkillLabeler = Callable[[str], str | None]
-
-
-def demo_skill_label(prompt: str) -> str | None:
-    """Route label for the bundled demo domain (None for any other prompt)."""
-    from demo import parse_prompt
-
-    parsed = parse_prompt(prompt)
-    return parsed[0] if parsed else None
+RouteLabeler = Callable[[str], str | None]
+"""Maps a prompt's text (for chat, the last user turn) to a route label, or None."""
 
 
 class FeedbackSink:
@@ -32,21 +25,31 @@ class FeedbackSink:
         producer: EscalationProducer,
         *,
         sample_rate: float,
-        skill_label: SkillLabeler = demo_skill_label,
+        route_label: RouteLabeler | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """``route_label`` (``feedback.route_labeler``) labels requests that carry no
+        ``metadata.route`` of their own; None leaves them unlabelled. It runs on the
+        ingress's event loop for every recorded request, so it must be cheap: it is
+        called once here, so whatever it imports lazily is imported at start-up, not on
+        the first escalation (which once blocked every request in flight)."""
         self._producer = producer
         self._sample_rate = sample_rate
-        self._label = skill_label
+        self._label = route_label
         self._rng = rng or random.Random()
-        # Warm the labeler at start-up: the demo labeler's first call imports the demo
-        # package (torch, transformers: ~7 s here), which on the first escalation blocked
-        # the ingress's event loop -- and every request in flight -- past the teacher deadline.
-        skill_label("")
+        if route_label is not None:
+            route_label("")
 
     def record(
-        self, route: str, request: GenerationRequest, result: CascadeResult, threshold: float, scorer: str
+        self,
+        route: str,
+        request: GenerationRequest,
+        result: CascadeResult,
+        threshold: float,
+        scorer: str,
+        label: str | None = None,
     ) -> None:
+        """``label``: the request's own route label (``metadata.route``), if it sent one."""
         kind: Literal["escalation", "sample"]
         if result.escalated:
             kind = "escalation"
@@ -80,7 +83,7 @@ class FeedbackSink:
             student_latency_s=result.student_latency_s or None,
             teacher_latency_s=result.teacher_latency_s or None,
             route=route,
-            skill=self._label(text),
+            skill=label if label is not None else (self._label(text) if self._label else None),
             threshold=threshold,
             scorer=scorer,
             prompt_tokens=result.generation.prompt_tokens,

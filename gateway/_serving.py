@@ -135,7 +135,9 @@ class OpenAIServing:
             "x-distillery-model-version": ",".join(i.model_version for i in infos),
         }
 
-    async def _route(self, endpoint: str, request: GenerationRequest, tier: Tier | None) -> CascadeResult:
+    async def _route(
+        self, endpoint: str, request: GenerationRequest, tier: Tier | None, label: str | None = None
+    ) -> CascadeResult:
         started = time.perf_counter()
         try:
             result = await self._router.route(request, force=tier)
@@ -154,7 +156,7 @@ class OpenAIServing:
             # A SpoolWriteError is counted and logged at CRITICAL by the producer; the
             # client still gets its answer.
             with contextlib.suppress(SpoolWriteError):
-                self._feedback.record(endpoint, request, result, result.threshold, policy.scorer)
+                self._feedback.record(endpoint, request, result, result.threshold, policy.scorer, label)
         return result
 
     # ---- /v1/completions ------------------------------------------------------------
@@ -187,7 +189,8 @@ class OpenAIServing:
             )
             for i, p in enumerate(prompts)
         ]
-        results = await asyncio.gather(*(self._route("completions", g, tier) for g in gen_reqs))
+        label = (req.metadata or {}).get("route")
+        results = await asyncio.gather(*(self._route("completions", g, tier, label) for g in gen_reqs))
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         if req.stream:
@@ -271,7 +274,7 @@ class OpenAIServing:
             stop=self._stops(req.stop),
             request_id=request_id,
         )
-        result = await self._route("chat", gen_req, tier)
+        result = await self._route("chat", gen_req, tier, (req.metadata or {}).get("route"))
         info = self._routing(result)
         headers = self._headers([info])
         if req.stream:

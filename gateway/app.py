@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -16,16 +15,16 @@ from ray.serve import Application
 from gateway import __version__
 from gateway._deployments import GatewayIngress, ModelServer
 from gateway.rollout import StudentRollout
-from gateway.settings import DistillerySettings, load_settings
+from gateway.settings import GatewaySettings
 
-__all__ = ["APP_NAME", "app_builder", "apply_rollout", "build_app", "run_app", "start_ray"]
+__all__ = ["APP_NAME", "apply_rollout", "build_app", "run_app", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "distillery"
 
 
-def build_app(settings: DistillerySettings, rollout: StudentRollout | None = None) -> Application:
+def build_app(settings: GatewaySettings, rollout: StudentRollout | None = None) -> Application:
     # Replicas reserve no CPU: on a 2-core box three 1-CPU replicas would not schedule,
     # and torch thread counts (BackendConfig.num_threads) are what really divide the cores.
     opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
@@ -59,24 +58,7 @@ def build_app(settings: DistillerySettings, rollout: StudentRollout | None = Non
     return app
 
 
-def app_builder(args: dict[str, Any]) -> Application:
-    """The ``import_path`` of the Serve config file (``serve deploy deploy/serve/distillery.yaml``,
-    or a KubeRay ``RayService``): Serve calls it with the config's ``args``.
-
-    ``args`` are ``DistillerySettings`` fields (nested sections as mappings), e.g.
-    ``{"cascade": {"teacher_timeout_s": 10}}``; they win over the environment
-    (``DISTILLERY_*``), which wins over the YAML settings file named by the optional
-    ``config_file`` arg (or ``DISTILLERY_CONFIG_FILE``). Invalid args fail the deploy with
-    pydantic's message. Replica counts and autoscaling belong in the Serve config's
-    ``deployments`` section (``student``, ``teacher``, ``ingress``), which overrides the code.
-    """
-    overrides = dict(args)
-    config_file = overrides.pop("config_file", None)
-    settings = load_settings(Path(config_file) if config_file else None, **overrides)
-    return build_app(settings)
-
-
-def _pinned(dep: Any, settings: DistillerySettings) -> Any:
+def _pinned(dep: Any, settings: GatewaySettings) -> Any:
     """Gives a deployment a version derived from the code and settings.
 
     ``serve.run`` otherwise stamps every deployment with a random version, so any re-run
@@ -90,7 +72,7 @@ def _pinned(dep: Any, settings: DistillerySettings) -> Any:
     return dep.options(version=hashlib.sha256(blob.encode()).hexdigest()[:16], _internal=True)
 
 
-def start_ray(settings: DistillerySettings, *, num_cpus: int | None = None) -> None:
+def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None:
     """Starts (or joins, via ``RAY_ADDRESS``) Ray and Serve's HTTP proxy."""
     if not ray.is_initialized():
         ray.init(
@@ -111,12 +93,12 @@ def start_ray(settings: DistillerySettings, *, num_cpus: int | None = None) -> N
     )
 
 
-def run_app(settings: DistillerySettings, *, blocking: bool = False) -> None:
+def run_app(settings: GatewaySettings, *, blocking: bool = False) -> None:
     start_ray(settings)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=blocking)
 
 
-def apply_rollout(settings: DistillerySettings, rollout: StudentRollout) -> None:
+def apply_rollout(settings: GatewaySettings, rollout: StudentRollout) -> None:
     """Hot-swaps the running student: only its ``user_config`` changes, so Serve calls
     ``reconfigure`` on the live replicas instead of replacing them. Must run where the
     app was deployed from (same code, same settings) or Serve sees a new app version."""

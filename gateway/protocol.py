@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "ChatChoice",
@@ -35,6 +35,14 @@ __all__ = [
 
 class DistilleryBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+Metadata = Annotated[
+    dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]],
+    Field(max_length=16),
+]
+"""OpenAI's request ``metadata`` (at most 16 string pairs). ``metadata.route`` labels the
+request's route in the feedback events (it wins over ``feedback.route_labeler``)."""
 
 
 class ErrorInfo(BaseModel):
@@ -77,6 +85,7 @@ class CompletionRequest(DistilleryBaseModel):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     stop: str | list[str] | None = None
     user: str | None = None
+    metadata: Metadata | None = None
 
 
 class ChatMessage(DistilleryBaseModel):
@@ -96,6 +105,7 @@ class ChatCompletionRequest(DistilleryBaseModel):
     logprobs: bool = False
     stop: str | list[str] | None = None
     user: str | None = None
+    metadata: Metadata | None = None
 
 
 class CompletionLogprobs(BaseModel):

@@ -1,23 +1,16 @@
-"""The one place settings are read: CLI flag > env (``DISTILLERY_*``) > YAML file > defaults.
+"""The serving half of the settings tree: what the Serve application needs.
 
-Nested sections use ``__`` in env names, e.g. ``DISTILLERY_CASCADE__THRESHOLD=0.99`` or
-``DISTILLERY_TEACHER__KIND=openai``. The YAML file is named by ``--config`` or
-``DISTILLERY_CONFIG_FILE``.
+``distillery.settings.DistillerySettings`` extends it with the loop's sections and is the
+one object the composition root reads (once per process: CLI flag > env
+``DISTILLERY_*`` > YAML file > preset > defaults) and passes here.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, Field
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedback.config import FeedbackConfig
 from gateway.auth import AuthConfig
@@ -25,9 +18,7 @@ from gateway.limits import LimitsConfig
 from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig
 
-__all__ = ["DistillerySettings", "ServerConfig", "load_settings"]
-
-CONFIG_FILE_ENV = "DISTILLERY_CONFIG_FILE"
+__all__ = ["GatewaySettings", "ServerConfig"]
 
 
 class ServerConfig(BaseModel):
@@ -57,8 +48,8 @@ class ServerConfig(BaseModel):
     ingress_same_loop: bool = True
 
 
-class DistillerySettings(BaseSettings):
-    """Root settings; each section is documented where it is defined."""
+class GatewaySettings(BaseSettings):
+    """The Serve application's sections; each is documented where it is defined."""
 
     model_config = SettingsConfigDict(env_prefix="DISTILLERY_", env_nested_delimiter="__", extra="ignore")
 
@@ -100,27 +91,3 @@ class DistillerySettings(BaseSettings):
     def tier_dir(self, tier: str) -> Path:
         cfg = self.student if tier == "student" else self.teacher
         return cfg.model_dir or self.resolved_models_dir / tier
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get(CONFIG_FILE_ENV)
-        if config_file:
-            if not Path(config_file).is_file():
-                raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file} does not exist")
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
-        return tuple(sources)
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> DistillerySettings:
-    """Settings with CLI ``overrides`` on top (nested sections as dicts merge deeply)."""
-    if config_file is not None:
-        os.environ[CONFIG_FILE_ENV] = str(config_file)
-    return DistillerySettings(**overrides)

@@ -1,11 +1,19 @@
 """The refresh loop: dataset from the feedback store, TRL re-distillation, evaluation gate."""
 
-from retrain._dataset import REFERENCE_FILE, DistillDataset, Pair, build_dataset, load_reference
+from retrain._dataset import (
+    REFERENCE_FILE,
+    DistillDataset,
+    Pair,
+    build_dataset,
+    load_pairs,
+    load_reference,
+    save_pairs,
+)
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
 from retrain._loop import LoopConfig, LoopEvent, LoopMetrics, RefreshLoop
 from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
-from retrain._suite import demo_regression_suite, load_suite
+from retrain._suite import build_suite, load_suite, save_suite
 from retrain._train import TrainResult, distill
 from retrain.config import DistillConfig, GateConfig
 from retrain.errors import DriftCheckError, NotEnoughFeedback, RetrainError
@@ -31,7 +39,10 @@ __all__ = [
     "TrainResult",
     "build_dataset",
     "check_drift",
-    "demo_regression_suite",
+    "build_suite",
+    "save_suite",
+    "load_pairs",
+    "save_pairs",
     "distill",
     "ensure_registry",
     "evaluate_model",

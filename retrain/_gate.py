@@ -1,25 +1,70 @@
 """The evaluation gate: a candidate replaces the serving student only if it is not worse.
 
 Both models answer the same held-out teacher answers (never trained on) and the same
-fixed regression suite covering every skill. Compared: agreement with the teacher,
-format validity, calibration of the confidence (expected calibration error), and the
-escalation rate each would have at its own recalibrated threshold: thresholds belong to
-one model version, so the candidate is recalibrated before it is judged.
+fixed regression suite covering every route. Compared: agreement with the label (the
+configured agreement metric: exact, normalized, token F1 or chrF), format validity,
+calibration of the confidence (expected calibration error), and the escalation rate each
+would have at its own recalibrated threshold: thresholds belong to one model version, so
+the candidate is recalibrated before it is judged.
+
+Both are served for the evaluation by the engine that will serve them (``backend_factory``,
+the serving factory in production: vLLM where installed), with the answer budget of the
+model directory unless the config sets one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.model_dir import ModelManifest, read_model_version
 from retrain._dataset import Pair
 from retrain.config import GateConfig
-from router import calibration_curve, generate_prompts, get_scorer, pick_threshold
+from router import (
+    AgreementMetric,
+    Backend,
+    calibration_curve,
+    confidence_logprobs,
+    generate_requests,
+    get_scorer,
+    pick_threshold,
+)
 
-__all__ = ["EvalResult", "GateReport", "evaluate_model", "expected_calibration_error", "run_gate"]
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "BackendFactory",
+    "EvalResult",
+    "GateReport",
+    "evaluate_model",
+    "expected_calibration_error",
+    "run_gate",
+    "transformers_factory",
+]
+
+BackendFactory = Callable[[Path], Backend]
+"""Builds the engine that serves a model directory (called inside the event loop that
+uses it, as vLLM requires)."""
+
+DEFAULT_MAX_NEW_TOKENS = 24
+
+
+def transformers_factory(model_dir: Path) -> Backend:
+    from router._transformers_backend import TransformersBackend
+
+    return TransformersBackend(model_dir, num_threads=2)
+
+
+def answer_budget(model_dir: Path, configured: int | None) -> int:
+    """The configured answer length, else the model directory's, else 24 tokens."""
+    if configured is not None:
+        return configured
+    manifest = ModelManifest.load(model_dir)
+    if manifest is not None and manifest.max_new_tokens:
+        return manifest.max_new_tokens
+    return DEFAULT_MAX_NEW_TOKENS
 
 
 def expected_calibration_error(
@@ -73,11 +118,18 @@ class GateReport:
         }
 
 
-def _answers(model_dir: Path, prompts: Sequence[str]) -> list[Any]:
-    from router._transformers_backend import TransformersBackend
+def _answers(
+    model_dir: Path, pairs: Sequence[Pair], factory: BackendFactory, max_tokens: int, batch_size: int
+) -> list[Any]:
+    async def run() -> list[Any]:
+        backend = factory(model_dir)
+        try:
+            requests = [p.to_request(max_tokens) for p in pairs]
+            return await generate_requests(backend, requests, batch_size=batch_size)
+        finally:
+            await backend.close()
 
-    backend = TransformersBackend(model_dir, num_threads=2)
-    return list(asyncio.run(generate_prompts(backend, prompts, max_tokens=24, batch_size=128)))
+    return asyncio.run(run())
 
 
 def evaluate_model(
@@ -87,15 +139,19 @@ def evaluate_model(
     *,
     scorer: str = "mean_logprob",
     target_agreement: float = 0.995,
+    agreement: AgreementMetric | None = None,
+    backend_factory: BackendFactory = transformers_factory,
+    max_new_tokens: int | None = None,
+    batch_size: int = 64,
 ) -> EvalResult:
-    from router._transformers_backend import read_model_version
-
+    agree = agreement or AgreementMetric()
     pairs = list(holdout) + list(suite)
-    gens = _answers(model_dir, [p.prompt for p in pairs])
+    budget = answer_budget(model_dir, max_new_tokens)
+    gens = _answers(model_dir, pairs, backend_factory, budget, batch_size)
     score = get_scorer(scorer)
-    correct = [g.text.strip() == p.completion.strip() for g, p in zip(gens, pairs, strict=True)]
+    correct = [agree(g.text, p.completion) for g, p in zip(gens, pairs, strict=True)]
     valid = [bool(g.text.strip()) and g.finish_reason == "stop" for g in gens]
-    conf = [score(g.token_logprobs if g.text.strip() else []) for g in gens]
+    conf = [score(confidence_logprobs(g, sampled=False)) for g in gens]
     n_hold = len(holdout)
     per_skill: dict[str, list[bool]] = {}
     for p, ok in zip(suite, correct[n_hold:], strict=True):
@@ -122,19 +178,36 @@ def run_gate(
     config: GateConfig,
     *,
     scorer: str = "mean_logprob",
+    agreement: AgreementMetric | None = None,
+    backend_factory: BackendFactory = transformers_factory,
 ) -> GateReport:
-    cur = evaluate_model(current_dir, holdout, suite, scorer=scorer, target_agreement=config.target_agreement)
-    cand = evaluate_model(
-        candidate_dir, holdout, suite, scorer=scorer, target_agreement=config.target_agreement
-    )
+    agree = agreement or AgreementMetric()
+
+    def evaluate(model_dir: Path) -> EvalResult:
+        return evaluate_model(
+            model_dir,
+            holdout,
+            suite,
+            scorer=scorer,
+            target_agreement=config.target_agreement,
+            agreement=agree,
+            backend_factory=backend_factory,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+        )
+
+    cur, cand = evaluate(current_dir), evaluate(candidate_dir)
     reasons: list[str] = []
     if cand.holdout_agreement is not None and cur.holdout_agreement is not None:
         need = cur.holdout_agreement + config.min_holdout_agreement_gain
         if cand.holdout_agreement < need:
             reasons.append(f"holdout agreement {cand.holdout_agreement:.3f} < required {need:.3f}")
     for skill, acc in cur.per_skill.items():
-        if acc >= 0.9 and cand.per_skill.get(skill, 0.0) < acc - config.max_skill_regression:
-            reasons.append(f"skill {skill!r} regressed {acc:.3f} -> {cand.per_skill.get(skill, 0.0):.3f}")
+        if (
+            acc >= config.min_route_accuracy
+            and cand.per_skill.get(skill, 0.0) < acc - config.max_skill_regression
+        ):
+            reasons.append(f"route {skill!r} regressed {acc:.3f} -> {cand.per_skill.get(skill, 0.0):.3f}")
     if cand.ece > config.max_ece:
         reasons.append(f"calibration error {cand.ece:.3f} > {config.max_ece}")
     if cand.invalid_rate > config.max_invalid_rate:
@@ -144,4 +217,5 @@ def run_gate(
             f"escalation rate at its calibrated threshold {cand.escalation_rate:.3f} "
             f"> current {cur.escalation_rate:.3f}"
         )
-    return GateReport(not reasons, reasons or ["all checks passed"], cand, cur, config.model_dump())
+    report_config = {**config.model_dump(mode="json"), "agreement": agree.name}
+    return GateReport(not reasons, reasons or ["all checks passed"], cand, cur, report_config)

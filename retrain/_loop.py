@@ -27,9 +27,11 @@ from deploy import CanaryConfig, CanaryController, ModelRegistry
 from feedback import FeedbackStore
 from retrain._dataset import Pair, load_reference
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
+from retrain._gate import BackendFactory, answer_budget, transformers_factory
 from retrain._refresh import RefreshOutcome, run_refresh
 from retrain.config import DistillConfig, GateConfig
 from retrain.errors import NotEnoughFeedback
+from router import AgreementMetric
 
 __all__ = ["LoopConfig", "LoopEvent", "LoopMetrics", "RefreshLoop"]
 
@@ -37,12 +39,16 @@ logger = logging.getLogger(__name__)
 
 
 class LoopConfig(BaseModel):
-    """Parameters:
-    check_interval_s (`float`, defaults to 300): drift check period.
-    nightly_at (`str | None`, defaults to ``"03:00"``): UTC time of the nightly refresh;
-        None disables it.
-    sample_rate (`float`): the gateway's ``feedback.sample_rate`` (to unbias the window).
-    canary (`bool`, defaults to True): live canary before promotion (else promote on gate).
+    """When the loop checks and refreshes (how it trains, gates and canaries are the
+    ``retrain``, ``gate`` and ``canary`` sections, passed beside it).
+
+    Parameters:
+        check_interval_s (`float`, defaults to 300): drift check period.
+        nightly_at (`str | None`, defaults to ``"03:00"``): UTC time of the nightly
+            refresh; None disables it.
+        sample_rate (`float`): the gateway's ``feedback.sample_rate`` (to unbias the window).
+        canary (`bool`, defaults to True): live canary before promotion (else promote on gate).
+        drift (`DriftConfig`): the drift check.
     """
 
     check_interval_s: float = Field(default=300.0, gt=0)
@@ -50,9 +56,6 @@ class LoopConfig(BaseModel):
     sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     canary: bool = True
     drift: DriftConfig = DriftConfig()
-    distill: DistillConfig = DistillConfig()
-    gate: GateConfig = GateConfig()
-    canary_config: CanaryConfig = CanaryConfig()
 
 
 REFRESH_RESULTS = ("promoted", "refused", "rolled_back", "skipped", "failed")
@@ -110,15 +113,28 @@ class RefreshLoop:
         config: LoopConfig,
         *,
         workdir: Path,
-        suite: Sequence[Pair],
+        suite: Sequence[Pair] | None = None,
         fetch_metrics: Callable[[], str] | None,
         scorer: str = "mean_logprob",
         metrics: LoopMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        distill: DistillConfig | None = None,
+        gate: GateConfig | None = None,
+        canary: CanaryConfig | None = None,
+        agreement: AgreementMetric | None = None,
+        backend_factory: BackendFactory = transformers_factory,
     ) -> None:
+        """``suite`` None: each refresh builds it (``retrain.build_suite``).
+        ``backend_factory`` builds the engine that evaluates a model directory (the gate,
+        the drift reference): the serving factory in production."""
         self._store = store
         self._registry = registry
         self._config = config
+        self.distill = distill or DistillConfig()
+        self.gate = gate or GateConfig()
+        self.canary = canary or CanaryConfig()
+        self._agreement = agreement or AgreementMetric()
+        self._factory = backend_factory
         self._workdir = workdir
         self._suite = suite
         self._fetch = fetch_metrics
@@ -157,12 +173,13 @@ class RefreshLoop:
     # ---- one tick -------------------------------------------------------------------
     def check_drift(self, now: float) -> DriftResult:
         current = self._registry.current()
-        reference = [p.prompt for p in load_reference(current.path)] if current else []
+        pairs = load_reference(current.path) if current else []
+        reference = [p.prompt for p in pairs]
         events = self._store.events(since=now - self._config.drift.window_s)
         prompts, confidence, rate = traffic_sample(events, self._config.sample_rate, random.Random(int(now)))
         reference_conf: list[float | None] | None = None
-        if current is not None and reference:
-            reference, reference_conf = self._reference(current.version, current.path, reference)
+        if current is not None and pairs:
+            reference, reference_conf = self._reference(current.version, current.path, pairs)
         # "Normal" escalation rate of a version: its first drift-free window after promotion.
         baselines: dict[str, float] = self._state().get("baseline_escalation", {})
         version = current.version if current else ""
@@ -191,21 +208,30 @@ class RefreshLoop:
         return result
 
     def _reference(
-        self, version: str, model_dir: Path, prompts: list[str]
+        self, version: str, model_dir: Path, pairs: list[Pair]
     ) -> tuple[list[str], list[float | None]]:
-        """The version's own confidence on (a sample of) its training prompts, once per version."""
+        """The version's own confidence on (a sample of) its training prompts, once per
+        version, served by the engine that serves it."""
         if version not in self._reference_cache:
             import asyncio
 
-            from router import generate_prompts, get_scorer
-            from router._transformers_backend import TransformersBackend
+            from router import confidence_logprobs, generate_requests, get_scorer
 
-            sample = random.Random(0).sample(prompts, min(len(prompts), self._config.drift.max_rows))
-            backend = TransformersBackend(model_dir, num_threads=1)
-            gens = asyncio.run(generate_prompts(backend, sample, max_tokens=24))
+            sample = random.Random(0).sample(pairs, min(len(pairs), self._config.drift.max_rows))
+            budget = answer_budget(model_dir, self.gate.max_new_tokens)
+
+            async def run() -> list[Any]:
+                backend = self._factory(model_dir)
+                try:
+                    requests = [p.to_request(budget) for p in sample]
+                    return await generate_requests(backend, requests, batch_size=self.gate.batch_size)
+                finally:
+                    await backend.close()
+
+            gens = asyncio.run(run())
             score = get_scorer(self._scorer)
-            confs: list[float | None] = [score(g.token_logprobs if g.text.strip() else []) for g in gens]
-            self._reference_cache = {version: (sample, confs)}
+            confs: list[float | None] = [score(confidence_logprobs(g, sampled=False)) for g in gens]
+            self._reference_cache = {version: ([p.prompt for p in sample], confs)}
         return self._reference_cache[version]
 
     def _nightly_due(self, now: float) -> bool:
@@ -237,7 +263,7 @@ class RefreshLoop:
             self._save_state(last_nightly=dt.datetime.fromtimestamp(now, dt.UTC).date().isoformat())
         since = self._state().get("last_refresh_at")
         new = self._store.count(kind="escalation", since=since)
-        if new < self._config.distill.min_new_examples and trigger != "manual":
+        if new < self.distill.min_new_examples and trigger != "manual":
             self.metrics.refreshes.labels("skipped").inc()
             return self._record(
                 LoopEvent(
@@ -245,7 +271,7 @@ class RefreshLoop:
                     trigger,
                     drift_info,
                     "skipped",
-                    detail=f"{new} new escalations < {self._config.distill.min_new_examples}",
+                    detail=f"{new} new escalations < {self.distill.min_new_examples}",
                 )
             )
         try:
@@ -254,9 +280,11 @@ class RefreshLoop:
                 self._registry,
                 workdir=self._workdir,
                 suite=self._suite,
-                distill_config=self._config.distill,
-                gate_config=self._config.gate,
+                distill_config=self.distill,
+                gate_config=self.gate,
                 scorer=self._scorer,
+                agreement=self._agreement,
+                backend_factory=self._factory,
             )
         except NotEnoughFeedback as exc:
             self.metrics.refreshes.labels("skipped").inc()
@@ -284,7 +312,7 @@ class RefreshLoop:
             )
         if self._config.canary and self._fetch is not None:
             t0 = time.monotonic()
-            controller = CanaryController(self._registry, self._fetch, self._config.canary_config)
+            controller = CanaryController(self._registry, self._fetch, self.canary)
             verdict, cur, can = controller.run(outcome.version)
             timings = {**outcome.timings_s, "canary": round(time.monotonic() - t0, 2)}
             self.metrics.stage_seconds.labels("canary").observe(timings["canary"])

@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.model_dir import CalibrationRecord, read_model_version
 from deploy import ModelRegistry, RegisteredModel
 from feedback import FeedbackStore
 from retrain._dataset import Pair, build_dataset, load_reference
-from retrain._gate import GateReport, run_gate
+from retrain._gate import BackendFactory, GateReport, run_gate, transformers_factory
+from retrain._suite import build_suite
 from retrain._train import distill
 from retrain.config import DistillConfig, GateConfig
+from router import AgreementMetric
 
 __all__ = ["RefreshOutcome", "ensure_registry", "run_refresh"]
-
-CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass
@@ -40,9 +41,7 @@ def ensure_registry(registry: ModelRegistry, serving_dir: Path) -> RegisteredMod
     current = registry.current()
     if current is not None:
         return current
-    manifest_file = serving_dir / "distillery_model.json"
-    version = json.loads(manifest_file.read_text()).get("version") if manifest_file.is_file() else None
-    version = version or serving_dir.name
+    version = read_model_version(serving_dir)
     try:
         model = registry.get(version)
     except Exception:
@@ -56,7 +55,7 @@ def run_refresh(
     registry: ModelRegistry,
     *,
     workdir: Path,
-    suite: Sequence[Pair],
+    suite: Sequence[Pair] | None,
     distill_config: DistillConfig,
     gate_config: GateConfig,
     teacher_version: str | None = None,
@@ -64,13 +63,22 @@ def run_refresh(
     scorer: str = "mean_logprob",
     progress: Callable[[int, int, float], None] | None = None,
     teacher_dir: Path | None = None,
+    agreement: AgreementMetric | None = None,
+    backend_factory: BackendFactory = transformers_factory,
 ) -> RefreshOutcome:
+    """``suite`` None: ``build_suite`` (the config's file, else the serving student's suite
+    plus held-out teacher answers per route from the store)."""
     current = registry.current()
     if current is None:
         raise RuntimeError("the registry has no current version; call ensure_registry first")
+    agree = agreement or AgreementMetric()
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     dataset = build_dataset(store, load_reference(current.path), distill_config, since=since)
+    if suite is None:
+        suite = build_suite(
+            gate_config, current.path, store, holdout_fraction=distill_config.holdout_fraction
+        )
     timings["dataset"] = time.monotonic() - t0
     version = f"student-{time.strftime('%Y%m%d-%H%M%S')}-{dataset.sha256[:6]}"
     candidate_dir = workdir / version
@@ -80,23 +88,29 @@ def run_refresh(
     )
     timings["train"] = time.monotonic() - t0
     t0 = time.monotonic()
-    report = run_gate(current.path, candidate_dir, dataset.holdout, suite, gate_config, scorer=scorer)
+    report = run_gate(
+        current.path,
+        candidate_dir,
+        dataset.holdout,
+        suite,
+        gate_config,
+        scorer=scorer,
+        agreement=agree,
+        backend_factory=backend_factory,
+    )
     timings["gate"] = time.monotonic() - t0
     (candidate_dir / "gate_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    (candidate_dir / CALIBRATION_FILE).write_text(
-        json.dumps(
-            {
-                "scorer": scorer,
-                "threshold": report.candidate.threshold,
-                "target": {"agreement": gate_config.target_agreement},
-                "escalation_rate": report.candidate.escalation_rate,
-                "agreement": report.candidate.served_agreement,
-                "source": "gate recalibration (holdout + regression suite)",
-                "created": time.time(),
-            },
-            indent=2,
-        )
-    )
+    CalibrationRecord(
+        scorer=scorer,
+        threshold=report.candidate.threshold,
+        target={"agreement": gate_config.target_agreement},
+        escalation_rate=report.candidate.escalation_rate,
+        agreement=report.candidate.served_agreement,
+        agreement_metric=agree.name,
+        n=len(dataset.holdout) + len(suite),
+        source="gate recalibration (holdout + regression suite)",
+        student_version=version,
+    ).save(candidate_dir)
     ds_info = {
         "sha256": dataset.sha256,
         "size": len(dataset.train),
@@ -113,7 +127,11 @@ def run_refresh(
             "parent": current.version,
             "dataset": ds_info,
             "teacher": teacher_version,
-            "training": {**distill_config.model_dump(), "seconds": trained.seconds, "steps": trained.steps},
+            "training": {
+                **distill_config.resolved(current.path).model_dump(mode="json"),
+                "seconds": trained.seconds,
+                "steps": trained.steps,
+            },
             "gate": report.to_dict(),
         },
     )

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["DistillConfig", "GateConfig"]
+from common.model_dir import ModelManifest, TrainingDefaults
+
+__all__ = ["PRETRAINED_TRAINING", "DistillConfig", "GateConfig"]
+
+PRETRAINED_TRAINING = TrainingDefaults(steps=200, batch_size=16, learning_rate=1e-4, warmup_steps=10)
+"""Used where neither the config nor the parent's model directory says: values that do
+not wreck a pretrained model (a from-scratch toy wants far more, and says so in its
+manifest)."""
 
 
 class DistillConfig(BaseModel):
@@ -34,10 +42,18 @@ class DistillConfig(BaseModel):
             on the labels (ground truth for replayed rows, the teacher's answer for
             escalations) with (1 - ``kd_alpha``) x KL(teacher || student) on the teacher's
             token distributions (Hinton et al.); needs the teacher's weights locally.
-        steps (`int`, defaults to 600), batch_size (`int`, defaults to 64),
-        learning_rate (`float`, defaults to 1e-3), warmup_steps (`int`, defaults to 20).
-            Measured on the demo student: 600 steps (~40 s on 2 cores) take it from 0% to
-            100% on two new skills with 50% replay, old skills kept at >= 99.5%.
+        steps (`int | None`), batch_size (`int | None`), learning_rate (`float | None`),
+        warmup_steps (`int | None`): None takes the parent model directory's own
+        ``training`` defaults (``distillery_model.json``), else ``PRETRAINED_TRAINING``
+        (200 steps, batch 16, LR 1e-4, 10 warm-up steps). The demo student's manifest
+        says 600 / 64 / 1e-3 / 20 (measured: 0% -> 100% on two new skills in ~40 s with
+        50% replay, old skills >= 99.5%); the SmolLM2-derived student's says what its
+        bootstrap measured (docs/benchmarks.md, real loop).
+        answer_only_head (`bool`, defaults to True): compute the output head at answer
+            positions only (same loss, ~1.7x faster a step on a 49k vocabulary).
+        max_completion_tokens (`int`, defaults to 32): on-policy generation length
+            (``logit_kd``).
+        num_threads (`int`, defaults to 2): torch threads of the training process.
         seed (`int`, defaults to 0).
     """
 
@@ -49,11 +65,29 @@ class DistillConfig(BaseModel):
     kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     kd_beta: float = Field(default=0.5, ge=0.0, le=1.0)
     kd_temperature: float = Field(default=1.0, gt=0.0)
-    steps: int = Field(default=600, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    learning_rate: float = Field(default=1e-3, gt=0.0)
-    warmup_steps: int = Field(default=20, ge=0)
+    steps: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0.0)
+    warmup_steps: int | None = Field(default=None, ge=0)
+    answer_only_head: bool = True
+    max_completion_tokens: int = Field(default=32, ge=1)
+    num_threads: int = Field(default=2, ge=1)
     seed: int = 0
+
+    def resolved(self, parent_dir: Path | None = None) -> DistillConfig:
+        """Every training field filled: this config, then the parent's manifest, then
+        ``PRETRAINED_TRAINING``."""
+        manifest = ModelManifest.load(parent_dir) if parent_dir is not None else None
+        own = manifest.training if manifest is not None and manifest.training else TrainingDefaults()
+        update = {
+            name: next(
+                v
+                for v in (getattr(self, name), getattr(own, name), getattr(PRETRAINED_TRAINING, name))
+                if v is not None
+            )
+            for name in TrainingDefaults.model_fields
+        }
+        return self.model_copy(update=update)
 
 
 class GateConfig(BaseModel):
@@ -71,6 +105,16 @@ class GateConfig(BaseModel):
             the length limit.
         target_agreement (`float`, defaults to 0.995): the candidate is recalibrated to this
             served agreement before its escalation rate is compared.
+        max_new_tokens (`int | None`): answer budget of the evaluation; None takes the
+            model directory's ``max_new_tokens``, else 24.
+        batch_size (`int`, defaults to 64): requests per generate call of the evaluation.
+        suite_file (`Path | None`): a JSONL regression suite (``prompt`` or ``messages``,
+            ``completion``, optional ``skill``/``route``). None: the serving student's
+            ``regression_suite.jsonl`` plus, per route, up to ``suite_per_route`` held-out
+            teacher answers from the store (stable split, never trained on).
+        suite_per_route (`int`, defaults to 50).
+        min_route_accuracy (`float`, defaults to 0.9): only routes the current student
+            already masters are protected by ``max_skill_regression``.
     """
 
     min_holdout_agreement_gain: float = 0.0
@@ -78,3 +122,8 @@ class GateConfig(BaseModel):
     max_ece: float = Field(default=0.1, ge=0.0)
     max_invalid_rate: float = Field(default=0.02, ge=0.0)
     target_agreement: float = Field(default=0.995, gt=0.0, le=1.0)
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    suite_file: Path | None = None
+    suite_per_route: int = Field(default=50, ge=1)
+    min_route_accuracy: float = Field(default=0.9, ge=0.0, le=1.0)

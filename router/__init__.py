@@ -1,13 +1,15 @@
 """The cascade: model backends, confidence scoring, threshold policy and calibration."""
 
+from router._agreement import AGREEMENT_METRICS, AgreementConfig, AgreementMetric, agreement_score
 from router._auroc import auroc
 from router._backend import Backend
-from router._batching import generate_prompts
+from router._batching import generate_prompts, generate_requests
 from router._calibration import CalibrationPoint, calibration_curve, pick_threshold
 from router._cascade import CascadeResult, CascadeRouter, GenerationClient, Tier
 from router._factory import build_backend
 from router._openai_backend import OpenAIHTTPBackend
 from router._policy import Decision, ThresholdPolicy
+from router._render import prompt_token_ids, render_prompt
 from router._resilience import (
     BREAKER_STATE_CODES,
     TEACHER_ERROR_REASONS,
@@ -16,12 +18,20 @@ from router._resilience import (
     RetryPolicy,
     TeacherObserver,
 )
-from router._scoring import SCORER_NAMES, ConfidenceScorer, all_scores, get_scorer
+from router._scoring import SCORER_NAMES, ConfidenceScorer, all_scores, confidence_logprobs, get_scorer
 from router._types import ChatTurn, Generation, GenerationRequest
 from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig, RequestCost, TierPrice
 
 __all__ = [
+    "AGREEMENT_METRICS",
+    "AgreementConfig",
+    "AgreementMetric",
+    "agreement_score",
+    "confidence_logprobs",
+    "generate_requests",
+    "prompt_token_ids",
+    "render_prompt",
     "BREAKER_STATE_CODES",
     "SCORER_NAMES",
     "TEACHER_ERROR_REASONS",

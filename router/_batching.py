@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from router._backend import Backend
 from router._types import Generation, GenerationRequest
 
-__all__ = ["generate_prompts"]
+__all__ = ["generate_prompts", "generate_requests"]
 
 
 async def generate_prompts(
@@ -18,4 +18,14 @@ async def generate_prompts(
     for i in range(0, len(prompts), batch_size):
         reqs = [GenerationRequest(prompt=p, max_tokens=max_tokens) for p in prompts[i : i + batch_size]]
         out.extend(await backend.generate(reqs))
+    return out
+
+
+async def generate_requests(
+    backend: Backend, requests: Sequence[GenerationRequest], *, batch_size: int = 64
+) -> list[Generation]:
+    """Completions of ready-made requests (chat or text), ``batch_size`` at a time, in order."""
+    out: list[Generation] = []
+    for i in range(0, len(requests), batch_size):
+        out.extend(await backend.generate(list(requests[i : i + batch_size])))
     return out

@@ -18,6 +18,7 @@ from router._resilience import (
     TeacherObserver,
     classify_teacher_error,
 )
+from router._scoring import confidence_logprobs
 from router._types import Generation, GenerationRequest
 from router.config import CascadeConfig
 from router.errors import (
@@ -136,7 +137,8 @@ class CascadeRouter:
         policy = self.policy_for(student)
         # An empty answer is never worth serving, however sure the model is of stopping:
         # it scores as "no evidence" (0.0) and escalates.
-        decision = policy.decide(student.token_logprobs if student.text.strip() else [])
+        evidence = confidence_logprobs(student, sampled=request.sampled, mode=self._config.sampled_confidence)
+        decision = policy.decide(evidence)
         if force == "student" or not decision.escalate:
             return CascadeResult(
                 student, "student", decision, False, False, None, s_lat, 0.0, "ok", policy.threshold

@@ -73,7 +73,12 @@ class OpenAIHTTPBackend:
         if req.stop:
             common["stop"] = list(req.stop)
         if req.messages is not None:
-            body = {**common, "messages": [t.model_dump() for t in req.messages], "logprobs": True}
+            body = {
+                **common,
+                "messages": [t.model_dump() for t in req.messages],
+                "logprobs": True,
+                "top_logprobs": 1,
+            }
             path = "/v1/chat/completions"
         else:
             if not (req.prompt or "").strip():
@@ -107,16 +112,26 @@ class OpenAIHTTPBackend:
             content = (choice.get("logprobs") or {}).get("content") or []
             tokens = [str(c["token"]) for c in content]
             logprobs = [float(c["logprob"]) for c in content]
+            top = [
+                max([float(c["logprob"]), *(float(t["logprob"]) for t in c.get("top_logprobs") or [])])
+                for c in content
+            ]
         else:
             text = choice["text"]
             lp = choice.get("logprobs") or {}
             tokens = [str(t) for t in lp.get("tokens") or []]
             logprobs = [float(x) for x in lp.get("token_logprobs") or [] if x is not None]
+            tops = lp.get("top_logprobs") or []
+            top = [
+                max([chosen, *(float(v) for v in (alts or {}).values())])
+                for chosen, alts in zip(logprobs, tops, strict=False)
+            ]
         finish: Literal["stop", "length"] = "length" if choice.get("finish_reason") == "length" else "stop"
         return Generation(
             text=text,
             tokens=tokens,
             token_logprobs=logprobs,
+            top_logprobs=top if len(top) == len(logprobs) else [],
             finish_reason=finish,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", len(tokens))),

@@ -10,6 +10,13 @@ more confident, so thresholds read as probabilities whatever the scorer:
   found quantiles beat sum/mean for cascade deferral on some tasks).
 
 An empty answer has no evidence and scores 0.0, so it always escalates.
+
+Sampled requests (temperature > 0): the drawn token's probability mostly measures the
+draw (SmolLM2-135M's correct "The capital of France is Paris." scores 0.70 greedy, 0.09
+at temperature 1), so by default (``sampled_confidence="top_token"``) a sampled answer
+is scored on the probability the model gave its *most likely* token at each step of the
+path it took. Under greedy decoding the two are the same numbers, so one calibrated
+threshold serves both; ``confidence_logprobs`` is the one place that choice is made.
 """
 
 from __future__ import annotations
@@ -17,8 +24,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-__all__ = ["SCORER_NAMES", "ConfidenceScorer", "all_scores", "get_scorer"]
+from router._types import Generation
+
+__all__ = [
+    "SCORER_NAMES",
+    "ConfidenceScorer",
+    "SampledConfidence",
+    "all_scores",
+    "confidence_logprobs",
+    "get_scorer",
+]
+
+SampledConfidence = Literal["top_token", "sampled_token"]
 
 Scorer = Callable[[Sequence[float]], float]
 
@@ -74,3 +93,17 @@ def get_scorer(name: str) -> ConfidenceScorer:
 def all_scores(logprobs: Sequence[float]) -> dict[str, float]:
     """Every scorer's value, for events and calibration reports."""
     return {name: s(logprobs) for name, s in _SCORERS.items()}
+
+
+def confidence_logprobs(
+    generation: Generation, *, sampled: bool, mode: SampledConfidence = "top_token"
+) -> Sequence[float]:
+    """The log-probs a confidence score is computed from (see the module docstring).
+
+    An empty answer yields no evidence (it always escalates)."""
+    if not generation.text.strip():
+        return []
+    top = generation.top_logprobs
+    if sampled and mode == "top_token" and len(top) == len(generation.token_logprobs):
+        return top
+    return generation.token_logprobs

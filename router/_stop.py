@@ -38,6 +38,7 @@ def to_generation(
     *,
     model_id: str,
     model_version: str,
+    top_logprobs: list[float] | None = None,
 ) -> Generation:
     eos = tokenizer.eos_token_id
     limit = min(req.max_tokens, len(ids))
@@ -50,12 +51,14 @@ def to_generation(
     text_ids = ids[:keep]
     token_strs = [tokenizer.decode([t]) for t in text_ids]
     cut, stopped_on_string = truncate_at_stop(token_strs, req.stop)
-    scored = logprobs[: keep + 1] if stopped_on_eos and cut == keep else logprobs[:cut]
+    n_scored = keep + 1 if stopped_on_eos and cut == keep else cut
+    scored = logprobs[:n_scored]
     text_ids, token_strs = text_ids[:cut], token_strs[:cut]
     return Generation(
         text=tokenizer.decode(text_ids, skip_special_tokens=True),
         tokens=token_strs,
         token_logprobs=[float(x) for x in scored],
+        top_logprobs=[float(x) for x in (top_logprobs or [])[:n_scored]],
         finish_reason="stop" if (stopped_on_eos or stopped_on_string) else "length",
         prompt_tokens=prompt_tokens,
         completion_tokens=len(text_ids),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,23 +11,12 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common.model_dir import read_model_version
+from router._render import prompt_token_ids, render_prompt
 from router._stop import to_generation
 from router._types import Generation, GenerationRequest
-from router.errors import EmptyPrompt
 
 __all__ = ["TransformersBackend", "read_model_version"]
-
-MANIFEST_NAME = "distillery_model.json"
-
-
-def read_model_version(model_dir: Path) -> str:
-    """The version a Distillery-built directory declares, else the directory name."""
-    manifest = model_dir / MANIFEST_NAME
-    if manifest.is_file():
-        version = json.loads(manifest.read_text()).get("version")
-        if isinstance(version, str) and version:
-            return version
-    return model_dir.name
 
 
 class TransformersBackend:
@@ -71,18 +59,14 @@ class TransformersBackend:
         self._lock = threading.Lock()
 
     def render(self, request: GenerationRequest) -> str:
-        if request.messages is not None:
-            turns = [t.model_dump() for t in request.messages]
-            rendered = self._tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-            text = str(rendered)
-        else:
-            text = request.prompt or ""
-        if not text.strip():
-            raise EmptyPrompt("the prompt is empty")
-        return text
+        return render_prompt(self._tokenizer, request)
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The token ids the model is fed for ``request`` (the counting tokenizer's)."""
+        return prompt_token_ids(self._counter, request)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        return len(self._counter.encode(self.render(request), add_special_tokens=False))
+        return len(self.prompt_ids(request))
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return await asyncio.to_thread(self.generate_sync, requests)
@@ -125,7 +109,9 @@ class TransformersBackend:
         new_ids = out.sequences[:, prompt_width:]
         # Raw logits -> log-softmax: the model's own distribution, before sampling processors.
         logits = torch.stack(out.logits, dim=1).float()
-        chosen = torch.log_softmax(logits, dim=-1).gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
+        logp = torch.log_softmax(logits, dim=-1)
+        chosen = logp.gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
+        top = logp.max(dim=-1).values
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         return [
             to_generation(
@@ -134,6 +120,7 @@ class TransformersBackend:
                 new_ids[row].tolist(),
                 chosen[row].tolist(),
                 int(prompt_lens[row]),
+                top_logprobs=top[row].tolist(),
                 model_id=self.model_id,
                 model_version=self.version,
             )

@@ -33,6 +33,10 @@ class GenerationRequest(BaseModel):
     stop: tuple[str, ...] = ()
     request_id: str = ""
 
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0.0
+
     def sampling_key(self) -> tuple[bool, float, float]:
         """Requests with equal keys can share one batched ``generate`` call."""
         greedy = self.temperature == 0.0
@@ -45,6 +49,11 @@ class Generation(BaseModel):
     text: str
     tokens: list[str]
     token_logprobs: list[float]
+    top_logprobs: list[float] = Field(default_factory=list)
+    """Per step, the log-probability of the model's most likely token (aligned with
+    ``token_logprobs``; equal to it under greedy decoding). Sampled requests are scored
+    on it, so the randomness of the draw does not decide the tier; empty where the
+    backend cannot report it."""
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int

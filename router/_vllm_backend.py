@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.model_dir import read_model_version
+from router._render import prompt_token_ids, render_prompt
 from router._stop import to_generation
-from router._transformers_backend import read_model_version
 from router._types import Generation, GenerationRequest
 from router.config import VLLMEngineConfig
-from router.errors import EmptyPrompt
 
 __all__ = ["EngineStats", "TokenDelta", "VLLMBackend", "prepare_vllm_env"]
 
@@ -196,21 +196,13 @@ class VLLMBackend:
         return self._closed.is_set()
 
     def render(self, request: GenerationRequest) -> str:
-        if request.messages is not None:
-            turns = [t.model_dump() for t in request.messages]
-            rendered = self._tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-            text = str(rendered)
-        else:
-            text = request.prompt or ""
-        if not text.strip():
-            raise EmptyPrompt("the prompt is empty")
-        return text
+        return render_prompt(self._tokenizer, request)
 
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        return [int(t) for t in self._tokenizer.encode(self.render(request), add_special_tokens=False)]
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        return prompt_token_ids(self._tokenizer, request)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        return len(self._prompt_ids(request))
+        return len(self.prompt_ids(request))
 
     def _sampling(self, request: GenerationRequest, *, stream: bool) -> Any:
         from vllm import SamplingParams
@@ -222,7 +214,7 @@ class VLLMBackend:
             temperature=0.0 if greedy else temperature,
             top_p=top_p,
             top_k=0,
-            logprobs=0,  # the chosen token's log-prob only
+            logprobs=1,  # the chosen token's log-prob and the most likely token's
             stop=list(request.stop) or None,
             # Keep the tokens that spell the stop string: the cut is made per token below,
             # exactly as the transformers backend makes it.
@@ -234,14 +226,15 @@ class VLLMBackend:
         return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
 
     async def _generate_one(self, request: GenerationRequest) -> Generation:
-        ids = self._prompt_ids(request)
+        ids = self.prompt_ids(request)
         final: Any = None
         async for out in self._submit(ids, request, stream=False):
             final = out
         completion = final.outputs[0]
         token_ids = [int(t) for t in completion.token_ids]
-        steps = zip(completion.logprobs, token_ids, strict=True)
+        steps = list(zip(completion.logprobs, token_ids, strict=True))
         logprobs = [float(step[tid].logprob) for step, tid in steps]
+        top = [max(float(lp.logprob) for lp in step.values()) for step, _ in steps]
         return to_generation(
             self._tokenizer,
             request,
@@ -250,6 +243,7 @@ class VLLMBackend:
             len(ids),
             model_id=self.model_id,
             model_version=self.version,
+            top_logprobs=top,
         )
 
     async def _submit(
@@ -272,7 +266,7 @@ class VLLMBackend:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         """Tokens as the engine emits them (the end-of-text token is not yielded)."""
-        ids = self._prompt_ids(request)
+        ids = self.prompt_ids(request)
         eos = self._tokenizer.eos_token_id
         async for out in self._submit(ids, request, stream=True):
             completion = out.outputs[0]

@@ -21,6 +21,11 @@ class CascadeConfig(BaseModel):
         threshold (`float | None`, defaults to None): escalate below this confidence.
             ``None`` reads the calibrated value from the student's ``calibration.json``.
         fallback_threshold (`float`, defaults to 0.95): used when neither is set.
+        sampled_confidence (`"top_token" | "sampled_token"`, defaults to ``top_token``):
+            what a sampled request (temperature > 0) is scored on: the probability of the
+            model's most likely token at each step (the default: the same numbers as
+            greedy scoring, so one calibrated threshold fits both) or of the token drawn
+            (sampling noise then decides the tier). See ``router._scoring``.
         student_timeout_s (`float`, defaults to 10): deadline of the student call. Past it
             the request escalates to the teacher (``reason="student_error"``), or answers
             503 ``student_unavailable`` when the student tier was asked for by name. It
@@ -47,6 +52,7 @@ class CascadeConfig(BaseModel):
     scorer: str = "mean_logprob"
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     fallback_threshold: float = Field(default=0.95, ge=0.0, le=1.0)
+    sampled_confidence: Literal["top_token", "sampled_token"] = "top_token"
     student_timeout_s: float = Field(default=10.0, gt=0.0)
     teacher_timeout_s: float = Field(default=20.0, gt=0.0)
     teacher_failure_policy: Literal["error", "serve_student"] = "error"

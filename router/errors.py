@@ -7,6 +7,7 @@ from common.errors import DistilleryError
 __all__ = [
     "EmptyPrompt",
     "InvalidRequest",
+    "ModelImportError",
     "PromptTooLong",
     "RoutingError",
     "ReplicaUnavailable",
@@ -76,3 +77,7 @@ class TeacherCircuitOpen(TeacherUnavailable):
     def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class ModelImportError(DistilleryError, ValueError):
+    """A source cannot become a model directory (missing, unreadable, not a causal LM)."""

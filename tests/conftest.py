@@ -28,8 +28,8 @@ def free_port() -> int:
 def demo_models() -> Path:
     """The full demo teacher/student (``make test`` builds them first; ~3 min if missing)."""
     from demo import build_demo_models
-    from gateway._calibrate import run_calibration
-    from gateway.settings import load_settings
+    from distillery._calibrate import run_calibration
+    from distillery.settings import load_settings
 
     build_demo_models(MODELS_DIR)
     if not (MODELS_DIR / "student" / "calibration.json").is_file():
@@ -53,9 +53,9 @@ def live_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     import ray
     from ray import serve
 
+    from distillery.settings import load_settings
     from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
     from gateway.app import run_app
-    from gateway.settings import load_settings
 
     var = tmp_path_factory.mktemp("var")
     broker = TansuBroker(log_path=var / "tansu.log").start()
@@ -189,9 +189,9 @@ def secure_stack(live_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory
     from ray import serve
 
     from deploy import ModelRegistry
+    from distillery.settings import DistillerySettings
     from gateway.app import build_app
     from gateway.auth import hash_key, new_key
-    from gateway.settings import DistillerySettings
     from retrain import ensure_registry
 
     var = tmp_path_factory.mktemp("secure")

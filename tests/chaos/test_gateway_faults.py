@@ -88,7 +88,7 @@ class ChaosStack:
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "distillery.cli",
                 "feedback",
                 "consume",
                 "--bootstrap",
@@ -178,10 +178,10 @@ def chaos(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     import ray
     from ray import serve
 
+    from distillery.settings import load_settings
     from feedback import TansuBroker
     from gateway._deployments import GatewayIngress, ModelServer
     from gateway.app import build_app, start_ray
-    from gateway.settings import load_settings
 
     var = tmp_path_factory.mktemp("chaos")
     broker = TansuBroker(log_path=var / "tansu.log").start()

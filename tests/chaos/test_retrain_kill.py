@@ -50,7 +50,7 @@ def _env(var: Path, demo_models: Path) -> dict[str, str]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gateway.cli", *args]
+    return [sys.executable, "-m", "distillery.cli", *args]
 
 
 def test_retrain_killed_mid_training_leaves_the_registry_untouched_and_a_rerun_succeeds(

@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from deploy import CanaryConfig, ModelRegistry
+from distillery._scenario import run_scenario
+from distillery._workloads import demo_regression_suite
 from feedback import open_store
-from gateway._scenario import run_scenario
-from retrain import DriftConfig, LoopConfig, RefreshLoop, demo_regression_suite, ensure_registry
+from retrain import DriftConfig, LoopConfig, RefreshLoop, ensure_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,8 +31,8 @@ def test_traffic_drift_is_detected_distilled_gated_canaried_and_escalations_fall
             nightly_at=None,
             sample_rate=settings.feedback.sample_rate,
             drift=DriftConfig(window_s=3600, min_rows=100),
-            canary_config=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
         ),
+        canary=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
         workdir=tmp_path / "candidates",
         suite=demo_regression_suite(50),
         fetch_metrics=lambda: httpx.get(f"{live_stack.url}/metrics", timeout=10).text,

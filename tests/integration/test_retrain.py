@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from demo import sample_examples
+from distillery._workloads import demo_regression_suite
 from feedback import EscalationEvent, SQLiteStore
 from retrain import (
     DistillConfig,
     GateConfig,
     NotEnoughFeedback,
     build_dataset,
-    demo_regression_suite,
     distill,
     load_reference,
     run_gate,

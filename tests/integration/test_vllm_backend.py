@@ -264,8 +264,8 @@ def vllm_app(live_stack, demo_models: Path, tmp_path_factory: pytest.TempPathFac
     from ray import serve
 
     from deploy import ModelRegistry
+    from distillery.settings import load_settings
     from gateway.app import build_app
-    from gateway.settings import load_settings
 
     var = tmp_path_factory.mktemp("vllm-var")
     registry = ModelRegistry(var / "registry")

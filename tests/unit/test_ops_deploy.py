@@ -14,9 +14,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from distillery.cli import _parser
+from distillery.settings import CONFIG_FILE_ENV, DistillerySettings, load_settings
 from feedback.config import KafkaConfig
-from gateway.cli import _parser
-from gateway.settings import CONFIG_FILE_ENV, DistillerySettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_YAML = ROOT / "deploy" / "serve" / "distillery.yaml"
@@ -52,14 +52,14 @@ def _built(app_cfg: Any) -> Any:
 def test_serve_config_passes_rays_schema_and_builds_the_app() -> None:
     from ray.serve.schema import ServeDeploySchema
 
-    import gateway.app
+    import distillery.app
 
     config = ServeDeploySchema.model_validate(_serve_doc())
     (app_cfg,) = config.applications
-    assert app_cfg.import_path == "gateway.app:app_builder"
+    assert app_cfg.import_path == "distillery.app:app_builder"
     from ray._common.utils import import_attr
 
-    assert import_attr(app_cfg.import_path) is gateway.app.app_builder
+    assert import_attr(app_cfg.import_path) is distillery.app.app_builder
     built = _built(app_cfg)
     built.validate_single_fastapi_ingress()
     names = {d.name for d in built.deployments}
@@ -120,20 +120,18 @@ def test_serve_args_are_settings_and_win_over_env_and_file(
     monkeypatch.setenv("DISTILLERY_CASCADE__TEACHER_TIMEOUT_S", "5")
     file = tmp_path / "settings.yaml"
     file.write_text("log_level: DEBUG\ncascade: {teacher_timeout_s: 7, fallback_threshold: 0.5}\n")
-    from gateway.app import app_builder
+    from distillery.app import app_builder
 
-    # load_settings exports the file's name; set it through monkeypatch first so it is undone
-    monkeypatch.setenv(CONFIG_FILE_ENV, "")
     app_builder({**args, "config_file": str(file)})  # builds (no Ray cluster needed)
-    assert os.environ[CONFIG_FILE_ENV] == str(file)
-    merged = DistillerySettings(**args)
+    assert CONFIG_FILE_ENV not in os.environ  # settings are never written back into the env
+    merged = load_settings(file, **args)
     assert merged.feedback.kafka.bootstrap == "kafka-0:9092"  # env, beside the args' kafka section
     assert merged.cascade.teacher_timeout_s == 20  # args > env > file
     assert merged.cascade.fallback_threshold == 0.5 and merged.log_level == "DEBUG"  # file only
 
 
 def test_serve_builder_rejects_invalid_args_with_pydantics_message() -> None:
-    from gateway.app import app_builder
+    from distillery.app import app_builder
 
     with pytest.raises(ValidationError, match="scorer"):
         app_builder({"cascade": {"scorer": "vibes"}})

@@ -1,6 +1,6 @@
 import pytest
 
-from gateway.settings import CONFIG_FILE_ENV, load_settings
+from distillery.settings import CONFIG_FILE_ENV, load_settings
 
 
 @pytest.fixture(autouse=True)

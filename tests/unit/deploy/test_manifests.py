@@ -3,7 +3,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.cli import _parser
+from distillery.cli import _parser
 
 ROOT = Path(__file__).resolve().parents[3]
 

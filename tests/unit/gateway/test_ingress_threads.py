@@ -10,8 +10,8 @@ SAME_LOOP = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_R
 def _deployments(same_loop: bool) -> dict[str, dict]:
     from ray.serve._private.build_app import build_app as build_serve_app
 
+    from distillery.settings import load_settings
     from gateway.app import build_app
-    from gateway.settings import load_settings
 
     settings = load_settings(server={"ingress_same_loop": same_loop})
     built = build_serve_app(build_app(settings), name="distillery", default_runtime_env={})

@@ -1,0 +1,157 @@
+"""The model-directory contract: what Distillery keeps beside a Hugging Face model.
+
+A model directory is a standard Hugging Face directory (``config.json``, weights,
+tokenizer) plus, all optional:
+
+* ``distillery_model.json`` (``ModelManifest``): version, role, where the weights came
+  from (a GGUF file, a Hugging Face directory, a derivation, a distillation), lineage and
+  the answer budget the model's workload needs;
+* ``calibration.json`` (``CalibrationRecord``): the threshold calibrated for *this*
+  version (thresholds belong to one model);
+* ``train_reference.jsonl``: a sample of what the model was trained on (replayed by the
+  retrainer, the drift checks' reference);
+* ``regression_suite.jsonl``: labelled requests the gate judges every candidate on.
+
+Every reader and writer goes through this module, so the file names and schemas are
+defined once. Files are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "MANIFEST_FILE",
+    "REFERENCE_FILE",
+    "SUITE_FILE",
+    "CalibrationRecord",
+    "ModelManifest",
+    "ModelSource",
+    "TrainingDefaults",
+    "read_model_version",
+    "write_json_atomic",
+]
+
+MANIFEST_FILE = "distillery_model.json"
+CALIBRATION_FILE = "calibration.json"
+REFERENCE_FILE = "train_reference.jsonl"
+SUITE_FILE = "regression_suite.jsonl"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Writes JSON so a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        json.dump(payload, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ModelSource(BaseModel):
+    """Where a directory's weights came from."""
+
+    kind: Literal["gguf", "hf", "derived", "demo", "distilled", "bootstrapped"]
+    path: str | None = None
+    sha256: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingDefaults(BaseModel):
+    """The hyper-parameters a model's builder found right for re-training it.
+
+    A from-scratch toy and a pretrained model want very different learning rates (the
+    demo student: 1e-3 for 600 steps; the SmolLM2-derived student: 3e-4 for ~150 steps,
+    where 1e-3 wrecks pretrained weights), so the model directory says, and the retrainer
+    uses these unless its config sets them."""
+
+    steps: int | None = Field(default=None, ge=1)
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0.0)
+    warmup_steps: int | None = Field(default=None, ge=0)
+
+
+class ModelManifest(BaseModel):
+    """``distillery_model.json``. Unknown keys are kept (older and newer writers coexist).
+
+    ``max_new_tokens`` is the answer budget the model's workload needs: calibration, the
+    gate and the drift reference generate with it instead of a hard-coded length.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str
+    role: Literal["teacher", "student"] | None = None
+    source: ModelSource | None = None
+    parent: str | None = None
+    architecture: str | None = None
+    num_layers: int | None = None
+    params: int | None = None
+    chat: bool = False
+    """The model has a chat template and its workload is chat requests."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    training: TrainingDefaults | None = None
+    created: float = Field(default_factory=time.time)
+
+    @classmethod
+    def load(cls, model_dir: Path) -> ModelManifest | None:
+        path = model_dir / MANIFEST_FILE
+        if not path.is_file():
+            return None
+        return cls.model_validate_json(path.read_text())
+
+    def save(self, model_dir: Path) -> Path:
+        path = model_dir / MANIFEST_FILE
+        write_json_atomic(path, self.model_dump(mode="json", exclude_none=True))
+        return path
+
+
+class CalibrationRecord(BaseModel):
+    """``calibration.json``: the threshold calibrated for one model version."""
+
+    model_config = ConfigDict(extra="allow")
+
+    scorer: str
+    threshold: float = Field(ge=0.0, le=1.000001)
+    target: dict[str, float] = Field(default_factory=dict)
+    escalation_rate: float | None = None
+    agreement: float | None = None
+    agreement_metric: str | None = None
+    n: int | None = None
+    source: str = ""
+    student_version: str | None = None
+    teacher_version: str | None = None
+    student_agreement: float | None = None
+    teacher_accuracy: float | None = None
+    auroc: dict[str, float | None] = Field(default_factory=dict)
+    curve: list[dict[str, float]] = Field(default_factory=list)
+    created: float = Field(default_factory=time.time)
+
+    @classmethod
+    def load(cls, model_dir: Path) -> CalibrationRecord | None:
+        path = model_dir / CALIBRATION_FILE
+        if not path.is_file():
+            return None
+        return cls.model_validate_json(path.read_text())
+
+    def save(self, model_dir: Path) -> Path:
+        path = model_dir / CALIBRATION_FILE
+        write_json_atomic(path, self.model_dump(mode="json"))
+        return path
+
+
+def read_model_version(model_dir: Path) -> str:
+    """The version a Distillery directory declares, else the directory's name."""
+    path = model_dir / MANIFEST_FILE
+    if path.is_file():
+        version = json.loads(path.read_text()).get("version")
+        if isinstance(version, str) and version:
+            return version
+    return model_dir.name

@@ -1,0 +1,6 @@
+"""The composition root: the CLI, presets, the local stack, calibration runs and the scenario.
+
+Only this package (with ``bench/`` and ``tests/``) may import every stage package and the
+bundled domains in ``demo/``; the stage packages import only downward (see the README's
+architecture section).
+"""

@@ -1,0 +1,61 @@
+"""The ``distillery`` command line: one parser, one ``fn=`` per command, settings read once.
+
+Command groups live beside this module (``_stack``: serve, run, loop, retrain, drift,
+config; ``_models``: import and the registry, ``student derive``; ``_demo``: the demo
+build and scenario, calibration; ``_feedback``: the stream and API keys). Every command
+is ``fn(args, settings)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from common.logs import configure_logging
+from distillery.cli._demo import add_demo_commands
+from distillery.cli._feedback import add_feedback_commands, add_keys_commands
+from distillery.cli._models import add_models_commands, add_student_commands
+from distillery.cli._stack import add_stack_commands
+from distillery.settings import PRESETS, DistillerySettings, load_settings
+
+__all__ = ["main", "settings_from_args"]
+
+
+def settings_from_args(args: argparse.Namespace) -> DistillerySettings:
+    overrides: dict[str, Any] = {}
+    if args.models_dir:
+        overrides["models_dir"] = args.models_dir
+    server = {
+        k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None))) if v
+    }
+    if server:
+        overrides["server"] = server
+    return load_settings(args.config, preset=args.preset, **overrides)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distillery", description="A routed LLM gateway that distils itself.")
+    p.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default=None,
+        help="bundled configuration: demo (toy models, the default) or smollm2 (SmolLM2-135M-Instruct)",
+    )
+    p.add_argument("--models-dir", type=Path, default=None)
+    sub = p.add_subparsers(dest="command", required=True)
+    add_stack_commands(sub)
+    add_demo_commands(sub)
+    add_models_commands(sub)
+    add_student_commands(sub)
+    add_feedback_commands(sub)
+    add_keys_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    return int(args.fn(args, settings))

@@ -1,0 +1,3 @@
+from distillery.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""What every command group shares: progress display and the composed collaborators."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from distillery.settings import DistillerySettings
+
+__all__ = ["ProgressFn", "logger", "progress_bar", "registry_of", "serving_factory"]
+
+logger = logging.getLogger("distillery")
+
+ProgressFn = Callable[[str, int, int, float], None]
+
+
+@contextmanager
+def progress_bar() -> Iterator[ProgressFn]:
+    """A rich progress bar on a TTY; a log line every 100 steps otherwise."""
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def update(name: str, step: int, total: int, loss: float) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(f"training {name}", total=total, loss=loss)
+                bar.update(tasks[name], completed=step, loss=loss)
+
+            yield update
+    else:
+
+        def log(name: str, step: int, total: int, loss: float) -> None:
+            if step % 100 == 0 or step == total:
+                logger.info(
+                    "training",
+                    extra={"fields": {"model": name, "step": step, "total": total, "loss": round(loss, 5)}},
+                )
+
+        yield log
+
+
+def registry_of(settings: DistillerySettings) -> Any:
+    from deploy import ModelRegistry
+
+    return ModelRegistry(settings.resolved_registry_dir)
+
+
+def serving_factory(settings: DistillerySettings, tier: str = "student") -> Callable[[Path], Any]:
+    """Builds a model directory's backend exactly as the Serve app builds the tier's: the
+    gate, the drift reference and calibration judge a model on the engine that serves it."""
+    from router import build_backend
+
+    cfg = settings.student if tier == "student" else settings.teacher
+
+    def build(model_dir: Path) -> Any:
+        return build_backend(
+            cfg.model_copy(update={"model_dir": model_dir}), default_dir=model_dir, model_id=tier
+        )
+
+    return build
