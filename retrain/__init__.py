@@ -9,16 +9,22 @@ from retrain._dataset import (
     load_reference,
     save_pairs,
 )
+from retrain._derive import BootstrapResult, bootstrap_student, derive_student, label_with_teacher
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
 from retrain._loop import LoopConfig, LoopEvent, LoopMetrics, RefreshLoop
 from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
 from retrain._suite import build_suite, load_suite, save_suite
 from retrain._train import TrainResult, distill
-from retrain.config import DistillConfig, GateConfig
+from retrain.config import PRETRAINED_TRAINING, DistillConfig, GateConfig
 from retrain.errors import DriftCheckError, NotEnoughFeedback, RetrainError
 
 __all__ = [
+    "PRETRAINED_TRAINING",
+    "BootstrapResult",
+    "bootstrap_student",
+    "derive_student",
+    "label_with_teacher",
     "REFERENCE_FILE",
     "DistillConfig",
     "DistillDataset",
