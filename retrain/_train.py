@@ -29,7 +29,7 @@ from common.model_dir import MANIFEST_FILE, REFERENCE_FILE, SUITE_FILE
 from retrain._dataset import DistillDataset, Pair
 from retrain.config import DistillConfig
 
-__all__ = ["TrainResult", "distill"]
+__all__ = ["TrainResult", "distill", "prepare_trainer"]
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -57,6 +57,31 @@ def _progress_callback(progress: ProgressFn, total: int) -> Any:
     return _Progress()
 
 
+def prepare_trainer(
+    parent_dir: Path,
+    dataset: DistillDataset,
+    config: DistillConfig,
+    scratch: Path,
+    *,
+    progress: ProgressFn | None = None,
+    teacher_dir: Path | None = None,
+) -> tuple[Any, Any]:
+    """The TRL trainer ``distill`` runs, and the tokenizer: its ``train_dataset`` holds the
+    token ids the student is trained on (the chat-fidelity test reads them)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = config.resolved(parent_dir)
+    tok = AutoTokenizer.from_pretrained(str(parent_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(parent_dir), dtype=torch.float32)
+    if config.method in ("logit_kd", "sft_kd") and teacher_dir is None:
+        raise ValueError(f"{config.method} needs the teacher's weights locally (teacher_dir)")
+    if config.method == "logit_kd":
+        assert teacher_dir is not None
+        return _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress), tok
+    return _sft_trainer(model, tok, dataset, config, scratch, progress, teacher_dir), tok
+
+
 def distill(
     parent_dir: Path,
     dataset: DistillDataset,
@@ -68,21 +93,14 @@ def distill(
     teacher_dir: Path | None = None,
 ) -> TrainResult:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     config = config.resolved(parent_dir)
     torch.set_num_threads(num_threads or config.num_threads)
     scratch = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(str(parent_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(parent_dir), dtype=torch.float32)
-    if config.method in ("logit_kd", "sft_kd") and teacher_dir is None:
-        raise ValueError(f"{config.method} needs the teacher's weights locally (teacher_dir)")
-    if config.method == "logit_kd":
-        assert teacher_dir is not None
-        trainer = _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress)
-    else:
-        trainer = _sft_trainer(model, tok, dataset, config, scratch, progress, teacher_dir)
+    trainer, tok = prepare_trainer(
+        parent_dir, dataset, config, scratch, progress=progress, teacher_dir=teacher_dir
+    )
     rows = dataset.train
     started = time.monotonic()
     out = trainer.train()

@@ -8,7 +8,12 @@ from feedback import EscalationEvent, EventMessage
 from retrain import PRETRAINED_TRAINING, DistillConfig, Pair, load_pairs, save_pairs
 from retrain._derive import even_layers
 
-CHAT = (("system", "You are a support assistant."), ("user", "Hi"), ("assistant", "Hello!"), ("user", "Order?"))
+CHAT = (
+    ("system", "You are a support assistant."),
+    ("user", "Hi"),
+    ("assistant", "Hello!"),
+    ("user", "Order?"),
+)
 
 
 def test_a_chat_event_becomes_a_pair_with_every_turn():

@@ -10,7 +10,9 @@ from tests.fakes.clients import FakeTier, make_generation
 def sampled_answer(chosen: float, top: float):
     gen = make_generation("Paris")
     n = len(gen.token_logprobs)
-    return gen.model_copy(update={"token_logprobs": [math.log(chosen)] * n, "top_logprobs": [math.log(top)] * n})
+    return gen.model_copy(
+        update={"token_logprobs": [math.log(chosen)] * n, "top_logprobs": [math.log(top)] * n}
+    )
 
 
 def test_greedy_requests_use_the_chosen_tokens_probabilities():
@@ -41,7 +43,10 @@ async def test_a_sampled_answer_of_a_sure_model_is_not_escalated_for_its_unlucky
     assert result.tier == "student" and teacher.calls == []
     assert result.decision is not None and result.decision.confidence > 0.97
     strict = CascadeRouter(
-        student, teacher, ThresholdPolicy("mean_logprob", 0.9), CascadeConfig(sampled_confidence="sampled_token")
+        student,
+        teacher,
+        ThresholdPolicy("mean_logprob", 0.9),
+        CascadeConfig(sampled_confidence="sampled_token"),
     )
     escalated = await strict.route(GenerationRequest(prompt="capital of France?", temperature=1.0))
     assert escalated.tier == "teacher"
