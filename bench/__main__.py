@@ -37,6 +37,7 @@ BENCHMARKS: list[str] = [
     "bench.loop",
     "bench.feedback_throughput",
     "bench.vllm_vs_transformers",
+    "bench.real_loop",
 ]
 
 

@@ -18,14 +18,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from common.model_dir import ModelManifest, TrainingDefaults, read_model_version
+from common.model_dir import ModelManifest, read_model_version
 from distillery._workloads import workload_for
 from distillery.settings import DistillerySettings
 from retrain import Pair
 from retrain._derive import bootstrap_student, derive_student, label_with_teacher
 from router import build_backend
 
-__all__ = ["RealPairReport", "build_student", "ensure_real_pair", "import_teacher"]
+__all__ = ["BUILD_REPORT", "RealPairReport", "build_student", "ensure_real_pair", "import_teacher"]
+
+BUILD_REPORT = "build_report.json"
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ def _build_key(settings: DistillerySettings, layers: int, seed_per_route: int, s
             layers,
             seed_per_route,
             settings.real.bootstrap.model_dump(mode="json"),
+            settings.real.refresh.model_dump(mode="json"),
             steps,
             settings.workload,
         ],
@@ -134,9 +137,7 @@ def build_student(
             student_dir,
             labelled,
             config,
-            training_defaults=TrainingDefaults.model_validate(
-                config.model_dump(include=set(TrainingDefaults.model_fields))
-            ),
+            training_defaults=real.refresh,
             teacher_dir=teacher_dir,
         )
         report.timings_s["bootstrap"] = round(time.monotonic() - t0, 1)
@@ -188,4 +189,7 @@ def ensure_real_pair(settings: DistillerySettings, *, force: bool = False) -> Re
     report = build_student(settings, force=force)
     report.teacher_version = teacher.version
     report.timings_s = {"import": import_s, **report.timings_s}
+    if report.built:  # kept beside the student: later runs (and the benchmarks) quote it
+        path = settings.tier_dir("student") / BUILD_REPORT
+        path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
     return report

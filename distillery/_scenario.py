@@ -48,6 +48,8 @@ class WindowStats:
     cost_vs_teacher_only: float
     student_versions: list[str]
     seconds: float
+    agreement: float = 0.0
+    """Served answers agreeing with the reference, over the whole window."""
 
 
 @dataclass
@@ -134,6 +136,7 @@ def send_window(
         cost_vs_teacher_only=cascade / teacher_only,
         student_versions=versions,
         seconds=round(time.monotonic() - started, 2),
+        agreement=sum(correct) / len(correct) if correct else 0.0,
     )
 
 

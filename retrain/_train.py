@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ def prepare_trainer(
     *,
     progress: ProgressFn | None = None,
     teacher_dir: Path | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[Any, Any]:
     """The TRL trainer ``distill`` runs, and the tokenizer: its ``train_dataset`` holds the
     token ids the student is trained on (the chat-fidelity test reads them)."""
@@ -78,8 +79,12 @@ def prepare_trainer(
         raise ValueError(f"{config.method} needs the teacher's weights locally (teacher_dir)")
     if config.method == "logit_kd":
         assert teacher_dir is not None
-        return _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress), tok
-    return _sft_trainer(model, tok, dataset, config, scratch, progress, teacher_dir), tok
+        trainer = _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress)
+    else:
+        trainer = _sft_trainer(model, tok, dataset, config, scratch, progress, teacher_dir)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    return trainer, tok
 
 
 def distill(
@@ -91,7 +96,10 @@ def distill(
     progress: ProgressFn | None = None,
     num_threads: int | None = None,
     teacher_dir: Path | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
+    """``callbacks``: extra ``transformers.TrainerCallback``s (the benchmarks evaluate
+    agreement at checkpoints through one)."""
     import torch
 
     config = config.resolved(parent_dir)
@@ -99,7 +107,7 @@ def distill(
     scratch = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
     trainer, tok = prepare_trainer(
-        parent_dir, dataset, config, scratch, progress=progress, teacher_dir=teacher_dir
+        parent_dir, dataset, config, scratch, progress=progress, teacher_dir=teacher_dir, callbacks=callbacks
     )
     rows = dataset.train
     started = time.monotonic()

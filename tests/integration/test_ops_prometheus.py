@@ -44,7 +44,9 @@ pytestmark = pytest.mark.integration
 
 DISTILLERY = str(Path(sys.executable).parent / "distillery")
 STUDENT_PROMPTS = ["reverse: hello =", "upper: world =", "reverse: cab =", "upper: abc =", "reverse: dog ="]
-TEACHER_PROMPTS = ["shift: abc =", "double: xyz =", "shift: hello ="]
+# "shift: hello =" is answered "hol" at 0.9966, above the 0.9965 calibrated threshold: a
+# confidently wrong answer of the demo student, so not a prompt that must escalate.
+TEACHER_PROMPTS = ["shift: abc =", "double: xyz =", "shift: xyz ="]
 # Prometheus' own series, and the labels it adds to every scraped one.
 PROMETHEUS_NAMES = {"up"}
 TARGET_LABELS = {"job", "instance"}

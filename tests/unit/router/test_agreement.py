@@ -18,7 +18,7 @@ def test_exact_only_forgives_surrounding_whitespace():
 def test_normalized_ignores_case_punctuation_and_spacing_but_not_words():
     norm = metric("normalized")
     assert norm("the capital of  Canada is Ottawa", "The capital of Canada is Ottawa.")
-    assert norm("ＴＨＥ ANSWER", "the answer")  # NFKC folds full-width letters
+    assert norm("\uff34\uff28\uff25 ANSWER", "the answer")  # NFKC folds full-width letters
     assert not norm("The capital of Canada is Toronto.", "The capital of Canada is Ottawa.")
 
 
