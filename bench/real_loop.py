@@ -134,6 +134,7 @@ def confidence_auroc(settings: Any, n: int) -> dict[str, Any]:
         SCORER_NAMES,
         AgreementMetric,
         GenerationRequest,
+        SampledConfidence,
         all_scores,
         auroc,
         build_backend,
@@ -161,13 +162,14 @@ def confidence_auroc(settings: Any, n: int) -> dict[str, Any]:
     s_greedy = asyncio.run(run("student", greedy))
     s_sampled = asyncio.run(run("student", sampled))
     result: dict[str, Any] = {"n": n, "routes": list(workload.routes)}
-    for label, gens, mode in (
+    modes: tuple[tuple[str, list[Any], SampledConfidence], ...] = (
         ("temperature_0", s_greedy, "sampled_token"),
         ("temperature_1_sampled_token", s_sampled, "sampled_token"),
         ("temperature_1_top_token", s_sampled, "top_token"),
-    ):
+    )
+    for label, gens, mode in modes:
         ok = [agree(g.text, t.text) for g, t in zip(gens, teacher, strict=True)]
-        scores = [all_scores(confidence_logprobs(g, sampled=True, mode=mode)) for g in gens]  # type: ignore[arg-type]
+        scores = [all_scores(confidence_logprobs(g, sampled=True, mode=mode)) for g in gens]
         result[label] = {
             "agreement": round(sum(ok) / len(ok), 4),
             "auroc": {s: _r(auroc([x[s] for x in scores], ok)) for s in SCORER_NAMES},
@@ -177,10 +179,10 @@ def confidence_auroc(settings: Any, n: int) -> dict[str, Any]:
         }
     # The tier decision itself: the greedy answer's confidence vs the sampled answer's.
     g_conf = [all_scores(confidence_logprobs(g, sampled=False))["mean_logprob"] for g in s_greedy]
-    for mode in ("sampled_token", "top_token"):
+    shift_modes: tuple[SampledConfidence, ...] = ("sampled_token", "top_token")
+    for mode in shift_modes:
         s_conf = [
-            all_scores(confidence_logprobs(g, sampled=True, mode=mode))["mean_logprob"]  # type: ignore[arg-type]
-            for g in s_sampled
+            all_scores(confidence_logprobs(g, sampled=True, mode=mode))["mean_logprob"] for g in s_sampled
         ]
         result[f"mean_abs_confidence_shift_t1_{mode}"] = _r(
             _mean([abs(a - b) for a, b in zip(g_conf, s_conf, strict=True)])
@@ -213,7 +215,7 @@ def methods(settings: Any, steps: int, work: Path) -> dict[str, Any]:
     derived = work / "derived"
     derive_student(settings.tier_dir("teacher"), derived, num_layers=settings.real.student_layers)
 
-    class Curve(TrainerCallback):  # type: ignore[misc]
+    class Curve(TrainerCallback):
         def __init__(self) -> None:
             self.points: list[dict[str, Any]] = []
             self.started = time.monotonic()
@@ -571,15 +573,17 @@ def render(img_dir: Path) -> list[str]:
     lines += [
         "### Windows",
         "",
-        "| window | requests | escalation (drifted / old) | served agreement (drifted / old) | cost vs teacher-only | student versions |",
+        "| window | requests | escalation (drifted / old) | served agreement (all; drifted / old)"
+        " | cost vs teacher-only | student versions |",
         "|---|---|---|---|---|---|",
     ]
     for w in data["loop"]["scenario"]["windows"]:
-        lines.append(
-            f"| {w['label']} | {w['requests']} | {_pct(w['escalation_rate_new_skills'])} / {_pct(w['escalation_rate_old_skills'])} "
-            f"| {_pct(w['accuracy_new_skills'])} / {_pct(w['accuracy_old_skills'])} | {_pct(w['cost_vs_teacher_only'])} "
-            f"| {', '.join(w['student_versions'])} |"
-        )
+        esc = f"{_pct(w['escalation_rate_new_skills'])} / {_pct(w['escalation_rate_old_skills'])}"
+        agr = f"{_pct(w['accuracy_new_skills'])} / {_pct(w['accuracy_old_skills'])}"
+        versions = ", ".join(w["student_versions"])
+        cost = _pct(w["cost_vs_teacher_only"])
+        row_ = f"| {w['label']} | {w['requests']} | {esc} | {_pct(w.get('agreement'))}; {agr} | {cost} |"
+        lines.append(f"{row_} {versions} |")
     lines += [
         "",
         "### Refresh stages (seconds)",
@@ -597,12 +601,14 @@ def render(img_dir: Path) -> list[str]:
         "",
         "Seconds per stage on first use (cached afterwards): "
         + ", ".join(f"{k} {v:.0f}" for k, v in (pair.get("timings_s") or {}).items())
-        + f"; {pair.get('train_examples')} training and {pair.get('suite_examples')} suite examples from"
-        f" {pair.get('seeds')} teacher-labelled seeds ({pair.get('dropped_labels')} dropped: cut by the length limit).",
+        + f"; {pair.get('train_examples')} training and {pair.get('suite_examples')} suite examples"
+        f" from {pair.get('seeds')} teacher-labelled seeds"
+        f" ({pair.get('dropped_labels')} dropped: cut by the length limit).",
         "",
         "### The teacher's consistency per task family",
         "",
-        "| family | ends on its own | repeats the key entity | same answer with/without an earlier turn | in-process = vLLM server | example |",
+        "| family | ends on its own | repeats the key entity | same answer with/without an earlier"
+        " turn | in-process = vLLM server | example |",
         "|---|---|---|---|---|---|",
     ]
     for fam, c in data["teacher_consistency"].items():
@@ -640,7 +646,8 @@ def render(img_dir: Path) -> list[str]:
     if m:
         lines += [
             "",
-            f"### Distillation methods at the same budget ({m['steps']} steps, {m['train_examples']} examples)",
+            f"### Distillation methods at the same budget"
+            f" ({m['steps']} steps, {m['train_examples']} examples)",
             "",
             "| method | agreement at checkpoints (step: held-out agreement) | s/step |",
             "|---|---|---|",

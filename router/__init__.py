@@ -18,7 +18,14 @@ from router._resilience import (
     RetryPolicy,
     TeacherObserver,
 )
-from router._scoring import SCORER_NAMES, ConfidenceScorer, all_scores, confidence_logprobs, get_scorer
+from router._scoring import (
+    SCORER_NAMES,
+    ConfidenceScorer,
+    SampledConfidence,
+    all_scores,
+    confidence_logprobs,
+    get_scorer,
+)
 from router._types import ChatTurn, Generation, GenerationRequest
 from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig, RequestCost, TierPrice
@@ -34,6 +41,7 @@ __all__ = [
     "render_prompt",
     "BREAKER_STATE_CODES",
     "SCORER_NAMES",
+    "SampledConfidence",
     "TEACHER_ERROR_REASONS",
     "Backend",
     "BackendConfig",
