@@ -340,9 +340,10 @@ class VLLMServer:
 class _TimedLoop:
     """The refresh loop's tick, timed, plus the swap (until /healthz names the new version)."""
 
-    def __init__(self, loop: Any, url: str) -> None:
+    def __init__(self, loop: Any, url: str, registry: Any) -> None:
         self._loop = loop
         self._url = url
+        self._registry = registry
         self.ticks: list[dict[str, Any]] = []
 
     def tick(self) -> Any:
@@ -360,9 +361,9 @@ class _TimedLoop:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.2)
-        self.ticks.append(
-            {"started": started, "ended": ended, "swap_s": swap_s, "result": event.result, **asdict(event)}
-        )
+        gate = self._registry.get(event.version).manifest.get("gate") if event.version else None
+        record = {"started": started, "ended": ended, "swap_s": swap_s, **asdict(event), "gate": gate}
+        self.ticks.append(record)
         return event
 
 
@@ -416,7 +417,7 @@ def loop_run(settings: Any, var: Path, args: argparse.Namespace) -> dict[str, An
             agreement=AgreementMetric(settings.agreement),
             backend_factory=serving_factory(settings),
         )
-        timed = _TimedLoop(loop, url)
+        timed = _TimedLoop(loop, url, registry)
         started = time.monotonic()
         report = run_scenario(
             url,
@@ -456,7 +457,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--consistency-per-family", type=int, default=20 if quick else 40)
     parser.add_argument("--auroc-n", type=int, default=120 if quick else 240)
     parser.add_argument("--method-steps", type=int, default=60 if quick else 120)
-    parser.add_argument("--skip-methods", action="store_true")
+    parser.add_argument(
+        "--reuse",
+        default="",
+        help="comma-separated parts to take from the last results instead of measuring again"
+        " (consistency, confidence, methods)",
+    )
     args = parser.parse_args([] if argv is None else argv)
     var = Path(tempfile.mkdtemp(prefix="drl-"))
     settings = _settings(var)
@@ -465,25 +471,31 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     build_file = settings.tier_dir("student") / BUILD_REPORT
     build = json.loads(build_file.read_text()) if build_file.is_file() else pair.to_dict()
     print(f"[pair] {build.get('timings_s')} ({time.monotonic() - t0:.0f}s now)", flush=True)
-    result: dict[str, Any] = {
-        "machine": machine_info(),
-        "args": vars(args),
-        "targets": TARGETS,
-        "pair": build,
-    }
-    server = VLLMServer(settings.tier_dir("teacher"), var)
-    try:
-        server.wait()
-        result["teacher_consistency"] = teacher_consistency(settings, args.consistency_per_family, server.url)
-    finally:
-        server.stop()
+    result: dict[str, Any] = {"machine": machine_info(), "args": vars(args), "targets": TARGETS}
+    result["pair"] = build
+    reuse = {x for x in args.reuse.split(",") if x}
+    last_file = RESULTS / f"{NAME}.json"
+    last: dict[str, Any] = json.loads(last_file.read_text()) if reuse and last_file.is_file() else {}
+    if "consistency" in reuse and "teacher_consistency" in last:
+        result["teacher_consistency"] = last["teacher_consistency"]
+    else:
+        server = VLLMServer(settings.tier_dir("teacher"), var)
+        try:
+            server.wait()
+            per_family = args.consistency_per_family
+            result["teacher_consistency"] = teacher_consistency(settings, per_family, server.url)
+        finally:
+            server.stop()
     print(f"[consistency] {json.dumps(result['teacher_consistency'])}", flush=True)
-    result["confidence"] = confidence_auroc(settings, args.auroc_n)
+    if "confidence" in reuse and "confidence" in last:
+        result["confidence"] = last["confidence"]
+    else:
+        result["confidence"] = confidence_auroc(settings, args.auroc_n)
     print(f"[confidence] {json.dumps(result['confidence'])}", flush=True)
-    if not args.skip_methods:
+    if "methods" in reuse:
+        result["methods"] = last.get("methods")
+    else:
         result["methods"] = methods(settings, args.method_steps, var / "methods")
-    elif (RESULTS / f"{NAME}.json").is_file():  # keep the last measured comparison
-        result["methods"] = json.loads((RESULTS / f"{NAME}.json").read_text()).get("methods")
     result["loop"] = loop_run(settings, var, args)
     result["summary"] = summarize(result)
     write_result(NAME, result)

@@ -249,8 +249,9 @@ def run_scenario(
         report.windows.append(stats)
         echo(
             f"[{label}] {stats.requests} requests: escalation {stats.escalation_rate:.1%} "
-            f"(new skills {_pct(stats.escalation_rate_new_skills)},"
-            f" old {_pct(stats.escalation_rate_old_skills)}),"
+            f"(drifted routes {_pct(stats.escalation_rate_new_skills)},"
+            f" old {_pct(stats.escalation_rate_old_skills)}), served agreement {stats.agreement:.1%}"
+            f" (drifted {_pct(stats.accuracy_new_skills)}, old {_pct(stats.accuracy_old_skills)}),"
             f" cost {stats.cost_vs_teacher_only:.1%} of teacher-only, student {stats.student_versions}"
         )
         return stats

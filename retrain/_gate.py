@@ -40,6 +40,7 @@ __all__ = [
     "GateReport",
     "evaluate_model",
     "expected_calibration_error",
+    "judge",
     "run_gate",
     "transformers_factory",
 ]
@@ -197,6 +198,13 @@ def run_gate(
         )
 
     cur, cand = evaluate(current_dir), evaluate(candidate_dir)
+    reasons = judge(cur, cand, config)
+    report_config = {**config.model_dump(mode="json"), "agreement": agree.name}
+    return GateReport(not reasons, reasons or ["all checks passed"], cand, cur, report_config)
+
+
+def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
+    """Why ``cand`` may not replace ``cur`` (empty: it may). Pure: unit-tested on numbers."""
     reasons: list[str] = []
     if cand.holdout_agreement is not None and cur.holdout_agreement is not None:
         need = cur.holdout_agreement + config.min_holdout_agreement_gain
@@ -208,14 +216,17 @@ def run_gate(
             and cand.per_skill.get(skill, 0.0) < acc - config.max_skill_regression
         ):
             reasons.append(f"route {skill!r} regressed {acc:.3f} -> {cand.per_skill.get(skill, 0.0):.3f}")
-    if cand.ece > config.max_ece:
-        reasons.append(f"calibration error {cand.ece:.3f} > {config.max_ece}")
-    if cand.invalid_rate > config.max_invalid_rate:
-        reasons.append(f"invalid answers {cand.invalid_rate:.3f} > {config.max_invalid_rate}")
+    ece_bar = max(config.max_ece, cur.ece + config.max_ece_increase)
+    if cand.ece > ece_bar + 1e-9:
+        reasons.append(f"calibration error {cand.ece:.3f} > {ece_bar:.3f} (current {cur.ece:.3f})")
+    invalid_bar = max(config.max_invalid_rate, cur.invalid_rate + config.max_invalid_increase)
+    if cand.invalid_rate > invalid_bar + 1e-9:
+        reasons.append(
+            f"invalid answers {cand.invalid_rate:.3f} > {invalid_bar:.3f} (current {cur.invalid_rate:.3f})"
+        )
     if cand.escalation_rate > cur.escalation_rate + 1e-9:
         reasons.append(
             f"escalation rate at its calibrated threshold {cand.escalation_rate:.3f} "
             f"> current {cur.escalation_rate:.3f}"
         )
-    report_config = {**config.model_dump(mode="json"), "agreement": agree.name}
-    return GateReport(not reasons, reasons or ["all checks passed"], cand, cur, report_config)
+    return reasons

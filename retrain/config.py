@@ -99,10 +99,17 @@ class GateConfig(BaseModel):
             at least this much (0: not worse).
         max_skill_regression (`float`, defaults to 0.02): on the fixed regression suite,
             no skill the current student already masters (>= 0.9) may drop more than this.
-        max_ece (`float`, defaults to 0.1): expected calibration error of the candidate's
-            confidence on the regression suite.
-        max_invalid_rate (`float`, defaults to 0.02): answers that are empty or cut off by
-            the length limit.
+        max_ece (`float`, defaults to 0.1), max_ece_increase (`float`, defaults to 0.02):
+            expected calibration error of the candidate's confidence on the regression
+            suite: at most ``max_ece``, or not more than ``max_ece_increase`` above the
+            current student's. A real model's mean token probability is not a calibrated
+            probability of agreeing (the SmolLM2-derived student sits near 0.15), and the
+            gate's rule is "not worse", so the current model sets the bar where it is
+            already above the absolute one.
+        max_invalid_rate (`float`, defaults to 0.02), max_invalid_increase (`float`,
+            defaults to 0.01): answers that are empty or cut off by the length limit, by
+            the same rule (the real teacher itself rambles past 24 tokens on ~10% of
+            capital questions, and a student trained on it inherits some of that).
         target_agreement (`float`, defaults to 0.995): the candidate is recalibrated to this
             served agreement before its escalation rate is compared.
         max_new_tokens (`int | None`): answer budget of the evaluation; None takes the
@@ -120,7 +127,9 @@ class GateConfig(BaseModel):
     min_holdout_agreement_gain: float = 0.0
     max_skill_regression: float = Field(default=0.02, ge=0.0)
     max_ece: float = Field(default=0.1, ge=0.0)
+    max_ece_increase: float = Field(default=0.02, ge=0.0)
     max_invalid_rate: float = Field(default=0.02, ge=0.0)
+    max_invalid_increase: float = Field(default=0.01, ge=0.0)
     target_agreement: float = Field(default=0.995, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, ge=1)
