@@ -199,7 +199,9 @@ def _r(value: float | None, digits: int = 4) -> float | None:
 
 
 # ---- 4. the three distillation methods ------------------------------------------------
-def methods(settings: Any, steps: int, work: Path) -> dict[str, Any]:
+def methods(settings: Any, steps: int, work: Path, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each method at ``steps``, then SFT again for as long as the best method took (the
+    equal wall-clock view). Arms measured before at the same ``steps`` are reused."""
     from transformers import TrainerCallback
 
     from common.model_dir import REFERENCE_FILE, SUITE_FILE
@@ -211,18 +213,18 @@ def methods(settings: Any, steps: int, work: Path) -> dict[str, Any]:
     train = load_pairs(student_dir / REFERENCE_FILE, "teacher")
     evalset = load_pairs(student_dir / SUITE_FILE, "suite")[:96]
     agree = AgreementMetric(settings.agreement)
-    checkpoints = sorted({max(1, steps // 3), max(1, 2 * steps // 3), steps})
     derived = work / "derived"
     derive_student(settings.tier_dir("teacher"), derived, num_layers=settings.real.student_layers)
 
     class Curve(TrainerCallback):
-        def __init__(self) -> None:
+        def __init__(self, total: int) -> None:
+            self.checkpoints = sorted({max(1, total // 3), max(1, 2 * total // 3), total})
             self.points: list[dict[str, Any]] = []
             self.started = time.monotonic()
             self.eval_s = 0.0
 
         def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            if state.global_step not in checkpoints:
+            if state.global_step not in self.checkpoints:
                 return
             t0 = time.monotonic()
             tmp = work / f"ckpt-{state.global_step}"
@@ -246,9 +248,11 @@ def methods(settings: Any, steps: int, work: Path) -> dict[str, Any]:
             model.train()
 
     out: dict[str, Any] = {"steps": steps, "train_examples": len(train), "eval_examples": len(evalset)}
-    for method in ("sft", "sft_kd", "logit_kd"):
-        curve = Curve()
-        cfg = settings.real.bootstrap.model_copy(update={"steps": steps, "method": method})
+    prev = previous if previous and previous.get("steps") == steps else {}
+
+    def arm(method: str, n_steps: int) -> dict[str, Any]:
+        curve = Curve(n_steps)
+        cfg = settings.real.bootstrap.model_copy(update={"steps": n_steps, "method": method})
         t0 = time.monotonic()
         result = distill(
             derived,
@@ -258,18 +262,31 @@ def methods(settings: Any, steps: int, work: Path) -> dict[str, Any]:
             teacher_dir=settings.tier_dir("teacher"),
             callbacks=[curve],
         )
-        out[method] = {
+        shutil.rmtree(work / f"m-{method}", ignore_errors=True)
+        row = {
+            "steps": n_steps,
             "curve": curve.points,
             "final_agreement": curve.points[-1]["agreement"] if curve.points else None,
-            "seconds_per_step": round(
-                result.seconds / max(1, result.steps) - curve.eval_s / max(1, result.steps), 2
-            ),
+            "seconds_per_step": round((result.seconds - curve.eval_s) / max(1, result.steps), 2),
             "wall_s": round(time.monotonic() - t0, 1),
         }
-        shutil.rmtree(work / f"m-{method}", ignore_errors=True)
-        print(f"[methods] {method}: {out[method]}", flush=True)
+        print(f"[methods] {method} x {n_steps}: {row}", flush=True)
+        return row
+
+    for method in ("sft", "sft_kd", "logit_kd"):
+        out[method] = prev.get(method) or arm(method, steps)
     ranked = sorted(("sft", "sft_kd", "logit_kd"), key=lambda m: -(out[m]["final_agreement"] or 0.0))
     out["best"] = ranked[0]
+    best_s = out[out["best"]]["seconds_per_step"] * steps
+    if out["best"] != "sft":
+        equal = max(steps, round(best_s / out["sft"]["seconds_per_step"]))
+        out["sft_equal_time"] = prev.get("sft_equal_time") or arm("sft", equal)
+        winner = out["sft_equal_time"]["final_agreement"] or 0.0
+        out["best_at_equal_time"] = (
+            "sft" if winner >= (out[out["best"]]["final_agreement"] or 0.0) else out["best"]
+        )
+    else:
+        out["best_at_equal_time"] = "sft"
     return out
 
 
@@ -461,7 +478,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "--reuse",
         default="",
         help="comma-separated parts to take from the last results instead of measuring again"
-        " (consistency, confidence, methods)",
+        " (consistency, confidence, methods, loop)",
     )
     args = parser.parse_args([] if argv is None else argv)
     var = Path(tempfile.mkdtemp(prefix="drl-"))
@@ -495,8 +512,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if "methods" in reuse:
         result["methods"] = last.get("methods")
     else:
-        result["methods"] = methods(settings, args.method_steps, var / "methods")
-    result["loop"] = loop_run(settings, var, args)
+        previous = json.loads(last_file.read_text()).get("methods") if last_file.is_file() else None
+        result["methods"] = methods(settings, args.method_steps, var / "methods", previous)
+    if "loop" in reuse and "loop" in last:
+        result["loop"] = last["loop"]
+    else:
+        result["loop"] = loop_run(settings, var, args)
     result["summary"] = summarize(result)
     write_result(NAME, result)
     print(f"[summary] {json.dumps(result['summary'])}", flush=True)
@@ -520,9 +541,9 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
         "old_agreement_after": after["accuracy_old_skills"],
         "refresh_cycle_s": cycle,
         "cost_vs_teacher_only_after": round(after["cost_vs_teacher_only"], 4),
-        "refresh_result": promoted[-1]["result"]
-        if promoted
-        else (result["loop"]["ticks"][-1]["result"] if result["loop"]["ticks"] else None),
+        "old_escalation_before": before["escalation_rate_old_skills"],
+        "old_escalation_after": after["escalation_rate_old_skills"],
+        "refresh_results": [t["result"] for t in result["loop"]["ticks"]],
     }
 
 
@@ -664,12 +685,18 @@ def render(img_dir: Path) -> list[str]:
             "| method | agreement at checkpoints (step: held-out agreement) | s/step |",
             "|---|---|---|",
         ]
-        for method in ("sft", "sft_kd", "logit_kd"):
-            r = m[method]
+        for method in ("sft", "sft_kd", "logit_kd", "sft_equal_time"):
+            r = m.get(method)
+            if not r:
+                continue
             pts = ", ".join(f"{p['step']}: {_pct(p['agreement'])}" for p in r["curve"])
-            lines.append(
-                f"| {method}{' (best)' if m['best'] == method else ''} | {pts} | {r['seconds_per_step']} |"
-            )
+            best = " (best per step)" if m["best"] == method else ""
+            lines.append(f"| {method}{best} | {pts} | {r['seconds_per_step']} |")
+        lines += [
+            "",
+            f"At the same wall clock as the best per-step method, the winner is"
+            f" **{m.get('best_at_equal_time', m['best'])}**: the real preset's default.",
+        ]
     lines += ["", "![real loop](img/real_loop_timeline.png)", ""]
     return lines
 

@@ -16,12 +16,13 @@ import logging
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from common.model_dir import ModelManifest, read_model_version
 from distillery._workloads import workload_for
 from distillery.settings import DistillerySettings
-from retrain import Pair
+from retrain import Pair, load_pairs
 from retrain._derive import bootstrap_student, derive_student, label_with_teacher
 from router import build_backend
 
@@ -100,9 +101,12 @@ def build_student(
     bootstrap: bool = True,
     force: bool = False,
     calibrate: bool = True,
+    seeds_file: Path | None = None,
 ) -> RealPairReport:
     """``distillery student derive``: derive, label seeds with the teacher, bootstrap,
-    calibrate (each stage timed)."""
+    calibrate (each stage timed). Seeds: ``seeds_file`` (JSONL of ``prompt`` or
+    ``messages`` rows, optional ``route``; completions are ignored: the teacher labels
+    them), else ``seed_per_route`` requests per old route of the configured workload."""
     from distillery._calibrate import run_calibration
 
     real = settings.real
@@ -120,12 +124,11 @@ def build_student(
     report.built = True
     if bootstrap:
         workload = workload_for(settings.workload)
-        seeds = [
-            it.pair
-            for it in workload.sample(
-                workload.old_routes, per_route * len(workload.old_routes), random.Random(1)
-            )
-        ]
+        if seeds_file is not None:
+            seeds = load_pairs(seeds_file, "seed")
+        else:
+            n_seeds = per_route * len(workload.old_routes)
+            seeds = [it.pair for it in workload.sample(workload.old_routes, n_seeds, random.Random(1))]
         budget = derived.max_new_tokens or workload.max_tokens
         t0 = time.monotonic()
         labelled, dropped, stops = asyncio.run(_label(settings, seeds, budget))

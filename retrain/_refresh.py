@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import CalibrationRecord, read_model_version
+from common.model_dir import CalibrationRecord, ModelManifest, ModelSource, read_model_version
 from deploy import ModelRegistry, RegisteredModel
 from feedback import FeedbackStore
 from retrain._dataset import Pair, build_dataset, load_reference
@@ -87,6 +87,11 @@ def run_refresh(
         current.path, dataset, candidate_dir, distill_config, progress=progress, teacher_dir=teacher_dir
     )
     timings["train"] = time.monotonic() - t0
+    # The candidate names itself from here on (the gate's report, the engines that load it).
+    manifest = ModelManifest.load(candidate_dir) or ModelManifest(version=version)
+    manifest.version, manifest.parent = version, current.version
+    manifest.source = ModelSource(kind="distilled", path=str(current.path), detail={"steps": trained.steps})
+    manifest.save(candidate_dir)
     t0 = time.monotonic()
     report = run_gate(
         current.path,

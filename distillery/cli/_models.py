@@ -113,6 +113,7 @@ def cmd_derive(args: argparse.Namespace, settings: DistillerySettings) -> int:
         steps=args.steps,
         bootstrap=not args.no_bootstrap,
         force=True,
+        seeds_file=args.seeds_file,
     )
     print(json.dumps(report.to_dict(), indent=2, default=str))
     return 0
@@ -172,6 +173,12 @@ def add_student_commands(sub: Any) -> None:
     derive.add_argument("--layers", type=int, help="decoder layers to keep (default: real.student_layers)")
     derive.add_argument("--seed-per-route", type=int, help="teacher-labelled seed requests per route")
     derive.add_argument("--steps", type=int, help="bootstrap SFT steps (default: real.bootstrap.steps)")
+    derive.add_argument(
+        "--seeds-file",
+        type=Path,
+        help="JSONL of 'prompt' or 'messages' rows (optional 'route') the teacher labels"
+        " (default: the configured workload's old routes)",
+    )
     derive.add_argument(
         "--no-bootstrap", action="store_true", help="derive only (the student answers garbage)"
     )

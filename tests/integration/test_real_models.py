@@ -293,6 +293,8 @@ def test_a_few_sft_steps_and_the_soft_metric_gate_through_the_production_refresh
         backend_factory=transformers_factory,
     )
     model = registry.get(outcome.version)
+    assert outcome.gate.candidate.version == outcome.version  # judged under its own name
+    assert model.manifest["parent"] == outcome.gate.current.version
     assert model.manifest["training"]["steps"] == 3 and model.manifest["training"]["learning_rate"] == 3e-4
     assert outcome.gate.config["agreement"] == "token_f1>=0.9"
     assert (model.path / "calibration.json").is_file()
