@@ -9,9 +9,11 @@ is ``fn(args, settings)``.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
+from common.errors import DistilleryError
 from common.logs import configure_logging
 from distillery.cli._demo import add_demo_commands
 from distillery.cli._feedback import add_feedback_commands, add_keys_commands
@@ -56,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except (ValueError, FileNotFoundError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"distillery: invalid settings: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
-    return int(args.fn(args, settings))
+    try:
+        return int(args.fn(args, settings))
+    except DistilleryError as exc:  # raised on purpose, with a message written for the user
+        print(f"distillery: {exc}", file=sys.stderr)
+        return 2
