@@ -111,6 +111,31 @@ def _summary() -> list[str]:
             verdict = "n/a" if value is None else ("met" if ok(value) else "**missed**")
             shown = "n/a" if value is None else fmt.format(value)
             rows.append(f"| {name} | {target} | {shown} | {verdict} |")
+    rl = RESULTS / "real_loop.json"
+    if rl.is_file():
+        s = json.loads(rl.read_text())["summary"]
+        before, after = s["drifted_escalation_before"], s["drifted_escalation_after"]
+        halved = before is not None and after is not None and after <= before / 2
+        rows.append(
+            f"| real pair: drifted-family escalations after one refresh | half of before or less "
+            f"| {before:.1%} -> {after:.1%} | {'met' if halved else '**missed**'} |"
+        )
+        ok = s["served_agreement_after"] >= 0.95
+        rows.append(
+            f"| real pair: agreement on served answers (after) | >= 95% | {s['served_agreement_after']:.1%} "
+            f"| {'met' if ok else '**missed**'} |"
+        )
+        old_ok = s["old_agreement_after"] >= s["old_agreement_before"] - 0.03
+        rows.append(
+            f"| real pair: old-family agreement | not 3 points lower | {s['old_agreement_before']:.1%} -> "
+            f"{s['old_agreement_after']:.1%} | {'met' if old_ok else '**missed**'} |"
+        )
+        cycle = s["refresh_cycle_s"]
+        cycle_ok = cycle is not None and cycle <= 900
+        rows.append(
+            f"| real pair: refresh cycle | <= 900 s | {'n/a' if cycle is None else f'{cycle:.0f} s'} "
+            f"| {'met' if cycle_ok else '**missed**'} |"
+        )
     if not rows:
         return []
     return [
