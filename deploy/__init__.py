@@ -1,11 +1,15 @@
 """Model registry and rollout (hot-swap, canary, rollback)."""
 
 from deploy._canary import CanaryConfig, CanaryController, VersionStats, judge_canary, parse_version_stats
+from deploy._lease import LEASE_FILE, RefreshLease
 from deploy._registry import ModelRegistry, RegisteredModel
-from deploy.errors import ModelNotFound, RegistryError, RollbackFailed
+from deploy.errors import ModelNotFound, RefreshInProgress, RegistryError, RollbackFailed
 
 __all__ = [
+    "LEASE_FILE",
     "CanaryConfig",
+    "RefreshInProgress",
+    "RefreshLease",
     "CanaryController",
     "ModelNotFound",
     "ModelRegistry",

@@ -3,14 +3,15 @@
 DistilleryError
 └── RegistryError
     ├── ModelNotFound ..... no such version in the registry
-    └── RollbackFailed .... nothing to roll back to
+    ├── RollbackFailed .... nothing to roll back to
+    └── RefreshInProgress . another refresh holds the registry's lease
 """
 
 from __future__ import annotations
 
 from common.errors import DistilleryError
 
-__all__ = ["ModelNotFound", "RegistryError", "RollbackFailed"]
+__all__ = ["ModelNotFound", "RefreshInProgress", "RegistryError", "RollbackFailed"]
 
 
 class RegistryError(DistilleryError):
@@ -23,3 +24,7 @@ class ModelNotFound(RegistryError):
 
 class RollbackFailed(RegistryError):
     pass
+
+
+class RefreshInProgress(RegistryError):
+    """Another refresh holds the registry's lease (one refresh at a time per registry)."""

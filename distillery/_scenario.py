@@ -21,16 +21,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from distillery._workloads import WorkItem, Workload, answer_of, workload_for
-from retrain import LoopEvent, RefreshLoop
+from retrain import LoopEvent
 from router import AgreementMetric
 from router.pricing import PricingConfig
 
 __all__ = ["ScenarioReport", "WindowObserver", "WindowStats", "run_scenario", "send_window"]
+
+
+class Ticks(Protocol):
+    """A refresh loop as the scenario drives it: in this process (``RefreshLoop``) or the
+    stack's own, asked through the registry (``RemoteLoop``)."""
+
+    def tick(self) -> LoopEvent: ...
+
 
 WindowObserver = Callable[[str, Sequence[WorkItem], list[dict[str, Any]]], None]
 """Sees each window's requests and the gateway's response bodies (benchmarks use it)."""
@@ -216,7 +224,7 @@ def plot_timeline(
 
 def run_scenario(
     url: str,
-    loop: RefreshLoop,
+    loop: Ticks,
     *,
     workload: Workload | None = None,
     agreement: AgreementMetric | None = None,

@@ -77,6 +77,14 @@ class TansuBroker:
         logger.info("tansu broker on %s (pid %d)", self.bootstrap, self._proc.pid)
         return self
 
+    def alive(self) -> bool:
+        """The broker process is running (a supervisor restarts it otherwise)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
         if self._proc is not None:

@@ -89,12 +89,38 @@ class FeedbackConsumer:
         self._stop.set()
 
     def run(self) -> None:
+        """Polls until stopped. A failing step (broker gone, store locked) is logged once
+        with its traceback, then once a minute while it keeps failing, and its recovery
+        once: a dead broker made this log a traceback twice a second."""
+        failing_since: float | None = None
+        failures = 0
+        next_report = 0.0
         while not self._stop.is_set():
             try:
                 self.poll_once()
-            except Exception:
-                logger.exception("feedback consumer step failed")
-                time.sleep(0.5)
+            except Exception as exc:
+                failures += 1
+                now = time.monotonic()
+                if failing_since is None:
+                    failing_since, next_report = now, now + 60.0
+                    logger.exception("feedback consumer step failed; retrying every 0.5 s")
+                elif now >= next_report:
+                    next_report = now + 60.0
+                    logger.warning(
+                        "feedback consumer still failing after %.0fs (%d attempts): %s",
+                        now - failing_since,
+                        failures,
+                        f"{type(exc).__name__}: {exc}"[:200],
+                    )
+                self._stop.wait(0.5)
+                continue
+            if failing_since is not None:
+                logger.warning(
+                    "feedback consumer recovered after %.0fs (%d failed attempts)",
+                    time.monotonic() - failing_since,
+                    failures,
+                )
+                failing_since, failures = None, 0
 
     def poll_once(self, timeout_ms: int = 500) -> int:
         """One poll -> validate -> dead-letter -> store -> commit cycle; rows added."""

@@ -102,11 +102,21 @@ class EscalationProducer:
         return False
 
     def close(self, timeout_s: float = 10.0) -> None:
+        """Flushes and spools what is still queued. With ``spool_unconfirmed_on_close`` it
+        also waits a little for the consumer group to commit past what the broker
+        acknowledged and spools the rest: a broker that keeps its log in memory (the
+        embedded one) loses those when it stops after this process. Whoever claims this
+        spool slot next re-sends them; the store drops the duplicates."""
         self.flush(timeout_s)
+        keep_unconfirmed = self._config.spool_unconfirmed_on_close
+        deadline = time.monotonic() + min(timeout_s, 5.0)
+        while keep_unconfirmed and self._retained and time.monotonic() < deadline:
+            time.sleep(0.1)
         self._stop.set()
         self._thread.join(timeout=timeout_s)
         self._watcher.join(timeout=timeout_s)
-        leftover: list[Record] = []
+        leftover: list[Record] = [r for _, _, r in self._retained] if keep_unconfirmed else []
+        self._retained.clear()
         while True:
             try:
                 leftover.append(self._queue.get_nowait())

@@ -82,6 +82,11 @@ class FeedbackConfig(BaseModel):
         retain_until_consumed (`int`, defaults to 100000): acknowledged events kept in
             memory until the consumer group commits past them, and re-sent after a broker
             outage (a broker that lost its log, like the dev broker, loses nothing then).
+        spool_unconfirmed_on_close (`bool`, defaults to False): at shutdown, also spool
+            the acknowledged events the consumer group has not committed past (after a
+            short wait for it). For a broker that keeps its log in memory and stops with
+            the stack (``distillery run``'s embedded one turns it on); a durable Kafka
+            cluster keeps them, so production leaves it off.
     """
 
     enabled: bool = True
@@ -94,3 +99,4 @@ class FeedbackConfig(BaseModel):
     redact: bool = True
     redact_patterns: dict[str, str] = Field(default_factory=dict)
     retain_until_consumed: int = Field(default=100_000, ge=0)
+    spool_unconfirmed_on_close: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from common.errors import DistilleryError
 from gateway._admission import AdmissionMiddleware
 from gateway._serving import OpenAIServing, Served
 from gateway.auth import AuthConfig, KeyRing
-from gateway.errors import error_headers, error_response, to_error_response, unwrap
+from gateway.errors import client_message, error_headers, error_response, to_error_response, unwrap
 from gateway.limits import LimitsConfig
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
@@ -39,6 +40,19 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 _SSE = {"text/event-stream": {"schema": {"type": "string"}}}
 
 
+_PYDANTIC_TAG = re.compile(r"[\[\]()]|^(str|int|float|bool|list|dict)$")
+
+
+def _request_id() -> str:
+    """Serve's id of the request being handled (sent back as ``x-request-id``), if any."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return str(_get_serve_request_context().request_id or "-")
+    except Exception:  # outside Serve (unit tests with a plain ASGI client)
+        return "-"
+
+
 def _json_error(status: int, body: ErrorResponse, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
@@ -48,9 +62,10 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     if not errors:
         return "invalid request body", None
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # Drop pydantic's own path tags (a union member "str", "function-after[_utf8(), str]").
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _PYDANTIC_TAG.search(str(p))]
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid value")
+    msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     return (f"{param}: {msg}" if param else msg), param
@@ -96,15 +111,31 @@ def build_api(
         )
         return _json_error(*error_response(exc.status_code, str(exc.detail), "invalid_request_error", code))
 
+    def _answer(request: Request, exc: BaseException) -> JSONResponse:
+        status, body = to_error_response(exc)
+        cause = unwrap(exc)
+        if status >= 500:  # the client got a generic message; the operator gets the detail
+            text = str(cause).strip()
+            detail = f"{type(cause).__name__}: {text.splitlines()[0][:500] if text else ''}"
+            logger.warning(
+                "%s %s answered %d %s (request %s): %s",
+                request.method,
+                request.url.path,
+                status,
+                body.error.code,
+                _request_id(),
+                detail,
+                exc_info=not isinstance(cause, DistilleryError),
+            )
+        return _json_error(status, body, error_headers(exc))
+
     @app.exception_handler(DistilleryError)
-    async def _distillery(_: Request, exc: DistilleryError) -> JSONResponse:
-        return _json_error(*to_error_response(exc), error_headers(exc))
+    async def _distillery(request: Request, exc: DistilleryError) -> JSONResponse:
+        return _answer(request, exc)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if not isinstance(unwrap(exc), DistilleryError):
-            logger.exception("unhandled error in gateway")
-        return _json_error(*to_error_response(exc), error_headers(exc))
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _answer(request, exc)
 
     @app.post(
         "/v1/completions",
@@ -137,7 +168,9 @@ def build_api(
         try:
             detail = await health()
         except Exception as exc:
-            return JSONResponse(status_code=503, content={"status": "unhealthy", "reason": str(exc)})
+            logger.warning("health check failed (request %s): %r", _request_id(), exc)
+            reason = client_message(str(unwrap(exc)), "a model tier did not answer the health check")
+            return JSONResponse(status_code=503, content={"status": "unhealthy", "reason": reason})
         return JSONResponse(content={"status": "ok", **detail})
 
     @app.get(

@@ -20,6 +20,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from common.errors import DistilleryError
 from common.model_dir import CALIBRATION_FILE, CalibrationRecord
 from deploy import ModelRegistry
 from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, claim_spool_dir
@@ -39,7 +40,7 @@ from router import (
     ThresholdPolicy,
 )
 from router._factory import build_backend_with_choice
-from router.errors import PromptTooLong, ReplicaUnavailable
+from router.errors import InvalidRequest, PromptTooLong, ReplicaUnavailable
 
 __all__ = ["CALIBRATION_FILE", "GatewayIngress", "ModelServer"]
 
@@ -73,7 +74,18 @@ class ModelServer:
         self._tier = tier
         self._config = config
         self._dir = Path(config.model_dir or default_dir)
-        self._backend, self._choice = build_backend_with_choice(config, default_dir=self._dir, model_id=tier)
+        registry = ModelRegistry(Path(registry_dir)) if registry_dir is not None else None
+        if registry is not None:
+            # Start on what the registry serves: loading the configured directory first and
+            # then the registry's (the same weights, another path) started two engines.
+            current = registry.rollout_state()["model_dir"]
+            if current is not None:
+                self._dir = Path(current)
+        self._backend, self._choice = build_backend_with_choice(
+            config.model_copy(update={"model_dir": self._dir}), default_dir=self._dir, model_id=tier
+        )
+        self.engine_starts = 1
+        """Backends built by this replica (a test asserts one at boot)."""
         self._in_flight: dict[int, int] = {}
         self._idle = asyncio.Condition()
         self._retired: list[str] = []
@@ -91,9 +103,9 @@ class ModelServer:
             handler.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         logger.info("%s serving %s (%s)", tier, self._backend.version, self._dir)
         self._watch_task: asyncio.Task[None] | None = None
-        if registry_dir is not None:
+        if registry is not None:
             self._watch_task = asyncio.get_running_loop().create_task(
-                self._follow_registry(ModelRegistry(Path(registry_dir)), registry_poll_s)
+                self._follow_registry(registry, registry_poll_s)
             )
 
     async def _follow_registry(self, registry: ModelRegistry, poll_s: float) -> None:
@@ -115,6 +127,7 @@ class ModelServer:
             await asyncio.sleep(poll_s)
 
     def _load(self, model_dir: Path) -> Backend:
+        self.engine_starts += 1
         cfg = self._config.model_copy(update={"model_dir": model_dir})
         backend, self._choice = build_backend_with_choice(cfg, default_dir=model_dir, model_id=self._tier)
         return backend
@@ -199,8 +212,17 @@ class ModelServer:
     async def generate(self, request: GenerationRequest) -> Generation:
         use_canary = self._canary is not None and self._rng.random() < self._canary_share
         backend = self._canary if use_canary and self._canary is not None else self._backend
-        # Checked per request before batching, so one bad prompt cannot fail a batch.
-        prompt_tokens = backend.count_prompt_tokens(request)
+        # Checked per request before batching, so one bad prompt cannot fail a batch. A
+        # request the model cannot even render or tokenize is the client's error (400),
+        # never a failure of this tier: it must not escalate, retry, or count against the
+        # teacher's breaker. Classified here, where the cause is known.
+        try:
+            prompt_tokens = backend.count_prompt_tokens(request)
+        except InvalidRequest:
+            raise
+        except Exception as exc:
+            logger.info("%s cannot tokenize request %s: %r", self._tier, request.request_id, exc)
+            raise InvalidRequest(f"the {self._tier} model cannot tokenize this prompt") from None
         limit = backend.max_context
         if prompt_tokens + request.max_tokens > limit:
             raise PromptTooLong(
@@ -238,6 +260,7 @@ class ModelServer:
             "calibration": self._cal,
             "threshold_override": self._threshold_override,
             "pid": os.getpid(),
+            "engine_starts": self.engine_starts,
             "backend": self._choice.model_dump(include={"kind", "reason"}),
             "backends_in_flight": sum(self._in_flight.values()),
             "retired_versions": self._retired,
@@ -258,7 +281,12 @@ def _engine_stats(backend: Backend) -> dict[str, int] | None:
 
 
 class _HandleClient:
-    """Adapts a Serve handle to the router's ``GenerationClient`` protocol."""
+    """Adapts a Serve handle to the router's ``GenerationClient`` protocol.
+
+    The tier boundary: what a replica raised on purpose (a ``DistilleryError``) arrives as
+    Ray's wrapper, whose text is the remote traceback; the original is raised here, so
+    the router classifies it by type (a client's ``InvalidRequest`` never counts against
+    a tier) and its message stays the one Distillery wrote."""
 
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
         self._handle = handle
@@ -270,6 +298,11 @@ class _HandleClient:
             # The replica died (or is unreachable) under the call: Serve replaces it, so
             # the router may retry (teacher) or fall back (student).
             raise ReplicaUnavailable(f"{type(exc).__name__}: the replica died under the call") from exc
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, DistilleryError):
+                raise cause from None
+            raise
         return result
 
 
@@ -372,4 +405,5 @@ class GatewayIngress:
             "scorer": self._router.policy.scorer,
             "threshold_override": s_info.get("threshold_override"),
             "auth": "enabled" if self._settings.auth.enabled else "disabled",
+            "student_engine_starts": s_info.get("engine_starts"),
         }

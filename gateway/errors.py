@@ -11,6 +11,13 @@ DistilleryError
 └── router.errors.StudentUnavailable .... 503 student_unavailable
 anything else ........................... 500 internal_error (a bug: logged with traceback)
 
+Every body is written for the client (``to_error_response`` is the one builder): a 5xx
+says what failed and when to retry, never why in the server's terms; a 4xx repeats the
+message Distillery wrote for that error, after ``client_message`` drops anything that
+looks like internals (a traceback, ANSI colour codes, file paths, pids, actor ids: a
+remote replica's exception text carries all of them). The detail goes to the log under
+the request id the response carries in ``x-request-id``.
+
 Authentication (401), scope (403), body size (413), per-key concurrency (429) and overload
 (503) are answered by ``gateway._admission`` before a route runs; ``PayloadTooLarge`` is
 the one raised mid-body (a chunked body over the limit), as Starlette's HTTP error so
@@ -20,6 +27,7 @@ FastAPI's body parser lets it through.
 from __future__ import annotations
 
 import math
+import re
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +45,7 @@ from router.errors import (
 
 __all__ = [
     "BadRequest",
+    "client_message",
     "ModelNotFound",
     "PayloadTooLarge",
     "error_headers",
@@ -84,22 +93,58 @@ def error_headers(exc: BaseException) -> dict[str, str]:
     return {}
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_INTERNALS = re.compile(
+    r"traceback|\x1b|file \"|site-packages|\.py\b|\bpid[=: ]|actor[_ ]?id|\bactor\(|replica\(|"
+    r"ray::|0x[0-9a-f]{6,}|(?:^|\s)/(?:usr|opt|home|root|tmp|var|work)/",
+    re.IGNORECASE,
+)
+_RETRY = "retry later; the request id is in the x-request-id header"
+
+
+def client_message(text: str, fallback: str) -> str:
+    """``text`` if it reads as a message for a client (its first line, without colour
+    codes, at most 300 characters), else ``fallback``."""
+    stripped = _ANSI.sub("", text).strip()
+    first = stripped.splitlines()[0].strip() if stripped else ""
+    if not first or _INTERNALS.search(first):
+        return fallback
+    return first[:300]
+
+
 def to_error_response(exc: BaseException) -> tuple[int, ErrorResponse]:
     exc = unwrap(exc)
     if isinstance(exc, InvalidRequest):
+        message = client_message(str(exc), "the request cannot be processed by this model")
         return error_response(
-            400, str(exc), "invalid_request_error", getattr(exc, "code", None), getattr(exc, "param", None)
+            400, message, "invalid_request_error", getattr(exc, "code", None), getattr(exc, "param", None)
         )
     if isinstance(exc, ModelNotFound):
-        return error_response(404, str(exc), "invalid_request_error", "model_not_found", "model")
+        message = client_message(str(exc), "the model does not exist")
+        return error_response(404, message, "invalid_request_error", "model_not_found", "model")
     if isinstance(exc, VersionNotFound):
-        return error_response(404, str(exc), "invalid_request_error", "version_not_found", "version")
+        message = client_message(str(exc), "no such model version")
+        return error_response(404, message, "invalid_request_error", "version_not_found", "version")
     if isinstance(exc, RegistryError):
-        return error_response(409, str(exc), "invalid_request_error", "registry_conflict")
+        message = client_message(str(exc), "the registry refused the change")
+        return error_response(409, message, "invalid_request_error", "registry_conflict")
     if isinstance(exc, TeacherTimeout):
-        return error_response(503, str(exc), "service_unavailable", "teacher_timeout")
+        message = client_message(str(exc), "the teacher did not answer in time")
+        return error_response(503, f"{message}; {_RETRY}", "service_unavailable", "teacher_timeout")
+    if isinstance(exc, TeacherCircuitOpen):
+        message = client_message(str(exc), "the teacher is failing and is not called for now")
+        return error_response(503, message, "service_unavailable", "teacher_unavailable")
     if isinstance(exc, TeacherUnavailable):
-        return error_response(503, str(exc), "service_unavailable", "teacher_unavailable")
+        return error_response(
+            503, f"the teacher model is unavailable; {_RETRY}", "service_unavailable", "teacher_unavailable"
+        )
     if isinstance(exc, StudentUnavailable):
-        return error_response(503, str(exc), "service_unavailable", "student_unavailable")
-    return error_response(500, "internal error; see the gateway log", "internal_error", "internal_error")
+        return error_response(
+            503, f"the student model is unavailable; {_RETRY}", "service_unavailable", "student_unavailable"
+        )
+    return error_response(
+        500,
+        "internal error; the request id is in the x-request-id header",
+        "internal_error",
+        "internal_error",
+    )

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "ChatChoice",
@@ -37,8 +37,29 @@ class DistilleryBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+def _utf8(value: str) -> str:
+    """JSON can spell a lone UTF-16 surrogate (``"\\ud800"``); no tokenizer can encode one.
+    Refused here, at the edge, before any tier sees it (it once failed inside both tiers,
+    escalated, and opened the teacher's circuit breaker for every client)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"text must be valid Unicode: a lone surrogate (U+{ord(value[exc.start]):04X})"
+            f" at position {exc.start}"
+        ) from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+"""A string a model can be fed: valid Unicode (no lone surrogates)."""
+
+
 Metadata = Annotated[
-    dict[Annotated[str, StringConstraints(max_length=64)], Annotated[str, StringConstraints(max_length=512)]],
+    dict[
+        Annotated[Text, StringConstraints(max_length=64)],
+        Annotated[Text, StringConstraints(max_length=512)],
+    ],
     Field(max_length=16),
 ]
 """OpenAI's request ``metadata`` (at most 16 string pairs). ``metadata.route`` labels the
@@ -75,26 +96,26 @@ class RoutingInfo(BaseModel):
 
 
 class CompletionRequest(DistilleryBaseModel):
-    model: str
-    prompt: str | list[str]
+    model: Text
+    prompt: Text | list[Text]
     max_tokens: int | None = Field(default=16)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     logprobs: int | None = Field(default=None, ge=0, le=5)
-    stop: str | list[str] | None = None
-    user: str | None = None
+    stop: Text | list[Text] | None = None
+    user: Text | None = None
     metadata: Metadata | None = None
 
 
 class ChatMessage(DistilleryBaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    content: Text
 
 
 class ChatCompletionRequest(DistilleryBaseModel):
-    model: str
+    model: Text
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -103,8 +124,8 @@ class ChatCompletionRequest(DistilleryBaseModel):
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
     logprobs: bool = False
-    stop: str | list[str] | None = None
-    user: str | None = None
+    stop: Text | list[Text] | None = None
+    user: Text | None = None
     metadata: Metadata | None = None
 
 

@@ -12,7 +12,7 @@ from retrain._dataset import (
 from retrain._derive import BootstrapResult, bootstrap_student, derive_student, label_with_teacher
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
-from retrain._loop import LoopConfig, LoopEvent, LoopMetrics, RefreshLoop
+from retrain._loop import EVENTS_FILE, LoopConfig, LoopEvent, LoopMetrics, RefreshLoop, RemoteLoop
 from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
 from retrain._suite import build_suite, load_suite, save_suite
 from retrain._train import TrainResult, distill
@@ -20,6 +20,8 @@ from retrain.config import PRETRAINED_TRAINING, DistillConfig, GateConfig
 from retrain.errors import DriftCheckError, NotEnoughFeedback, RetrainError
 
 __all__ = [
+    "EVENTS_FILE",
+    "RemoteLoop",
     "PRETRAINED_TRAINING",
     "BootstrapResult",
     "bootstrap_student",

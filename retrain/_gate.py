@@ -183,6 +183,11 @@ def run_gate(
     backend_factory: BackendFactory = transformers_factory,
 ) -> GateReport:
     agree = agreement or AgreementMetric()
+    report_config = {**config.model_dump(mode="json"), "agreement": agree.name}
+    if not holdout and not suite:  # no evidence either way: refuse, never promote blind
+        cur, cand = _unjudged(current_dir), _unjudged(candidate_dir)
+        why = "nothing to judge the candidate on: no held-out teacher answers and no regression suite"
+        return GateReport(False, [why], cand, cur, report_config)
 
     def evaluate(model_dir: Path) -> EvalResult:
         return evaluate_model(
@@ -199,7 +204,6 @@ def run_gate(
 
     cur, cand = evaluate(current_dir), evaluate(candidate_dir)
     reasons = judge(cur, cand, config)
-    report_config = {**config.model_dump(mode="json"), "agreement": agree.name}
     return GateReport(not reasons, reasons or ["all checks passed"], cand, cur, report_config)
 
 
@@ -230,3 +234,7 @@ def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
             f"> current {cur.escalation_rate:.3f}"
         )
     return reasons
+
+
+def _unjudged(model_dir: Path) -> EvalResult:
+    return EvalResult(read_model_version(model_dir), None, 0.0, {}, 0.0, 0.0, 1.0, 1.0, 1.0)

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
-from deploy import CanaryConfig, CanaryController, ModelRegistry
+from deploy import CanaryConfig, CanaryController, ModelRegistry, RefreshInProgress, RefreshLease
 from feedback import FeedbackStore
 from retrain._dataset import Pair, load_reference
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
@@ -33,7 +33,7 @@ from retrain.config import DistillConfig, GateConfig
 from retrain.errors import NotEnoughFeedback
 from router import AgreementMetric
 
-__all__ = ["LoopConfig", "LoopEvent", "LoopMetrics", "RefreshLoop"]
+__all__ = ["EVENTS_FILE", "LoopConfig", "LoopEvent", "LoopMetrics", "RefreshLoop", "RemoteLoop"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ class LoopConfig(BaseModel):
 
 
 REFRESH_RESULTS = ("promoted", "refused", "rolled_back", "skipped", "failed")
+EVENTS_FILE = "loop_events.jsonl"
+"""Every tick's outcome, appended beside the registry: what ``distillery demo scenario``
+and operators read to follow a running loop from another process."""
 
 
 class LoopMetrics:
@@ -123,6 +126,8 @@ class RefreshLoop:
         canary: CanaryConfig | None = None,
         agreement: AgreementMetric | None = None,
         backend_factory: BackendFactory = transformers_factory,
+        holder: str = "refresh loop",
+        lease_ttl_s: float = 120.0,
     ) -> None:
         """``suite`` None: each refresh builds it (``retrain.build_suite``).
         ``backend_factory`` builds the engine that evaluates a model directory (the gate,
@@ -135,6 +140,8 @@ class RefreshLoop:
         self.canary = canary or CanaryConfig()
         self._agreement = agreement or AgreementMetric()
         self._factory = backend_factory
+        self._lease = RefreshLease(registry.root, holder=holder, ttl_s=lease_ttl_s)
+        self._events_file = registry.root / EVENTS_FILE
         self._workdir = workdir
         self._suite = suite
         self._fetch = fetch_metrics
@@ -275,6 +282,18 @@ class RefreshLoop:
                 )
             )
         try:
+            self._lease.acquire()
+        except RefreshInProgress as exc:
+            self.metrics.refreshes.labels("skipped").inc()
+            logger.warning("refresh not started: %s", exc)
+            return self._record(LoopEvent(now, trigger, drift_info, "skipped", detail=str(exc)))
+        try:
+            return self._refresh(now, trigger, drift_info, drift_s)
+        finally:
+            self._lease.release()
+
+    def _refresh(self, now: float, trigger: str, drift_info: dict[str, Any], drift_s: float) -> LoopEvent:
+        try:
             outcome = run_refresh(
                 self._store,
                 self._registry,
@@ -334,16 +353,62 @@ class RefreshLoop:
     def _record(self, event: LoopEvent) -> LoopEvent:
         self.events.append(event)
         logger.info("loop tick", extra={"fields": asdict(event)})
+        try:
+            with self._events_file.open("a") as f:
+                f.write(json.dumps(asdict(event), default=str) + "\n")
+        except OSError:
+            logger.exception("could not append to %s", self._events_file)
         return event
 
     def run(self) -> None:
+        """Ticks every ``check_interval_s``, and at once when a refresh is requested
+        (``distillery models refresh``, the admin API, ``distillery demo scenario``)."""
         while not self._stop.is_set():
             try:
                 self.tick()
             except Exception:
                 logger.exception("refresh loop tick failed")
                 self.metrics.refreshes.labels("failed").inc()
-            self._stop.wait(self._config.check_interval_s)
+            deadline = time.monotonic() + self._config.check_interval_s
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if self._registry.pending_refresh() is not None:
+                    break
+                self._stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class RemoteLoop:
+    """A refresh loop running in another process, driven through the registry: ``tick``
+    asks for a refresh (as ``distillery models refresh`` does) and waits for the loop's
+    outcome in its events file. So a second process never runs a second refresh."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        timeout_s: float = 3600.0,
+        poll_s: float = 1.0,
+        reason: str = "requested",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._timeout_s = timeout_s
+        self._poll_s = poll_s
+        self._reason = reason
+        self._clock = clock
+
+    def tick(self) -> LoopEvent:
+        asked = self._clock()
+        self._registry.request_refresh(reason=self._reason, actor="remote")
+        path = self._registry.root / EVENTS_FILE
+        deadline = time.monotonic() + self._timeout_s
+        while time.monotonic() < deadline:
+            if path.is_file():
+                for line in path.read_text().splitlines():
+                    row = json.loads(line) if line.strip() else {}
+                    if row.get("trigger") == "manual" and float(row.get("at", 0)) >= asked - 1.0:
+                        return LoopEvent(**row)
+            time.sleep(self._poll_s)
+        raise TimeoutError(f"the running refresh loop did not answer within {self._timeout_s:g}s")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distillery.cli._common import progress_bar
+from distillery.cli._common import progress_bar, registry_of
 from distillery.settings import DistillerySettings
 
 __all__ = ["add_demo_commands", "ensure_models", "print_calibration"]
@@ -133,9 +133,15 @@ def cmd_demo_scenario(args: argparse.Namespace, settings: DistillerySettings) ->
     from distillery._scenario import run_scenario
     from distillery._workloads import workload_for
     from distillery.cli._stack import build_loop
+    from retrain import RemoteLoop
     from router import AgreementMetric
 
-    loop = build_loop(settings)
+    # The stack's own loop runs the refresh (one refresh per registry: a second loop here
+    # would train beside it on the same cores); --local-loop for a stack without one.
+    if args.local_loop:
+        loop = build_loop(settings)
+    else:
+        loop = RemoteLoop(registry_of(settings), reason="distillery demo scenario")
     url = f"http://{settings.server.host}:{settings.server.port}"
     out = Path(args.plot or settings.var_dir / "scenario.png")
     report = run_scenario(
@@ -163,6 +169,11 @@ def add_demo_commands(sub: Any) -> None:
     scenario = demo.add_parser("scenario", help="drift -> refresh -> fewer escalations, on a running stack")
     scenario.add_argument("--drift-requests", type=int, default=3000)
     scenario.add_argument("--plot", help="PNG path (default var/scenario.png)")
+    scenario.add_argument(
+        "--local-loop",
+        action="store_true",
+        help="run the refresh in this process (a stack started with `distillery serve`, no loop)",
+    )
     scenario.set_defaults(fn=cmd_demo_scenario)
 
     cal = sub.add_parser("calibrate", help="pick the escalation threshold on a labelled sample")

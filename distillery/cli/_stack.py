@@ -11,17 +11,25 @@ from typing import Any
 
 import yaml
 
-from distillery.cli._common import progress_bar, registry_of, serving_factory
+from distillery.cli._common import logger, progress_bar, registry_of, serving_factory
 from distillery.cli._demo import ensure_models
 from distillery.settings import DistillerySettings
 
 __all__ = ["add_stack_commands", "build_loop", "start_consumer", "with_bootstrap"]
 
 
-def with_bootstrap(settings: DistillerySettings, bootstrap: str) -> DistillerySettings:
-    """The same settings with the Kafka bootstrap set (a copy: settings are never mutated)."""
+def with_bootstrap(
+    settings: DistillerySettings, bootstrap: str, *, embedded: bool = False
+) -> DistillerySettings:
+    """The same settings with the Kafka bootstrap set (a copy: settings are never mutated).
+
+    ``embedded``: the broker keeps its log in memory and stops with the stack, so the
+    producers spool what the consumer has not confirmed when they shut down."""
     kafka = settings.feedback.kafka.model_copy(update={"bootstrap": bootstrap})
-    feedback = settings.feedback.model_copy(update={"kafka": kafka})
+    update: dict[str, Any] = {"kafka": kafka}
+    if embedded:
+        update["spool_unconfirmed_on_close"] = True
+    feedback = settings.feedback.model_copy(update=update)
     return settings.model_copy(update={"feedback": feedback})
 
 
@@ -45,18 +53,32 @@ def _print_banner(settings: DistillerySettings) -> None:
     print(flush=True)
 
 
-def _serve_forever(settings: DistillerySettings) -> int:
+def _serve_forever(settings: DistillerySettings, on_stop: list[Any] | None = None) -> int:
+    """Serves until SIGTERM or SIGINT, then stops everything in order and returns 0.
+
+    ``on_stop``: what else to stop after Serve has drained (supervisor, loop, consumer,
+    broker: see ``distillery._local``)."""
+    import ray
     from ray import serve
 
+    from distillery._local import ShutdownSignal
     from gateway.app import run_app
 
     run_app(settings)
+    stop = ShutdownSignal().install()  # after ray.init, which installs its own SIGTERM handler
     _print_banner(settings)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()  # type: ignore[no-untyped-call]
+    received = stop.wait()
+    print(f"\n{received}: finishing the requests in flight, then stopping", flush=True)
+    # Serve first: replicas finish what is in flight; the ingress flushes its producer and
+    # spools what the broker did not confirm. Then the rest, in reverse order of start.
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    for service in on_stop or []:
+        try:
+            service.stop()
+        except Exception:
+            logger.exception("stopping %s failed", getattr(service, "name", service))
+    ray.shutdown()
+    print("stopped", flush=True)
     return 0
 
 
@@ -122,41 +144,83 @@ def cmd_serve(args: argparse.Namespace, settings: DistillerySettings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: DistillerySettings) -> int:
-    """Everything on embedded defaults: the preset's models, broker, consumer, loop, gateway."""
+    """Everything on embedded defaults: the preset's models, broker, consumer, loop, gateway;
+    the embedded services supervised (``distillery._local``)."""
     from prometheus_client import start_http_server
 
-    ensure_models(settings)
-    if settings.feedback.enabled and not settings.feedback.kafka.bootstrap:
-        from feedback import TansuBroker
+    from distillery._local import BrokerService, Service, Supervisor, ThreadService
+    from feedback import FeedbackConsumer, FeedbackMetrics, TansuBroker, open_store
 
+    ensure_models(settings)
+    services: list[Service] = []
+    if settings.feedback.enabled and not settings.feedback.kafka.bootstrap:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
-        broker = TansuBroker(log_path=settings.var_dir / "tansu.log").start()
-        settings = with_bootstrap(settings, broker.bootstrap)
-        print(f"embedded Kafka-protocol broker (Tansu) on {broker.bootstrap}")
+        kafka = settings.feedback.kafka
+        broker = BrokerService(
+            TansuBroker(log_path=settings.var_dir / "tansu.log"),
+            [kafka.topic, kafka.sample_topic, kafka.dead_letter_topic],
+            partitions=kafka.partitions,
+        )
+        broker.start()
+        services.append(broker)
+        settings = with_bootstrap(settings, broker.broker.bootstrap, embedded=True)
+        print(f"embedded Kafka-protocol broker (Tansu) on {broker.broker.bootstrap}")
     if settings.feedback.enabled:
-        start_consumer(settings, args.metrics_port)
+        kafka = settings.feedback.kafka
+        assert kafka.bootstrap is not None
+        bootstrap: str = kafka.bootstrap
+        metrics = FeedbackMetrics()
+        start_http_server(args.metrics_port, addr=settings.server.host, registry=metrics.registry)
+
+        def consumer() -> tuple[Any, Any]:
+            c = FeedbackConsumer(kafka, bootstrap, open_store(settings.store_dsn), metrics)
+
+            def run() -> None:
+                try:
+                    c.run()
+                finally:
+                    c.close()
+
+            return run, c.stop
+
+        services.append(ThreadService("feedback consumer", consumer))
+        services[-1].start()
         print(f"feedback consumer -> {settings.store_dsn} (metrics on :{args.metrics_port})")
         loop = build_loop(settings)
         start_http_server(args.metrics_port + 1, addr=settings.server.host, registry=loop.metrics.registry)
-        threading.Thread(target=loop.run, name="refresh-loop", daemon=True).start()
+        services.append(ThreadService("refresh loop", lambda: (loop.run, loop.stop)))
+        services[-1].start()
         print(
             f"refresh loop: drift check every {loop.config.check_interval_s:g}s "
             f"(metrics on :{args.metrics_port + 1}); `distillery demo scenario` tells the story"
         )
-    return _serve_forever(settings)
+    supervisor = Supervisor(services).start()
+    return _serve_forever(settings, on_stop=[supervisor, *reversed(services)])
 
 
 def cmd_retrain(args: argparse.Namespace, settings: DistillerySettings) -> int:
     """One refresh now: dataset from the store, TRL, gate, registry; then canary or promote."""
+    from deploy import RefreshLease
+    from retrain import ensure_registry
+
+    registry = registry_of(settings)
+    ensure_registry(registry, settings.tier_dir("student"))
+    lease = RefreshLease(registry.root, holder="distillery retrain")
+    lease.acquire()  # another refresh runs: RefreshInProgress, printed, exit 2
+    try:
+        return _retrain(args, settings, registry)
+    finally:
+        lease.release()
+
+
+def _retrain(args: argparse.Namespace, settings: DistillerySettings, registry: Any) -> int:
     import httpx
 
     from deploy import CanaryController
     from feedback import open_store
-    from retrain import ensure_registry, run_refresh
+    from retrain import run_refresh
     from router import AgreementMetric
 
-    registry = registry_of(settings)
-    ensure_registry(registry, settings.tier_dir("student"))
     overrides = {
         k: v for k, v in (("steps", args.steps), ("min_new_examples", args.min_new)) if v is not None
     }

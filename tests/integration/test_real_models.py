@@ -22,9 +22,18 @@ import httpx
 import pytest
 import torch
 
-from common.model_dir import ModelManifest
+from common.model_dir import SUITE_FILE, ModelManifest
 from demo import SUPPORT_SYSTEM_PROMPT
-from retrain import DistillConfig, DistillDataset, GateConfig, build_dataset, derive_student, ensure_registry
+from retrain import (
+    DistillConfig,
+    DistillDataset,
+    GateConfig,
+    Pair,
+    build_dataset,
+    derive_student,
+    ensure_registry,
+    save_pairs,
+)
 from retrain._train import prepare_trainer
 from router import AgreementConfig, AgreementMetric, ChatTurn, GenerationRequest
 from router._model_import import import_model, locate_package_file
@@ -278,6 +287,20 @@ def test_a_few_sft_steps_and_the_soft_metric_gate_through_the_production_refresh
         assert r.status_code == 200, r.text
         _wait_for_event(real_stack.store, r.json()["id"])
     settings = real_stack.settings
+    # The student's own regression suite (the bootstrap writes one; this derived student
+    # was not bootstrapped): the gate then has something to judge on whatever the hash
+    # split put in the holdout.
+    suite = [
+        Pair(
+            q,
+            f"The order number in this message is {n}.",
+            "order_number",
+            "suite",
+            (("system", SUPPORT_SYSTEM_PROMPT), ("user", q)),
+        )
+        for q, n in zip(questions[:2], (1200, 3456), strict=True)
+    ]
+    save_pairs(suite, settings.tier_dir("student") / SUITE_FILE)
     registry = ModelRegistry(tmp_path / "registry")
     ensure_registry(registry, settings.tier_dir("student"))
     agreement = AgreementMetric(SOFT)

@@ -43,3 +43,10 @@ def test_only_mastered_routes_are_protected_from_regression():
 
 def test_escalating_more_at_its_own_threshold_is_refused():
     assert any("escalation rate" in r for r in judge(result(), result(escalation_rate=0.41), GateConfig()))
+
+
+def test_a_gate_with_nothing_to_judge_on_refuses(tmp_path):
+    from retrain import run_gate
+
+    report = run_gate(tmp_path / "cur", tmp_path / "cand", [], [], GateConfig())
+    assert not report.passed and "nothing to judge" in report.reasons[0]

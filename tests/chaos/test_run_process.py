@@ -1,0 +1,213 @@
+"""``distillery run`` as a user runs it: a subprocess with its own Ray cluster, the
+embedded broker, consumer and loop, stopped by a signal.
+
+In order, on one process:
+1. at boot the student's engine starts once (the registry's version, not the configured
+   directory and then the registry's copy of the same weights);
+2. the embedded broker is SIGKILLed under load: the supervisor restarts it, the spool
+   replays into it, and, without a restart of the stack, every escalation answered is a
+   row in the store;
+3. SIGTERM: the process exits 0 and no process it started is left alive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import MODELS_DIR, REPO, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PROMPTS = ["shift: abc =", "double: xyz =", "shift: xyz =", "reverse: hello ="]
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float, every_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(every_s)
+    return cond()
+
+
+class RunProcess:
+    def __init__(self, var: Path) -> None:
+        self.var = var
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = var / "run.log"
+        env = {
+            **os.environ,
+            "DISTILLERY_VAR_DIR": str(var),
+            "DISTILLERY_MODELS_DIR": str(MODELS_DIR),
+            "DISTILLERY_STUDENT__KIND": "transformers",
+            "DISTILLERY_FEEDBACK__SAMPLE_RATE": "0",
+            "DISTILLERY_FEEDBACK__KAFKA__REQUEST_TIMEOUT_MS": "1500",
+            "DISTILLERY_FEEDBACK__KAFKA__MAX_BLOCK_MS": "1000",
+            "DISTILLERY_FEEDBACK__KAFKA__DELIVERY_TIMEOUT_MS": "3000",
+        }
+        env.pop("RAY_ADDRESS", None)  # its own cluster, not the test session's
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distillery.cli",
+                "run",
+                "--port",
+                str(self.port),
+                "--metrics-port",
+                str(self.metrics_port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # signals reach only this process, as kill would send them
+        )
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def broker(self) -> psutil.Process:
+        (tansu,) = [p for p in self.descendants() if "tansu" in " ".join(p.cmdline())]
+        return tansu
+
+    def stored(self) -> set[str]:
+        db = self.var / "feedback.db"
+        if not db.is_file():
+            return set()
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = con.execute("SELECT request_id FROM feedback_events WHERE kind = 'escalation'").fetchall()
+        except sqlite3.OperationalError:
+            return set()
+        finally:
+            con.close()
+        return {r[0] for r in rows}
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+@pytest.fixture(scope="module")
+def run_process(demo_models, tmp_path_factory) -> Iterator[RunProcess]:
+    proc = RunProcess(tmp_path_factory.mktemp("runvar"))
+    try:
+        assert _wait(proc.healthy, 240), "distillery run did not become healthy:\n" + proc.tail()
+        yield proc
+    finally:
+        if proc.proc.poll() is None:
+            for child in proc.descendants():
+                child.kill()
+            proc.proc.kill()
+
+
+class Load:
+    """Escalating traffic from a thread; records the ids of escalated answers."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.escalated: list[str] = []
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        i = 0
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                prompt = PROMPTS[i % len(PROMPTS)]
+                i += 1
+                try:
+                    r = client.post(
+                        f"{self.url}/v1/completions",
+                        json={"model": "distillery", "prompt": prompt, "max_tokens": 8},
+                    )
+                except httpx.HTTPError as exc:
+                    self.failed.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    self.failed.append(f"{r.status_code} {r.text[:200]}")
+                elif r.headers.get("x-distillery-tier") == "teacher":
+                    self.escalated.append(f"{r.json()['id']}-0")
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def test_the_students_engine_starts_once_at_boot(run_process):
+    health = httpx.get(f"{run_process.url}/healthz", timeout=10).json()
+    assert health["student_engine_starts"] == 1, health
+    # serving the registry's version (ensure_registry made the demo student its first one)
+    assert health["student"].startswith("student-")
+
+
+def test_a_killed_broker_is_restarted_and_every_escalation_answered_is_stored(run_process):
+    old = run_process.broker()
+    with Load(run_process.url) as load:
+        assert _wait(lambda: len(load.escalated) >= 10, 60), load.failed[:3]
+        old.kill()  # SIGKILL, as a crash would
+        killed_at = len(load.escalated)
+        # The supervisor brings it back on the same port, without a restart of the stack.
+        assert _wait(
+            lambda: any(
+                "tansu" in " ".join(p.cmdline()) and p.pid != old.pid for p in run_process.descendants()
+            ),
+            30,
+        ), run_process.tail()
+        assert _wait(lambda: len(load.escalated) >= killed_at + 20, 90), load.failed[:3]
+    assert not load.failed, load.failed[:5]
+    answered = set(load.escalated)
+    assert _wait(lambda: answered <= run_process.stored(), 120), (
+        f"{len(answered - run_process.stored())} of {len(answered)} escalations not stored\n"
+        + run_process.tail()
+    )
+    log = run_process.log.read_text(errors="replace")
+    assert "embedded broker died" in log and "embedded broker restarted" in log
+    assert log.count("embedded broker died") == 1  # said once, not on every reconnect
+
+
+def test_sigterm_stops_everything_in_order_and_exits_zero(run_process):
+    children = run_process.descendants()
+    assert children, "run has no child processes?"
+    run_process.proc.send_signal(signal.SIGTERM)
+    try:
+        code = run_process.proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            "distillery run did not exit within 120 s of SIGTERM:\n" + run_process.tail()
+        ) from None
+    assert code == 0, run_process.tail()
+    assert _wait(
+        lambda: not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], 30
+    ), [(p.pid, p.name()) for p in children if p.is_running()]
+    log = run_process.log.read_text(errors="replace")
+    assert "SIGTERM: finishing the requests in flight" in log and "stopped" in log
+    assert "Aborted" not in log

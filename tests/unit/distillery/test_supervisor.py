@@ -1,0 +1,62 @@
+"""The embedded stack's supervisor: a dead service restarts with backoff, said once."""
+
+import logging
+
+from distillery._local import Supervisor
+
+
+class FakeService:
+    def __init__(self, name: str, fail_starts: int = 0) -> None:
+        self.name = name
+        self.up = True
+        self.starts = 0
+        self.fail_starts = fail_starts
+
+    def start(self) -> None:
+        self.starts += 1
+        if self.fail_starts:
+            self.fail_starts -= 1
+            raise OSError("port still busy")
+        self.up = True
+
+    def alive(self) -> bool:
+        return self.up
+
+    def stop(self) -> None:
+        self.up = False
+
+
+def test_a_dead_service_is_restarted_after_its_backoff_and_logged_once(caplog, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("distillery._local.time.monotonic", lambda: clock[0])
+    broker = FakeService("embedded broker", fail_starts=1)
+    sup = Supervisor([broker])
+    caplog.set_level(logging.WARNING, logger="distillery.stack")
+    sup.check()
+    assert broker.starts == 0
+    broker.up = False
+    for _ in range(5):  # many passes inside the first backoff: one line, no restart yet
+        sup.check()
+    assert broker.starts == 0
+    assert sum("died" in r.message for r in caplog.records) == 1
+    clock[0] += 1.0
+    sup.check()  # first attempt fails: backoff doubles
+    assert broker.starts == 1 and not broker.up
+    clock[0] += 1.0
+    sup.check()  # 1 s later: still inside the doubled backoff
+    assert broker.starts == 1
+    clock[0] += 1.5
+    sup.check()
+    assert broker.starts == 2 and broker.up
+    assert sup.restarts() == {"embedded broker": 1}
+    messages = [r.message for r in caplog.records]
+    assert sum("died" in m for m in messages) == 1
+    assert any("did not restart" in m for m in messages) and any("restarted after" in m for m in messages)
+
+
+def test_healthy_services_are_left_alone():
+    svc = FakeService("refresh loop")
+    sup = Supervisor([svc])
+    for _ in range(3):
+        sup.check()
+    assert svc.starts == 0
