@@ -9,8 +9,9 @@ that can change the registry sees it, on one host or on a shared volume:
   filesystems): the holder, its host and pid, and a heartbeat time;
 * the holder renews the heartbeat every ``ttl_s / 3`` from a background thread;
 * a lease whose heartbeat is older than ``ttl_s`` belongs to a holder that crashed (a
-  SIGKILLed trainer cannot release it): the next ``acquire`` takes it over by renaming
-  it away first (only one rename of a path can succeed) and creating its own;
+  SIGKILLed trainer cannot release it), and so does one whose holder was a process on
+  this host that is gone: the next ``acquire`` takes it over by renaming it away first
+  (only one rename of a path can succeed) and creating its own;
 * ``release`` removes it only if it is still this holder's.
 """
 
@@ -60,7 +61,11 @@ class RefreshLease:
         return data
 
     def expired(self, lease: dict[str, Any]) -> bool:
-        return float(lease.get("heartbeat", 0.0)) + self.ttl_s < self._clock()
+        """Its heartbeat is older than the TTL, or its holder was a process on this host
+        that no longer exists (a SIGKILLed ``distillery retrain``: no need to wait)."""
+        if float(lease.get("heartbeat", 0.0)) + self.ttl_s < self._clock():
+            return True
+        return lease.get("host") == socket.gethostname() and not _alive(int(lease.get("pid", 0)))
 
     # ---- holding ------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -141,3 +146,15 @@ class RefreshLease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from demo import sample_examples
+from deploy import LEASE_FILE
 from feedback import EscalationEvent, SQLiteStore
 from tests.conftest import REPO
 
@@ -33,10 +34,12 @@ STEPS = 600
 
 
 def _tree(root: Path) -> dict[str, str]:
+    """The registry's content: every file but the refresh lease (a lock: a killed holder
+    leaves it behind by design, and the next refresh takes it over)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LEASE_FILE
     }
 
 
@@ -105,6 +108,8 @@ def test_retrain_killed_mid_training_leaves_the_registry_untouched_and_a_rerun_s
     assert partial, "the kill should have left the run's scratch directory behind"
 
     assert _tree(registry) == before  # pointers, versions, manifests, audit log: untouched
+    stale = json.loads((registry / LEASE_FILE).read_text())
+    assert stale["holder"] == "distillery retrain" and stale["pid"] == proc.pid  # left by the dead trainer
 
     rerun = subprocess.run(
         _cli("retrain", "--steps", "40", "--min-new", "100", "--no-canary"),

@@ -34,7 +34,7 @@ def test_a_second_refresh_is_refused_while_one_holds_the_lease_and_says_who(tmp_
 def test_the_lease_of_a_holder_that_died_expires_and_is_taken_over(tmp_path):
     clock = Clock()
     (tmp_path / LEASE_FILE).write_text(
-        json.dumps({"holder": "killed trainer", "token": "dead", "pid": 999999, "heartbeat": 900.0})
+        json.dumps({"holder": "killed trainer", "token": "dead", "host": "elsewhere", "heartbeat": 900.0})
     )
     lease = RefreshLease(tmp_path, holder="stack loop", ttl_s=60, clock=clock)
     lease.acquire()  # 100 s old heartbeat, 60 s ttl: expired
@@ -55,4 +55,29 @@ def test_a_live_lease_is_renewed_and_released_only_by_its_holder(tmp_path):
     other = RefreshLease(tmp_path, holder="b", ttl_s=60, clock=clock)
     other.release()  # not its lease: nothing happens
     assert lease.current() is not None
+    lease.release()
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    clock = Clock()
+    (tmp_path / LEASE_FILE).write_text(
+        json.dumps(
+            {
+                "holder": "sigkilled retrain",
+                "token": "t",
+                "host": socket.gethostname(),
+                "pid": dead.pid,
+                "heartbeat": 999.0,
+            }
+        )
+    )
+    lease = RefreshLease(tmp_path, holder="rerun", ttl_s=120, clock=clock)
+    lease.acquire()  # heartbeat 1 s old, but its process is gone
+    assert (lease.current() or {})["holder"] == "rerun"
     lease.release()
