@@ -6,12 +6,76 @@ import asyncio
 import json
 import os
 import platform
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class VLLMServer:
+    """vLLM's own OpenAI server on a model directory (what a user would run instead), with
+    the engine settings Distillery's vLLM backend uses (``router.config.VLLMEngineConfig``
+    defaults: float32, eager, 1 GiB KV cache, 128 sequences), so the two differ only in
+    what sits in front of the engine."""
+
+    def __init__(self, model_dir: Path, log_path: Path, *, served_name: str, max_logprobs: int = 1) -> None:
+        from router.config import VLLMEngineConfig
+
+        cfg = VLLMEngineConfig()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": f"{cfg.kv_cache_gib or 1:g}",
+            "VLLM_CACHE_ROOT": str(REPO / "var" / "vllm"),
+            "VLLM_NO_USAGE_STATS": "1",
+        }
+        self._log = log_path.open("w")
+        args = ["--model", str(model_dir), "--served-model-name", served_name, "--port", str(self.port)]
+        args += ["--host", "127.0.0.1", "--dtype", cfg.dtype, "--max-num-seqs", str(cfg.max_num_seqs)]
+        args += ["--max-logprobs", str(max_logprobs), "--max-model-len", "2048"]
+        args += ["--enforce-eager"] if cfg.enforce_eager else []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def wait(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM's server exited with {self.proc.returncode}; see its log")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1.0)
+        raise TimeoutError("vLLM's server did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
 
 
 class BackgroundConsumer:

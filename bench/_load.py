@@ -2,13 +2,15 @@
 
     python -m bench._load SPEC_JSON OUT_JSON
 
-SPEC_JSON holds ``url``, ``prompts`` (cycled), ``concurrency``, ``requests``, ``warmup``,
-``model`` and ``max_tokens``. Each of ``concurrency`` workers sends one request, waits for
-its answer, sends the next (closed loop), so throughput and latency are measured at the
+SPEC_JSON holds ``url``, ``prompts`` or ``conversations`` (chat messages; cycled),
+``concurrency``, ``requests``, ``warmup``, ``model`` and ``max_tokens``. Each of
+``concurrency`` workers sends one request, waits for its answer, sends the next (closed
+loop), so throughput and latency are measured at the
 same fixed concurrency. aiohttp, one keep-alive connection per worker: the client is
 lighter than httpx, which matters when it shares two cores with the server.
 OUT_JSON receives per-request latencies (seconds, in completion order), status codes, the
-``x-distillery-tier`` header of each answer and the wall time of the measured phase.
+``x-distillery-tier`` header of each answer, the completion tokens of the measured answers
+and the wall time of the measured phase.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import aiohttp
 
 
 async def _run(spec: dict[str, Any]) -> dict[str, Any]:
-    prompts: list[str] = spec["prompts"]
+    prompts: list[str] = spec.get("prompts") or []
+    # chat requests (``/v1/chat/completions``) when given: lists of {role, content}
+    conversations: list[list[dict[str, str]]] = spec.get("conversations") or []
+    tokens = 0
     concurrency = int(spec["concurrency"])
     total = int(spec["warmup"]) + int(spec["requests"])
     warmup = int(spec["warmup"])
@@ -39,21 +44,24 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
+            nonlocal tokens
             for i in counter:
                 if i == warmup:
                     started.append(time.perf_counter())
-                body = {
-                    "model": spec["model"],
-                    "prompt": prompts[i % len(prompts)],
-                    "max_tokens": spec["max_tokens"],
-                }
+                body: dict[str, Any] = {"model": spec["model"], "max_tokens": spec["max_tokens"]}
+                if conversations:
+                    body["messages"] = conversations[i % len(conversations)]
+                else:
+                    body["prompt"] = prompts[i % len(prompts)]
                 t0 = time.perf_counter()
                 async with session.post(url, json=body) as resp:
-                    await resp.read()
+                    raw = await resp.read()
                     status = resp.status
                     tier = resp.headers.get("x-distillery-tier", "")
                 elapsed = time.perf_counter() - t0
                 if i >= warmup:
+                    if status == 200:
+                        tokens += int(json.loads(raw).get("usage", {}).get("completion_tokens", 0))
                     latencies.append(elapsed)
                     statuses[str(status)] = statuses.get(str(status), 0) + 1
                     tiers[tier] = tiers.get(tier, 0) + 1
@@ -65,6 +73,7 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
         "statuses": statuses,
         "tiers": tiers,
         "wall_s": wall,
+        "completion_tokens": tokens,
         "cpu_s": time.process_time(),  # this process's own CPU (warm-up included)
     }
 

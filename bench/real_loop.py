@@ -36,8 +36,6 @@ import json
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +46,7 @@ from typing import Any
 
 import httpx
 
-from bench._common import RESULTS, BackgroundConsumer, machine_info, write_result
+from bench._common import RESULTS, BackgroundConsumer, VLLMServer, free_port, machine_info, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "real_loop"
@@ -59,12 +57,6 @@ TARGETS = {
     "old_agreement_drop_max": 0.03,
     "refresh_cycle_s_max": 900.0,
 }
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _settings(var: Path, **overrides: Any) -> Any:
@@ -291,67 +283,10 @@ def methods(settings: Any, steps: int, work: Path, previous: dict[str, Any] | No
 
 
 # ---- 5. the loop -------------------------------------------------------------------------
-class VLLMServer:
-    """vLLM's own OpenAI server on the teacher directory (what a user would run)."""
-
-    def __init__(self, model_dir: Path, var: Path) -> None:
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CACHE_ROOT": str(REPO / "var" / "vllm"),
-            "VLLM_NO_USAGE_STATS": "1",
-        }
-        self._log = (var / "vllm-teacher.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-                "--model",
-                str(model_dir),
-                "--served-model-name",
-                "teacher",
-                "--port",
-                str(self.port),
-                "--host",
-                "127.0.0.1",
-                "--max-model-len",
-                "2048",
-                "--enforce-eager",
-                "--dtype",
-                "float32",
-                "--gpu-memory-utilization",
-                "0.1",
-                "--max-logprobs",
-                "5",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def wait(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM's server exited with {self.proc.returncode}; see its log")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        raise TimeoutError("vLLM's server did not come up")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+def _teacher_server(settings: Any, var: Path) -> VLLMServer:
+    return VLLMServer(
+        settings.tier_dir("teacher"), var / "vllm-teacher.log", served_name="teacher", max_logprobs=5
+    )
 
 
 class _TimedLoop:
@@ -396,12 +331,14 @@ def loop_run(settings: Any, var: Path, args: argparse.Namespace) -> dict[str, An
     from retrain import RefreshLoop, ensure_registry
     from router import AgreementMetric
 
-    server = VLLMServer(settings.tier_dir("teacher"), var)
+    server = VLLMServer(
+        settings.tier_dir("teacher"), var / "vllm-teacher.log", served_name="teacher", max_logprobs=5
+    )
     broker = TansuBroker(log_path=var / "tansu.log").start()
     consumer = None
     try:
         server.wait()
-        port = _port()
+        port = free_port()
         settings = _settings(
             var,
             server={"port": port},
@@ -496,7 +433,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if "consistency" in reuse and "teacher_consistency" in last:
         result["teacher_consistency"] = last["teacher_consistency"]
     else:
-        server = VLLMServer(settings.tier_dir("teacher"), var)
+        server = VLLMServer(
+            settings.tier_dir("teacher"), var / "vllm-teacher.log", served_name="teacher", max_logprobs=5
+        )
         try:
             server.wait()
             per_family = args.consistency_per_family

@@ -36,6 +36,7 @@ from router import (
     BackendConfig,
     CascadeRouter,
     Generation,
+    GenerationClient,
     GenerationRequest,
     ThresholdPolicy,
 )
@@ -70,6 +71,31 @@ class ModelServer:
         default_dir: str,
         registry_dir: str | None = None,
         registry_poll_s: float = 1.0,
+    ) -> None:
+        await self._start(tier, config, default_dir, registry_dir, registry_poll_s)
+
+    @classmethod
+    async def open(
+        cls,
+        tier: str,
+        config: BackendConfig,
+        default_dir: str,
+        registry_dir: str | None = None,
+        registry_poll_s: float = 1.0,
+    ) -> ModelServer:
+        """The same server outside Serve: the ingress runs the student in its own process
+        this way (``student_placement: ingress``)."""
+        server = cls.__new__(cls)
+        await server._start(tier, config, default_dir, registry_dir, registry_poll_s)
+        return server
+
+    async def _start(
+        self,
+        tier: str,
+        config: BackendConfig,
+        default_dir: str,
+        registry_dir: str | None,
+        registry_poll_s: float,
     ) -> None:
         self._tier = tier
         self._config = config
@@ -280,6 +306,17 @@ def _engine_stats(backend: Backend) -> dict[str, int] | None:
     }
 
 
+class _LocalClient:
+    """The router's ``GenerationClient`` over a ``ModelServer`` in this process: what it
+    raises reaches the router as it was raised, with no Ray wrapper to undo."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self._server = server
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        return await self._server.generate(request)
+
+
 class _HandleClient:
     """Adapts a Serve handle to the router's ``GenerationClient`` protocol.
 
@@ -340,20 +377,37 @@ class GatewayIngress:
     """HTTP edge. Owns the metrics registry and the cascade router."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, student: DeploymentHandle[Any], teacher: DeploymentHandle[Any], settings: GatewaySettings
+        self,
+        student: DeploymentHandle[Any] | None,
+        teacher: DeploymentHandle[Any],
+        settings: GatewaySettings,
     ) -> None:
         self._student = student
         self._teacher = teacher
         self._settings = settings
         self._metrics = GatewayMetrics(pricing=settings.pricing)
-        s_info, t_info = await asyncio.gather(student.info.remote(), teacher.info.remote())
+        self._local_student: ModelServer | None = None
+        student_client: GenerationClient
+        if student is None:  # student_placement: ingress
+            registry = str(settings.resolved_registry_dir) if settings.follow_registry else None
+            self._local_student = await ModelServer.open(
+                "student",
+                settings.student,
+                str(settings.tier_dir("student")),
+                registry,
+                settings.registry_poll_s,
+            )
+            student_client = _LocalClient(self._local_student)
+        else:
+            student_client = _HandleClient(student)
+        s_info, t_info = await asyncio.gather(self._student_info(), teacher.info.remote())
         self._versions = {
             "student": (s_info["model_id"], s_info["version"]),
             "teacher": (t_info["model_id"], t_info["version"]),
         }
         policy = resolve_policy(settings, s_info["calibration"])
         self._router = CascadeRouter(
-            _HandleClient(student), _HandleClient(teacher), policy, settings.cascade, observer=self._metrics
+            student_client, _HandleClient(teacher), policy, settings.cascade, observer=self._metrics
         )
         for tier, (model_id, version) in self._versions.items():
             self._metrics.set_model(tier, model_id, version)
@@ -372,6 +426,13 @@ class GatewayIngress:
                 "AUTHENTICATION IS DISABLED: no API keys are configured (auth.keys), so anyone who"
                 " can reach this port may call the models AND the admin API. Local development only."
             )
+
+    async def _student_info(self) -> dict[str, Any]:
+        if self._local_student is not None:
+            return self._local_student.info()
+        assert self._student is not None
+        info: dict[str, Any] = await self._student.info.remote()
+        return info
 
     def __del__(self) -> None:
         # Serve calls this on graceful replica shutdown: flush events, leave the rest spooled.
@@ -392,7 +453,7 @@ class GatewayIngress:
 
     async def _health(self) -> dict[str, Any]:
         s_info, t_info = await asyncio.wait_for(
-            asyncio.gather(self._student.info.remote(), self._teacher.info.remote()), timeout=5.0
+            asyncio.gather(self._student_info(), self._teacher.info.remote()), timeout=5.0
         )
         pinned = self._settings.cascade.threshold is not None
         calibrated = s_info["calibration"].get("threshold")

@@ -8,6 +8,7 @@ one object the composition root reads (once per process: CLI flag > env
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +82,12 @@ class GatewaySettings(BaseSettings):
     cascade: CascadeConfig = CascadeConfig()
     student: BackendConfig = BackendConfig(kind="auto", num_threads=1)
     """``auto``: vLLM wherever it is installed and supports the model, else transformers."""
+    student_placement: Literal["ingress", "deployment"] = "ingress"
+    """``ingress``: the student's engine runs inside the ingress replica, so a request the
+    student keeps crosses no process boundary before the engine (vLLM's own server has
+    the same shape; the student scales with the ingress's replicas). ``deployment``: its
+    own Serve deployment, scaled apart from the ingress (the Serve YAML's choice for
+    clusters); one more hop per request (docs/benchmarks.md, "Serving fast path")."""
     teacher: BackendConfig = BackendConfig(num_threads=1)
     feedback: FeedbackConfig = FeedbackConfig()
     pricing: PricingConfig = PricingConfig()

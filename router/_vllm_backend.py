@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,7 @@ class VLLMBackend:
         self.max_context = int(model_len)
         self._in_flight = 0
         self._closed = threading.Event()
+        self._counted: OrderedDict[int, tuple[GenerationRequest, list[int]]] = OrderedDict()
         logger.info(
             "vLLM engine up for %s (%s): dtype=%s max_model_len=%d kv_cache_gib=%s eager=%s tp=%d",
             self.model_id,
@@ -202,7 +204,21 @@ class VLLMBackend:
         return prompt_token_ids(self._tokenizer, request)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
-        return len(self.prompt_ids(request))
+        """Counts, and keeps the ids for the ``generate`` that follows on the same request
+        object (``ModelServer`` checks the context first): rendering and tokenizing a chat
+        prompt was done twice per request, the ingress's largest item after HTTP. Bounded:
+        a request refused after counting is forgotten once 256 newer ones were counted."""
+        ids = self.prompt_ids(request)
+        self._counted[id(request)] = (request, ids)
+        if len(self._counted) > 256:
+            self._counted.popitem(last=False)
+        return len(ids)
+
+    def _ids(self, request: GenerationRequest) -> list[int]:
+        counted = self._counted.pop(id(request), None)
+        if counted is not None and counted[0] is request:  # the same object, not a reused id
+            return counted[1]
+        return self.prompt_ids(request)
 
     def _sampling(self, request: GenerationRequest, *, stream: bool) -> Any:
         from vllm import SamplingParams
@@ -226,7 +242,7 @@ class VLLMBackend:
         return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
 
     async def _generate_one(self, request: GenerationRequest) -> Generation:
-        ids = self.prompt_ids(request)
+        ids = self._ids(request)
         final: Any = None
         async for out in self._submit(ids, request, stream=False):
             final = out
@@ -266,7 +282,7 @@ class VLLMBackend:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         """Tokens as the engine emits them (the end-of-text token is not yielded)."""
-        ids = self.prompt_ids(request)
+        ids = self._ids(request)
         eos = self._tokenizer.eos_token_id
         async for out in self._submit(ids, request, stream=True):
             completion = out.outputs[0]
