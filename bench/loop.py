@@ -38,7 +38,8 @@ from typing import Any
 
 import httpx
 
-from bench._common import RESULTS, BackgroundConsumer, write_result
+from bench._common import RESULTS, BackgroundConsumer, free_port, write_result
+from common.model_dir import CALIBRATION_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "loop"
@@ -83,7 +84,6 @@ def _stack(var: Path, models: Path) -> tuple[Any, Any, Any]:
     from distillery.settings import load_settings
     from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
     from gateway.app import run_app
-    from tests.conftest import free_port
 
     var.mkdir(parents=True, exist_ok=True)
     broker = TansuBroker(log_path=var / "tansu.log").start()
@@ -288,7 +288,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     scorer = settings.cascade.scorer
     fronts = {}
     for tag, model in (("before", initial), ("after", refreshed)):
-        cal = json.loads((model.path / "calibration.json").read_text())
+        cal = json.loads((model.path / CALIBRATION_FILE).read_text())
         gens = _generate(model.path, fp)
         f = frontier(examples, gens, teacher_gens, settings.pricing, scorer, float(cal["threshold"]))
         fronts[tag] = {"version": model.version, **f}

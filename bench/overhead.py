@@ -58,6 +58,7 @@ REAL_TARGETS = ("vllm_server", "gateway", "gateway_before")
 MAX_TOKENS = 16
 REQUESTS = {1: 300, 16: 800, 64: 1200}
 QUICK_REQUESTS = {1: 100, 16: 300, 64: 400}
+REAL_REQUESTS = {1: 40, 16: 160, 64: 256}  # ~3 / 15 / 19 req/s on 2 cores: ~15 s per point
 
 
 # ---- servers ---------------------------------------------------------------------------
@@ -314,6 +315,8 @@ def _suite(
 ) -> dict[str, Any]:
     levels = [int(x) for x in args.levels.split(",")]
     sizes = QUICK_REQUESTS if os.environ.get("DISTILLERY_BENCH_QUICK") else REQUESTS
+    if label == "real":
+        sizes = REAL_REQUESTS
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {t: {c: [] for c in levels} for t in targets}
     for r in range(args.rounds):
         order = list(targets[r % len(targets) :] + targets[: r % len(targets)])
@@ -326,7 +329,7 @@ def _suite(
             try:
                 server.wait()
                 model = "student" if target == "vllm_server" else workload["cascade_model"]
-                _measure(url, workload, model, 4, 100, work)  # warm every path once
+                _measure(url, workload, model, 4, 20 if label == "real" else 100, work)  # warm every path
                 for c in levels:
                     point = _measure(url, workload, model, c, sizes.get(c, 500), work)
                     runs[target][c].append(point)

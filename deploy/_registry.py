@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.model_dir import MANIFEST_FILE
 from deploy.errors import ModelNotFound, RegistryError, RollbackFailed
 
 __all__ = ["ModelRegistry", "RegisteredModel"]
@@ -182,7 +183,7 @@ class ModelRegistry:
         shutil.copytree(source_dir, staging)
         full = {"version": version, "created": time.time(), **manifest}
         _write_json_atomic(staging / MANIFEST, full)
-        distillery_manifest = staging / "distillery_model.json"
+        distillery_manifest = staging / MANIFEST_FILE
         own = json.loads(distillery_manifest.read_text()) if distillery_manifest.is_file() else {}
         own["version"] = version
         _write_json_atomic(distillery_manifest, own)

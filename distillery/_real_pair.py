@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import ModelManifest, read_model_version
+from common.model_dir import CALIBRATION_FILE, ModelManifest, read_model_version
 from distillery._workloads import workload_for
 from distillery.settings import DistillerySettings
 from retrain import Pair, load_pairs
@@ -88,7 +88,7 @@ def _is_current(settings: DistillerySettings, key: str) -> bool:
         and manifest.source is not None
         and manifest.source.kind == "bootstrapped"
         and getattr(manifest, "build_key", None) == key
-        and (settings.tier_dir("student") / "calibration.json").is_file()
+        and (settings.tier_dir("student") / CALIBRATION_FILE).is_file()
     )
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from common.model_dir import ModelManifest, ModelSource
+from common.model_dir import MANIFEST_FILE, ModelManifest, ModelSource
 from router.errors import ModelImportError
 
 __all__ = ["import_model", "locate_package_file", "sha256_of"]
@@ -166,7 +166,7 @@ def import_model(
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
     info = _from_gguf(path, staging) if kind == "gguf" else _from_hf_dir(path, staging)
-    stale = staging / "distillery_model.json"
+    stale = staging / MANIFEST_FILE
     previous = json.loads(stale.read_text()) if stale.is_file() else {}
     manifest = ModelManifest(
         version=version or f"{role or 'model'}-{digest[:8]}",

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.model_dir import CALIBRATION_FILE
 from distillery.cli._common import progress_bar, registry_of
 from distillery.settings import DistillerySettings
 
@@ -42,7 +43,7 @@ def build_demo(settings: DistillerySettings, *, force: bool = False, scale: floa
     if (
         any(r.built for r in results)
         or force
-        or not (settings.tier_dir("student") / "calibration.json").exists()
+        or not (settings.tier_dir("student") / CALIBRATION_FILE).exists()
     ):
         calibrate(settings)
 

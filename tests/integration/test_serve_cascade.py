@@ -206,3 +206,22 @@ def test_escalations_reach_the_feedback_store_redacted(live_stack):
 
     metrics = httpx.get(f"{url}/metrics", timeout=30).text
     assert 'distillery_feedback_produced_total{topic="distillery.escalations"}' in metrics
+
+
+def test_the_session_stack_runs_on_the_fast_path(live_stack):
+    """Every test on this stack goes through the default mode: HAProxy owns the gateway's
+    port, and the student's engine lives in the ingress replica (no student deployment)."""
+    import psutil
+    from ray import serve
+
+    port = live_stack.settings.server.port
+    owners = {
+        psutil.Process(c.pid).name()
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+    }
+    assert owners == {"haproxy"}
+    deployments = set(serve.status().applications["distillery"].deployments)
+    assert deployments == {"ingress", "teacher"}
+    health = httpx.get(f"{live_stack.url}/healthz", timeout=10).json()
+    assert health["student_engine_starts"] >= 1
