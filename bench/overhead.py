@@ -2,8 +2,9 @@
 
 What a user compares is the server they would run instead, so every target here is a
 separate server process tree started as a user starts it, on the same student directory
-with the same engine settings, measured one after the other in one run (order rotated
-each round) under the same closed-loop load from a separate process (``bench._load``):
+with the same engine settings, measured one after the other in one run ((a) and (c)
+next to each other, the order reversed every other round) under the same closed-loop
+load from a separate process (``bench._load``):
 
 * (a) ``vllm_server``: ``python -m vllm.entrypoints.openai.api_server`` (the baseline);
 * (b) ``bare``: the student ``ModelServer`` as its own Serve deployment behind a bare
@@ -47,14 +48,14 @@ import httpx
 from bench._common import REPO, RESULTS, VLLMServer, free_port, percentile, write_result
 
 NAME = "overhead"
-TARGETS: dict[str, str] = {
+TARGETS: dict[str, str] = {  # run order: (a) and (c) next to each other
     "vllm_server": "(a) vLLM's own OpenAI server",
-    "bare": "(b) student Serve deployment, bare ingress (fast path)",
     "gateway": "(c) Distillery cascade as shipped (fast path, student in the ingress)",
+    "bare": "(b) student Serve deployment, bare ingress (fast path)",
     "gateway_deployment": "(c') cascade, fast path, student as its own deployment",
     "gateway_before": "(d) cascade in the previous default mode",
 }
-REAL_TARGETS = ("vllm_server", "gateway", "gateway_before")
+REAL_TARGETS = ("vllm_server", "gateway", "gateway_before")  # (a), (c) adjacent
 MAX_TOKENS = 16
 REQUESTS = {1: 300, 16: 800, 64: 1200}
 QUICK_REQUESTS = {1: 100, 16: 300, 64: 400}
@@ -319,7 +320,8 @@ def _suite(
         sizes = REAL_REQUESTS
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {t: {c: [] for c in levels} for t in targets}
     for r in range(args.rounds):
-        order = list(targets[r % len(targets) :] + targets[: r % len(targets)])
+        # (a) and (c) side by side in every round, the order reversed every other round
+        order = list(targets if r % 2 == 0 else reversed(targets))
         for target in order:
             work = Path(tempfile.mkdtemp(prefix=f"bench-{target}-"))
             logs = REPO / "var" / "bench-logs"
@@ -368,14 +370,17 @@ def _describe(workload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _ratios(suite: dict[str, Any]) -> dict[str, float | None]:
+def _ratios(suite: dict[str, Any]) -> dict[str, Any]:
     t = suite["targets"]
     a, c = t["vllm_server"], t["gateway"]
-    out: dict[str, float | None] = {}
+    out: dict[str, Any] = {}
     if "16" in a:
         out["gateway_over_vllm_rps_c16"] = round(c["16"]["rps"] / a["16"]["rps"], 3)
     if "1" in a:
         out["gateway_minus_vllm_p50_ms_c1"] = round(c["1"]["p50_ms"] - a["1"]["p50_ms"], 2)
+    if "16" in a:  # each round's pair, measured minutes apart: the machine drifts between rounds
+        pairs = zip(c["16"]["rounds"], a["16"]["rounds"], strict=True)
+        out["gateway_over_vllm_rps_c16_by_round"] = [round(x["rps"] / y["rps"], 3) for x, y in pairs]
     if "gateway_before" in t and "16" in a:
         out["before_over_vllm_rps_c16"] = round(t["gateway_before"]["16"]["rps"] / a["16"]["rps"], 3)
     return out
@@ -386,6 +391,7 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--levels", default="1,16,64")
     parser.add_argument("--only", choices=("demo", "real"), default=None)
+    parser.add_argument("--targets", default=",".join(TARGETS), help="the demo suite's targets")
     parser.add_argument("--serve-bare", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv if argv is not None else [])
     if args.serve_bare is not None:
@@ -396,14 +402,22 @@ def run(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {"benchmark": NAME, "args": vars(args), "targets_legend": TARGETS, "suites": {}}
     if args.only in (None, "demo"):
         print("  demo student: picking prompts it keeps", flush=True)
-        result["suites"]["demo"] = _suite(
-            "demo", models, "demo", _demo_workload(models), tuple(TARGETS), args
-        )
+        targets = tuple(t for t in TARGETS if t in args.targets.split(","))
+        result["suites"]["demo"] = _suite("demo", models, "demo", _demo_workload(models), targets, args)
         result["suites"]["demo"]["ratios"] = _ratios(result["suites"]["demo"])
     real = models / "smollm2"
     if args.only in (None, "real") and (real / "student" / "config.json").is_file():
         result["suites"]["real"] = _suite("real", real, "smollm2", _real_workload(), REAL_TARGETS, args)
         result["suites"]["real"]["ratios"] = _ratios(result["suites"]["real"])
+    for suite in result["suites"].values():
+        suite["args"] = vars(args)
+    # a run of one suite keeps the other's last results
+    previous = (
+        json.loads((RESULTS / f"{NAME}.json").read_text()) if (RESULTS / f"{NAME}.json").is_file() else {}
+    )
+    for name, kept in (previous.get("suites") or {}).items():
+        if kept:
+            result["suites"].setdefault(name, kept)
     demo = result["suites"].get("demo")
     if demo is not None:
         t = demo["targets"]
@@ -414,9 +428,6 @@ def run(argv: list[str] | None = None) -> None:
             "gateway_p50_ms_c1": t["gateway"]["1"]["p50_ms"],
             **demo["ratios"],
         }
-    elif (RESULTS / f"{NAME}.json").is_file():  # a real-only run keeps the demo's summary
-        result["summary"] = json.loads((RESULTS / f"{NAME}.json").read_text()).get("summary")
-        result["suites"]["demo"] = json.loads((RESULTS / f"{NAME}.json").read_text())["suites"].get("demo")
     print(f"  wrote {write_result(NAME, result)}", flush=True)
 
 
@@ -487,8 +498,9 @@ def render(img_dir: Path) -> list[str]:
         "",
         f"`python -m bench.overhead` ({data['machine']['when']}, {data['machine']['cpus']} cores). Each",
         "target is a server started as a user starts it, on the same student directory with the",
-        "same engine settings, measured one after the other with the order rotated each round;",
-        "closed-loop load from a separate process. Targets: the vLLM server a user would run",
+        "same engine settings, measured one after the other ((a) next to (c), the order reversed",
+        "every other round), under closed-loop load from a separate process. Targets: the vLLM",
+        "server a user would run",
         "instead (a); the student Serve deployment behind a bare ingress (b); `distillery run` as",
         "shipped (c), and with the student as its own deployment (c'); the previous default (d).",
         "",
