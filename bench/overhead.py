@@ -138,12 +138,27 @@ def _start(
         placement="ingress" if target == "gateway" else "deployment",
     )
     argv = [sys.executable, "-m", "distillery.cli", "--preset", preset, "run", "--port", str(port)]
-    argv += ["--metrics-port", str(free_port())]
+    argv += ["--metrics-port", str(_two_free_ports())]  # the consumer's, and the loop's next to it
 
     def gateway_ready() -> bool:
         return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
 
     return _Served(argv, env, logs / f"{target}.log", gateway_ready), url
+
+
+def _two_free_ports() -> int:
+    """A free port whose successor is free too (``distillery run`` binds both)."""
+    import socket
+
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
 
 
 class BareIngress:
@@ -433,8 +448,10 @@ def run(argv: list[str] | None = None) -> None:
 
 # ---- report ------------------------------------------------------------------------------------
 def _suite_table(name: str, suite: dict[str, Any]) -> list[str]:
+    models = Path(suite["models_dir"])
+    where = models.relative_to(REPO) if models.is_relative_to(REPO) else models
     lines = [
-        f"**{name}** (`{suite['models_dir']}`, {suite['workload']['kind']}, "
+        f"**{name}** (`{where}`, {suite['workload']['kind']}, "
         f"{suite['workload']['distinct']} distinct requests, max_tokens {MAX_TOKENS}; medians of "
         f"{len(next(iter(suite['targets'].values()))[str(suite['levels'][0])]['rounds'])} rounds)",
         "",
@@ -453,7 +470,13 @@ def _suite_table(name: str, suite: dict[str, Any]) -> list[str]:
                 f"| {row['tokens_per_s']:.0f} | {cpu} |"
             )
     r = suite.get("ratios", {})
-    lines += ["", ", ".join(f"`{k}` = {v}" for k, v in r.items()), ""]
+    t = suite["targets"]
+    by_round = [
+        f"{x['rps'] / y['rps']:.2f}x"
+        for x, y in zip(t["gateway"]["16"]["rounds"], t["vllm_server"]["16"]["rounds"], strict=False)
+    ]
+    lines += ["", ", ".join(f"`{k}` = {v}" for k, v in r.items() if not k.endswith("_by_round"))]
+    lines += [f"(c)/(a) requests/s at 16 clients, round by round: {', '.join(by_round)}", ""]
     return lines
 
 
@@ -498,8 +521,8 @@ def render(img_dir: Path) -> list[str]:
         "",
         f"`python -m bench.overhead` ({data['machine']['when']}, {data['machine']['cpus']} cores). Each",
         "target is a server started as a user starts it, on the same student directory with the",
-        "same engine settings, measured one after the other ((a) next to (c), the order reversed",
-        "every other round), under closed-loop load from a separate process. Targets: the vLLM",
+        "same engine settings, measured one after the other, the order changed round to round,",
+        "under closed-loop load from a separate process. Targets: the vLLM",
         "server a user would run",
         "instead (a); the student Serve deployment behind a bare ingress (b); `distillery run` as",
         "shipped (c), and with the student as its own deployment (c'); the previous default (d).",
