@@ -6,11 +6,13 @@ import argparse
 import json
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
 import yaml
 
+from common.errors import ConfigError
 from distillery.cli._common import logger, progress_bar, registry_of, serving_factory
 from distillery.cli._demo import ensure_models
 from distillery.settings import DistillerySettings
@@ -64,7 +66,12 @@ def _serve_forever(settings: DistillerySettings, on_stop: list[Any] | None = Non
     from distillery._local import ShutdownSignal
     from gateway.app import run_app
 
-    run_app(settings)
+    try:
+        run_app(settings)
+    except BaseException:  # Serve never came up: stop what was started for it
+        _stop_all(on_stop or [])
+        ray.shutdown()
+        raise
     stop = ShutdownSignal().install()  # after ray.init, which installs its own SIGTERM handler
     _print_banner(settings)
     received = stop.wait()
@@ -72,11 +79,7 @@ def _serve_forever(settings: DistillerySettings, on_stop: list[Any] | None = Non
     # Serve first: replicas finish what is in flight; the ingress flushes its producer and
     # spools what the broker did not confirm. Then the rest, in reverse order of start.
     serve.shutdown()  # type: ignore[no-untyped-call]
-    for service in on_stop or []:
-        try:
-            service.stop()
-        except Exception:
-            logger.exception("stopping %s failed", getattr(service, "name", service))
+    _stop_all(on_stop or [])
     ray.shutdown()
     print("stopped", flush=True)
     return 0
@@ -153,13 +156,47 @@ def cmd_serve(args: argparse.Namespace, settings: DistillerySettings) -> int:
 def cmd_run(args: argparse.Namespace, settings: DistillerySettings) -> int:
     """Everything on embedded defaults: the preset's models, broker, consumer, loop, gateway;
     the embedded services supervised (``distillery._local``)."""
-    from prometheus_client import start_http_server
-
-    from distillery._local import BrokerService, Service, Supervisor, ThreadService
-    from feedback import FeedbackConsumer, FeedbackMetrics, TansuBroker, open_store
+    from distillery._local import Service, Supervisor
 
     ensure_models(settings)
     services: list[Service] = []
+    try:
+        settings = _start_services(args, settings, services)
+    except BaseException:  # a failed start leaves no broker or thread behind
+        _stop_all(reversed(services))
+        raise
+    supervisor = Supervisor(services).start()
+    return _serve_forever(settings, on_stop=[supervisor, *reversed(services)])
+
+
+def _stop_all(services: Iterable[Any]) -> None:
+    for service in services:
+        try:
+            service.stop()
+        except Exception:
+            logger.exception("stopping %s failed", getattr(service, "name", service))
+
+
+def _metrics_server(port: int, settings: DistillerySettings, registry: Any, what: str) -> None:
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=settings.server.host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"the {what}'s metrics port {port} is not free ({exc.strerror}); pick another: --metrics-port"
+        ) from None
+
+
+def _start_services(
+    args: argparse.Namespace, settings: DistillerySettings, services: list[Any]
+) -> DistillerySettings:
+    """Starts the embedded broker, consumer and loop, appending each to ``services`` as it
+    starts (so a failure part way can stop what already runs); returns the settings with
+    the embedded broker's address."""
+    from distillery._local import BrokerService, ThreadService
+    from feedback import FeedbackConsumer, FeedbackMetrics, TansuBroker, open_store
+
     if settings.feedback.enabled and not settings.feedback.kafka.bootstrap:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         kafka = settings.feedback.kafka
@@ -177,7 +214,7 @@ def cmd_run(args: argparse.Namespace, settings: DistillerySettings) -> int:
         assert kafka.bootstrap is not None
         bootstrap: str = kafka.bootstrap
         metrics = FeedbackMetrics()
-        start_http_server(args.metrics_port, addr=settings.server.host, registry=metrics.registry)
+        _metrics_server(args.metrics_port, settings, metrics.registry, "feedback consumer")
 
         def consumer() -> tuple[Any, Any]:
             c = FeedbackConsumer(kafka, bootstrap, open_store(settings.store_dsn), metrics)
@@ -194,15 +231,14 @@ def cmd_run(args: argparse.Namespace, settings: DistillerySettings) -> int:
         services[-1].start()
         print(f"feedback consumer -> {settings.store_dsn} (metrics on :{args.metrics_port})")
         loop = build_loop(settings)
-        start_http_server(args.metrics_port + 1, addr=settings.server.host, registry=loop.metrics.registry)
+        _metrics_server(args.metrics_port + 1, settings, loop.metrics.registry, "refresh loop")
         services.append(ThreadService("refresh loop", lambda: (loop.run, loop.stop)))
         services[-1].start()
         print(
             f"refresh loop: drift check every {loop.config.check_interval_s:g}s "
             f"(metrics on :{args.metrics_port + 1}); `distillery demo scenario` tells the story"
         )
-    supervisor = Supervisor(services).start()
-    return _serve_forever(settings, on_stop=[supervisor, *reversed(services)])
+    return settings
 
 
 def cmd_retrain(args: argparse.Namespace, settings: DistillerySettings) -> int:

@@ -222,3 +222,43 @@ def test_sigterm_stops_everything_in_order_and_exits_zero(run_process):
     log = run_process.log.read_text(errors="replace")
     assert "SIGTERM: finishing the requests in flight" in log and "stopped" in log
     assert "Aborted" not in log
+
+
+def _brokers_on_host() -> set[int]:
+    return {p.pid for p in psutil.process_iter() if "tansu" in _cmdline(p)}
+
+
+def test_a_start_that_fails_part_way_says_why_and_leaves_no_broker_behind(tmp_path: Path) -> None:
+    """The consumer's metrics port is taken: the embedded broker is already up by then."""
+    import socket
+
+    before = _brokers_on_host()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "DISTILLERY_VAR_DIR": str(tmp_path), "DISTILLERY_MODELS_DIR": str(MODELS_DIR)}
+        env.pop("RAY_ADDRESS", None)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "distillery.cli",
+                "run",
+                "--port",
+                str(free_port()),
+                "--metrics-port",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out[-3000:]
+    assert f"metrics port {port} is not free" in out
+    assert "Traceback" not in out
+    assert "embedded Kafka-protocol broker" in out  # it had started, and was stopped
+    assert _wait(lambda: not (_brokers_on_host() - before), 10), "the embedded broker was left running"
