@@ -6,11 +6,13 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class VLLMServer:
+class ServedProcess:
+    """A server process tree for a benchmark: started in its own session, waited for until
+    ``ready()`` answers, stopped with SIGTERM (then SIGKILL to the whole group)."""
+
+    start_timeout_s = 420.0
+    stop_timeout_s = 90.0
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool]) -> None:
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(
+            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        )
+        self._ready = ready
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        timeout_s = self.start_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"exited with {self.proc.returncode}; see {self._log.name}")
+            try:
+                if self._ready():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1.0)
+        raise TimeoutError(f"not up after {timeout_s:.0f} s; see {self._log.name}")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(self.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+
+class VLLMServer(ServedProcess):
     """vLLM's own OpenAI server on a model directory (what a user would run instead), with
     the engine settings Distillery's vLLM backend uses (``router.config.VLLMEngineConfig``
     defaults: float32, eager, 1 GiB KV cache, 128 sequences), so the two differ only in
     what sits in front of the engine."""
+
+    start_timeout_s = 300.0
+    stop_timeout_s = 30.0
 
     def __init__(
         self,
@@ -52,39 +95,16 @@ class VLLMServer:
             "VLLM_CACHE_ROOT": str(REPO / "var" / "vllm"),
             "VLLM_NO_USAGE_STATS": "1",
         }
-        self._log = log_path.open("w")
         args = ["--model", str(model_dir), "--served-model-name", served_name, "--port", str(self.port)]
         args += ["--host", "127.0.0.1", "--dtype", cfg.dtype, "--max-num-seqs", str(cfg.max_num_seqs)]
         args += ["--max-logprobs", str(max_logprobs)]
         args += ["--max-model-len", str(max_model_len)] if max_model_len else []
         args += ["--enforce-eager"] if cfg.enforce_eager else []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args]
+        super().__init__(argv, env, log_path, self._answers)
 
-    def wait(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM's server exited with {self.proc.returncode}; see its log")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        raise TimeoutError("vLLM's server did not come up")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+    def _answers(self) -> bool:
+        return httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200
 
 
 class BackgroundConsumer:

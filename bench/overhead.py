@@ -39,13 +39,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench._common import REPO, RESULTS, VLLMServer, free_port, percentile, write_result
+from bench._common import REPO, RESULTS, ServedProcess, VLLMServer, free_port, percentile, write_result
 
 NAME = "overhead"
 TARGETS: dict[str, str] = {  # run order: (a) and (c) next to each other
@@ -63,39 +62,6 @@ REAL_REQUESTS = {1: 40, 16: 160, 64: 256}  # ~3 / 15 / 19 req/s on 2 cores: ~15 
 
 
 # ---- servers ---------------------------------------------------------------------------
-class _Served:
-    """One target's process tree: started, waited for, stopped (SIGTERM, then SIGKILL)."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path, ready: Callable[[], bool]) -> None:
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
-        )
-        self._ready = ready
-
-    def wait(self, timeout_s: float = 420.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with {self.proc.returncode}; see {self._log.name}")
-            try:
-                if self._ready():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1.0)
-        raise TimeoutError(f"not up after {timeout_s:.0f} s; see {self._log.name}")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
-
-
 def _distillery_env(var: Path, models_dir: Path, *, before: bool, placement: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "RAY_"))}
     env.update(
@@ -112,9 +78,7 @@ def _distillery_env(var: Path, models_dir: Path, *, before: bool, placement: str
     return env
 
 
-def _start(
-    target: str, models_dir: Path, var: Path, logs: Path, preset: str
-) -> tuple[_Served | VLLMServer, str]:
+def _start(target: str, models_dir: Path, var: Path, logs: Path, preset: str) -> tuple[ServedProcess, str]:
     """Starts ``target`` (its log under ``logs``); returns it and its base URL."""
     student = models_dir / "student"
     if target == "vllm_server":
@@ -130,7 +94,7 @@ def _start(
             body = {"prompt": "warm up", "max_tokens": 1}
             return httpx.post(f"{url}/v1/completions", json=body, timeout=5).status_code == 200
 
-        return _Served(argv, env, logs / "bare.log", bare_ready), url
+        return ServedProcess(argv, env, logs / "bare.log", bare_ready), url
     env = _distillery_env(
         var,
         models_dir,
@@ -143,7 +107,7 @@ def _start(
     def gateway_ready() -> bool:
         return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
 
-    return _Served(argv, env, logs / f"{target}.log", gateway_ready), url
+    return ServedProcess(argv, env, logs / f"{target}.log", gateway_ready), url
 
 
 def _two_free_ports() -> int:
