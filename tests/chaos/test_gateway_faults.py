@@ -38,7 +38,7 @@ from tests.chaos._traffic import (
     prompts,
     send,
 )
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,12 +55,7 @@ RESULTS: list[Counts] = []
 
 
 def _wait(cond: Callable[[], bool], timeout_s: float, every_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(every_s)
-    return cond()
+    return wait_until(cond, timeout_s, every_s)
 
 
 class ChaosStack:

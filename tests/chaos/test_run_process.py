@@ -18,7 +18,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import MODELS_DIR, REPO, free_port
+from tests.conftest import MODELS_DIR, REPO, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,12 +33,7 @@ PROMPTS = ["shift: abc =", "double: xyz =", "shift: xyz =", "reverse: hello ="]
 
 
 def _wait(cond: Callable[[], bool], timeout_s: float, every_s: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(every_s)
-    return cond()
+    return wait_until(cond, timeout_s, every_s)
 
 
 def _cmdline(p: psutil.Process) -> str:
