@@ -155,21 +155,18 @@ def _serve_bare(port: int) -> int:
     from ray import serve
 
     from distillery.settings import load_settings
-    from gateway._deployments import ModelServer
+    from gateway._model_server import ModelServer, tier_spec
     from gateway.app import start_ray
-    from gateway.rollout import StudentRollout
 
     settings = load_settings(server={"port": port}, follow_registry=False)
     start_ray(settings)
     deployment: Any = serve.deployment
-    cfg = settings.student
     student = deployment(
         ModelServer,
         name="student",
         max_ongoing_requests=256,
         ray_actor_options={"num_cpus": 0},
-        user_config=StudentRollout().model_dump(),
-    ).bind("student", cfg, str(settings.tier_dir("student")), None, settings.registry_poll_s)
+    ).bind(tier_spec(settings, "student"))
     ingress = deployment(
         BareIngress, name="bare_ingress", max_ongoing_requests=512, ray_actor_options={"num_cpus": 0}
     )

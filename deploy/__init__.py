@@ -1,8 +1,10 @@
 """Model registry and rollout (hot-swap, canary, rollback)."""
 
 from deploy._canary import CanaryConfig, CanaryController, VersionStats, judge_canary, parse_version_stats
+from deploy._follower import RegistryFollower
 from deploy._lease import LEASE_FILE, RefreshLease
 from deploy._registry import ModelRegistry, RegisteredModel
+from deploy._rollout import RolloutState
 from deploy.errors import ModelNotFound, RefreshInProgress, RegistryError, RollbackFailed
 
 __all__ = [
@@ -15,7 +17,9 @@ __all__ = [
     "ModelRegistry",
     "RegisteredModel",
     "RegistryError",
+    "RegistryFollower",
     "RollbackFailed",
+    "RolloutState",
     "VersionStats",
     "judge_canary",
     "parse_version_stats",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from common.model_dir import MANIFEST_FILE
+from deploy._rollout import RolloutState
 from deploy.errors import ModelNotFound, RegistryError, RollbackFailed
 
 __all__ = ["ModelRegistry", "RegisteredModel"]
@@ -85,16 +86,16 @@ class ModelRegistry:
         data = self._read()
         return data.get("canary"), float(data.get("canary_share", 0.0))
 
-    def rollout_state(self) -> dict[str, Any]:
-        """What serving replicas follow: current and canary directories and the share."""
+    def rollout_state(self) -> RolloutState:
+        """What serving replicas follow: current and canary directories, share, pin."""
         data = self._read()
         current, canary = data.get("current"), data.get("canary")
-        return {
-            "model_dir": str(self.get(current).path) if current else None,
-            "canary_dir": str(self.get(canary).path) if canary else None,
-            "canary_share": float(data.get("canary_share", 0.0)) if canary else 0.0,
-            "threshold_override": data.get("threshold_override"),
-        }
+        return RolloutState(
+            model_dir=str(self.get(current).path) if current else None,
+            canary_dir=str(self.get(canary).path) if canary else None,
+            canary_share=float(data.get("canary_share", 0.0)) if canary else 0.0,
+            threshold_override=data.get("threshold_override"),
+        )
 
     def threshold_override(self) -> float | None:
         value = self._read().get("threshold_override")

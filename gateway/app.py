@@ -14,8 +14,8 @@ from ray.serve import Application
 
 from common.errors import ConfigError
 from gateway import __version__
-from gateway._deployments import GatewayIngress, ModelServer
-from gateway.rollout import StudentRollout
+from gateway._ingress import GatewayIngress
+from gateway._model_server import ModelServer, tier_spec
 from gateway.settings import GatewaySettings, ServerConfig
 
 __all__ = ["APP_NAME", "build_app", "run_app", "serve_env", "start_ray"]
@@ -29,22 +29,18 @@ def build_app(settings: GatewaySettings) -> Application:
     # Replicas reserve no CPU: on a 2-core box three 1-CPU replicas would not schedule,
     # and torch thread counts (BackendConfig.num_threads) are what really divide the cores.
     opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
-    tiers: dict[str, Any] = {}
     deployment: Any = serve.deployment  # its overloads do not type the builder form
-    tiers["student"] = None  # student_placement: ingress (the ingress opens it)
-    for tier in ("student", "teacher") if settings.student_placement == "deployment" else ("teacher",):
+
+    def model_server(tier: str) -> Any:
         cfg = settings.student if tier == "student" else settings.teacher
-        # An empty rollout: the replicas follow the registry (promote, canary, rollback).
-        extra = {"user_config": StudentRollout().model_dump()} if tier == "student" else {}
         dep = deployment(
-            ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts, **extra
+            ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts
         )
-        registry = (
-            str(settings.resolved_registry_dir) if tier == "student" and settings.follow_registry else None
-        )
-        tiers[tier] = _pinned(dep, settings).bind(
-            tier, cfg, str(settings.tier_dir(tier)), registry, settings.registry_poll_s
-        )
+        return _pinned(dep, settings).bind(tier_spec(settings, tier))
+
+    # student_placement: ingress (the default) has the ingress open the student in its process.
+    student = model_server("student") if settings.student_placement == "deployment" else None
+    teacher = model_server("teacher")
     ingress_opts = opts
     if settings.server.ingress_same_loop:
         # The ingress only awaits (handles, a non-blocking feedback queue): Serve's extra
@@ -57,7 +53,7 @@ def build_app(settings: GatewaySettings) -> Application:
     ingress = _pinned(
         deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **ingress_opts), settings
     )
-    app: Application = ingress.bind(tiers["student"], tiers["teacher"], settings)
+    app: Application = ingress.bind(student, teacher, settings)
     return app
 
 
@@ -65,11 +61,10 @@ def _pinned(dep: Any, settings: GatewaySettings) -> Any:
     """Gives a deployment a version derived from the code and settings.
 
     ``serve.run`` otherwise stamps every deployment with a random version, so any re-run
-    (a hot-swap included) replaces every replica. With a stable version, a run that only
-    changes ``user_config`` reconfigures the live replicas in place, as a declarative
-    ``serve deploy`` does. ``options(version=..., _internal=True)`` is Serve's internal
-    hook for this (Ray is pinned to 2.60 in pyproject.toml; the hot-swap test asserts the
-    replicas survive).
+    of the same application replaces every replica (reloading every model), where a
+    declarative ``serve deploy`` would keep them. ``options(version=..., _internal=True)``
+    is Serve's internal hook for this (Ray is pinned in pyproject.toml). Hot-swap does not
+    redeploy at all: the student's replicas follow the registry (``deploy.RegistryFollower``).
     """
     blob = json.dumps([__version__, dep.name, settings.model_dump(mode="json")], sort_keys=True)
     return dep.options(version=hashlib.sha256(blob.encode()).hexdigest()[:16], _internal=True)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from router._policy import Decision, ThresholdPolicy
+from router._policy import Decision, ThresholdPolicy, resolve_threshold
 from router._resilience import (
     BreakerState,
     CircuitBreaker,
@@ -107,9 +107,6 @@ class CascadeRouter:
             on_transition=self._observer.breaker_transition,
         )
 
-    def reconfigure(self, policy: ThresholdPolicy) -> None:
-        self.policy = policy
-
     async def route(self, request: GenerationRequest, force: Tier | None = None) -> CascadeResult:
         if force == "teacher":
             gen, t_lat = await self._call_teacher(request)
@@ -165,20 +162,24 @@ class CascadeRouter:
         )
 
     def policy_for(self, student: Generation) -> ThresholdPolicy:
-        """The answering model's own calibrated threshold, unless one is pinned in config.
+        """The policy for the answering version (``resolve_threshold``'s precedence).
 
         After a hot-swap (or during a canary) two student versions answer side by side;
-        each must be judged against the threshold calibrated for it. An operator's live
-        override (carried on the answer by the student replica) beats both."""
-        if student.threshold_override is not None:
-            return ThresholdPolicy(self.policy.scorer, student.threshold_override)
-        if (
-            self._config.threshold is None
-            and student.calibrated_threshold is not None
-            and student.calibrated_scorer == self.policy.scorer
-        ):
-            return ThresholdPolicy(self.policy.scorer, student.calibrated_threshold)
-        return self.policy
+        each is judged against the threshold calibrated for it, which the student replica
+        carries on the answer with the operator's live override."""
+        threshold = resolve_threshold(
+            self.policy.scorer,
+            fallback=self.policy.threshold,
+            pinned=self._config.threshold,
+            override=student.threshold_override,
+            calibrated=student.calibrated_threshold,
+            calibrated_scorer=student.calibrated_scorer,
+        )
+        return (
+            self.policy
+            if threshold == self.policy.threshold
+            else ThresholdPolicy(self.policy.scorer, threshold)
+        )
 
     async def _call_teacher(self, request: GenerationRequest) -> tuple[Generation, float]:
         timeout_s = self._config.teacher_timeout_s

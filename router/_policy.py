@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from router._scoring import all_scores, get_scorer
 
-__all__ = ["Decision", "ThresholdPolicy"]
+__all__ = ["Decision", "ThresholdPolicy", "resolve_threshold"]
 
 
 @dataclass(frozen=True)
@@ -33,3 +33,28 @@ class ThresholdPolicy:
         scores = all_scores(logprobs)
         confidence = scores[self.scorer]
         return Decision(confidence, confidence < self.threshold, scores)
+
+
+def resolve_threshold(
+    scorer: str,
+    *,
+    fallback: float,
+    pinned: float | None = None,
+    override: float | None = None,
+    calibrated: float | None = None,
+    calibrated_scorer: str | None = None,
+) -> float:
+    """The one precedence for a student's escalation threshold.
+
+    An operator's live override (admin API, ``distillery models threshold``) beats
+    everything: it is a decision taken now, e.g. to escalate less while the teacher is
+    degraded. Then a threshold pinned in config (``cascade.threshold``), then the one
+    calibrated for the answering version (when it was calibrated for this scorer), then
+    the configured fallback."""
+    if override is not None:
+        return override
+    if pinned is not None:
+        return pinned
+    if calibrated is not None and calibrated_scorer == scorer:
+        return calibrated
+    return fallback

@@ -175,7 +175,8 @@ def chaos(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     from distillery.settings import load_settings
     from feedback import TansuBroker
-    from gateway._deployments import GatewayIngress, ModelServer
+    from gateway._ingress import GatewayIngress
+    from gateway._model_server import ModelServer, tier_spec
     from gateway.app import build_app, start_ray
 
     var = tmp_path_factory.mktemp("chaos")
@@ -194,9 +195,7 @@ def chaos(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         start_ray(upstream)
         opts = {"ray_actor_options": {"num_cpus": 0}, "max_ongoing_requests": 256}
         deployment = serve.deployment
-        teacher = deployment(ModelServer, name="teacher", **opts).bind(
-            "teacher", upstream.teacher, str(upstream.tier_dir("teacher")), None, 1.0
-        )
+        teacher = deployment(ModelServer, name="teacher", **opts).bind(tier_spec(upstream, "teacher"))
         # The upstream gateway's "student" handle is the teacher too: it only serves the
         # tier-pinned model id `distillery-teacher`.
         serve.run(

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import random
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from gateway._deployments import ModelServer
 from router import BackendConfig, Generation, GenerationRequest
 from router._factory import BACKEND_REASONS, choose_backend
+from router._slots import BackendSlots, Slot
 
 
 def _model_dir(tmp_path: Path, arch: str = "LlamaForCausalLM") -> Path:
@@ -81,22 +82,44 @@ class SlowBackend:
 
 
 @pytest.mark.asyncio
-async def test_a_replaced_backend_closes_only_after_its_in_flight_requests_finish():
-    server = object.__new__(ModelServer)  # the replica's state without Ray
+async def test_a_replaced_backend_closes_only_after_its_in_flight_requests_finish(tmp_path):
     old, new = SlowBackend("v1"), SlowBackend("v2")
-    server._tier, server._backend, server._canary = "student", old, None
-    server._cal, server._canary_cal, server._canary_share = {}, {}, 0.0
-    server._threshold_override = None
-    server._in_flight, server._idle, server._retired = {}, asyncio.Condition(), []
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    loaded = {v2: new}
+    slots = BackendSlots(Slot(old, v1, None), lambda d: loaded[d], tier="student")
 
-    pending = asyncio.create_task(server.generate(GenerationRequest(prompt="p")))
+    pending = asyncio.create_task(slots.generate(slots.current, [GenerationRequest(prompt="p")]))
     await asyncio.sleep(0.01)
-    server._backend = new  # the swap
-    retire = asyncio.create_task(server._retire([old]))
+    new.release.set()  # v2 answers its warm-up request
+    await slots.apply(v2, None, 0.0, None)  # the swap: v2 serves from here on
+    assert slots.current.backend is new and slots.loads == 2
     await asyncio.sleep(0.05)
     assert not old.closed  # one request still running on it
     old.release.set()
-    gen = await pending
-    await asyncio.wait_for(retire, 5)
+    (gen,) = await pending
+    await asyncio.wait_for(slots.drained(), 5)
     assert gen.model_version == "v1" and not old.answered_while_closed
-    assert old.closed and server._retired == ["v1"] and not new.closed
+    assert old.closed and slots.retired == ["v1"] and not new.closed
+
+
+@pytest.mark.asyncio
+async def test_promoting_the_canary_reuses_its_engine_and_closes_the_old_one(tmp_path):
+    old, cand = SlowBackend("v1"), SlowBackend("v2")
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    loads: list[Path] = []
+
+    def load(d: Path) -> SlowBackend:
+        loads.append(d)
+        return cand
+
+    slots = BackendSlots(Slot(old, v1, None), load, tier="student", rng=random.Random(0))
+    cand.release.set()
+    await slots.apply(v1, v2, 1.0, None)  # canary at 100%
+    assert slots.pick() == (slots.canary, True) and loads == [v2]
+    await slots.apply(v2, None, 0.0, 0.4)  # promote it, pin a threshold
+    await asyncio.wait_for(slots.drained(), 5)
+    assert loads == [v2], "the promoted canary must not be loaded a second time"
+    assert slots.current.backend is cand and slots.canary is None and slots.canary_share == 0.0
+    assert old.closed and not cand.closed and slots.retired == ["v1"]
+    (gen,) = await slots.generate(slots.current, [GenerationRequest(prompt="p")])
+    assert gen.threshold_override == 0.4 and gen.model_version == "v2"

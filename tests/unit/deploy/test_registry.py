@@ -69,7 +69,7 @@ def test_threshold_override_survives_promote_and_rollback_and_clears(tmp_path):
     reg.promote("v2")
     assert reg.threshold_override() == 0.42
     reg.rollback()
-    assert reg.rollout_state()["threshold_override"] == 0.42
+    assert reg.rollout_state().threshold_override == 0.42
     reg.set_threshold_override(None, actor="ops")
     assert reg.threshold_override() is None
     with pytest.raises(RegistryError):

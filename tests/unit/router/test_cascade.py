@@ -111,11 +111,24 @@ async def test_forced_tiers():
     assert len(student.calls) == 1 and len(teacher.calls) == 1
 
 
-async def test_reconfigure_swaps_the_policy():
-    router, _, _ = _router(0.9)
-    assert (await router.route(REQ)).tier == "teacher"
-    router.reconfigure(ThresholdPolicy("mean_logprob", 0.5))
-    assert (await router.route(REQ)).tier == "student"
+@pytest.mark.parametrize(
+    ("stamp", "pinned", "tier"),
+    [
+        # calibrated 0.5 keeps a 0.9-confident answer; the base policy (0.95) would not
+        ({"calibrated_threshold": 0.5, "calibrated_scorer": "mean_logprob"}, None, "student"),
+        # calibrated for another scorer: ignored, the base policy applies
+        ({"calibrated_threshold": 0.5, "calibrated_scorer": "min_logprob"}, None, "teacher"),
+        # a threshold pinned in config beats the calibrated one
+        ({"calibrated_threshold": 0.5, "calibrated_scorer": "mean_logprob"}, 0.99, "teacher"),
+        # the operator's live override beats the pin
+        ({"calibrated_threshold": 0.99, "calibrated_scorer": "mean_logprob", "threshold_override": 0.5}, 0.99, "student"),
+    ],
+)
+async def test_threshold_precedence_override_then_pinned_then_calibrated(stamp, pinned, tier):
+    student = FakeTier(lambda r: make_generation("cba", 0.9, "s1").model_copy(update=stamp))
+    router, _, teacher = _router(student=student, threshold=pinned)
+    assert (await router.route(REQ)).tier == tier
+    assert len(teacher.calls) == (tier == "teacher")
 
 
 async def test_an_empty_student_answer_escalates_however_confident():

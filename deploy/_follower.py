@@ -1,0 +1,66 @@
+"""Follows a registry's pointers and hands each new rollout to whoever serves it.
+
+Promote, canary start and end, rollback and the operator's threshold pin are all writes
+to the registry's pointer file; serving replicas poll its modification time (cheap: one
+``stat``) and apply the new ``RolloutState`` in place. This is the one hot-swap path:
+the loop, the CLI and the admin API write the registry, and the replicas follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from deploy._registry import ModelRegistry
+from deploy._rollout import RolloutState
+
+__all__ = ["RegistryFollower"]
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryFollower:
+    """Calls ``apply`` with the registry's rollout whenever its pointers change."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        apply: Callable[[RolloutState], Awaitable[None]],
+        *,
+        poll_s: float = 1.0,
+    ) -> None:
+        self._registry = registry
+        self._apply = apply
+        self._poll_s = poll_s
+        self._seen: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> RegistryFollower:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    async def check(self) -> bool:
+        """One poll; True when a changed rollout was applied. A failed apply is retried at
+        the next poll (the pointers are remembered only once applied)."""
+        path = self._registry.pointers_path
+        mtime = path.stat().st_mtime if path.is_file() else None
+        if mtime is None or mtime == self._seen:
+            return False
+        await self._apply(self._registry.rollout_state())
+        self._seen = mtime
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                logger.exception("could not apply the registry's rollout state")
+            await asyncio.sleep(self._poll_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

@@ -1,0 +1,204 @@
+"""The HTTP edge as a Serve deployment: owns the metrics registry, the cascade router and
+the feedback producer, and builds the FastAPI app (``__serve_build_asgi_app__``).
+
+The tier boundary lives here too: a handle's Ray wrappers are undone so the router
+classifies what a replica raised by type (a client's ``InvalidRequest`` never counts
+against a tier).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from common.errors import DistilleryError
+from deploy import ModelRegistry
+from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, claim_spool_dir
+from gateway._admin import build_admin_router
+from gateway._api import build_api
+from gateway._feedback_sink import FeedbackSink, RouteLabeler
+from gateway._model_server import ModelServer, tier_spec
+from gateway._serving import OpenAIServing
+from gateway.metrics import GatewayMetrics
+from gateway.settings import GatewaySettings
+from router import CascadeRouter, Generation, GenerationClient, GenerationRequest, ThresholdPolicy
+from router._policy import resolve_threshold
+from router.errors import ReplicaUnavailable
+
+__all__ = ["GatewayIngress", "resolve_policy"]
+
+logger = logging.getLogger(__name__)
+
+
+class _LocalClient:
+    """The router's ``GenerationClient`` over a ``ModelServer`` in this process: what it
+    raises reaches the router as it was raised, with no Ray wrapper to undo."""
+
+    def __init__(self, server: ModelServer) -> None:
+        self._server = server
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        return await self._server.generate(request)
+
+
+class _HandleClient:
+    """Adapts a Serve handle to the router's ``GenerationClient`` protocol.
+
+    The tier boundary: what a replica raised on purpose (a ``DistilleryError``) arrives as
+    Ray's wrapper, whose text is the remote traceback; the original is raised here, so
+    the router classifies it by type (a client's ``InvalidRequest`` never counts against
+    a tier) and its message stays the one Distillery wrote."""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        try:
+            result: Generation = await self._handle.generate.remote(request)
+        except RayActorError as exc:  # ActorDiedError, ActorUnavailableError
+            # The replica died (or is unreachable) under the call: Serve replaces it, so
+            # the router may retry (teacher) or fall back (student).
+            raise ReplicaUnavailable(f"{type(exc).__name__}: the replica died under the call") from exc
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, DistilleryError):
+                raise cause from None
+            raise
+        return result
+
+
+def resolve_policy(settings: GatewaySettings, calibration: dict[str, Any]) -> ThresholdPolicy:
+    """The base policy, for answers that carry no calibration of their own."""
+    cascade = settings.cascade
+    threshold = resolve_threshold(
+        cascade.scorer,
+        fallback=cascade.fallback_threshold,
+        pinned=cascade.threshold,
+        calibrated=calibration.get("threshold"),
+        calibrated_scorer=calibration.get("scorer"),
+    )
+    return ThresholdPolicy(cascade.scorer, threshold)
+
+
+def _feedback_sink(settings: GatewaySettings, metrics: GatewayMetrics) -> FeedbackSink | None:
+    cfg = settings.feedback
+    if not cfg.enabled:
+        return None
+    if not cfg.kafka.bootstrap:
+        logger.warning("feedback.kafka.bootstrap is not set: escalation events are NOT recorded")
+        return None
+    labeler: RouteLabeler | None = None
+    if cfg.route_labeler:
+        module, _, name = cfg.route_labeler.partition(":")
+        labeler = getattr(importlib.import_module(module), name)
+    claim = claim_spool_dir(settings.spool_dir)
+    producer = EscalationProducer(
+        cfg, cfg.kafka.bootstrap, DiskSpool(claim.path), FeedbackMetrics(metrics.registry)
+    ).start()
+    logger.info("escalation events -> %s (spool %s)", cfg.kafka.bootstrap, claim.path)
+    return FeedbackSink(producer, sample_rate=cfg.sample_rate, route_label=labeler)
+
+
+@serve.ingress()
+class GatewayIngress:
+    """HTTP edge. Owns the metrics registry and the cascade router."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self,
+        student: DeploymentHandle[Any] | None,
+        teacher: DeploymentHandle[Any],
+        settings: GatewaySettings,
+    ) -> None:
+        self._student = student
+        self._teacher = teacher
+        self._settings = settings
+        self._metrics = GatewayMetrics(pricing=settings.pricing)
+        self._local_student: ModelServer | None = None
+        student_client: GenerationClient
+        if student is None:  # student_placement: ingress
+            self._local_student = await ModelServer.open(tier_spec(settings, "student"))
+            student_client = _LocalClient(self._local_student)
+        else:
+            student_client = _HandleClient(student)
+        s_info, t_info = await asyncio.gather(self._student_info(), teacher.info.remote())
+        self._versions = {
+            "student": (s_info["model_id"], s_info["version"]),
+            "teacher": (t_info["model_id"], t_info["version"]),
+        }
+        policy = resolve_policy(settings, s_info["calibration"])
+        self._router = CascadeRouter(
+            student_client, _HandleClient(teacher), policy, settings.cascade, observer=self._metrics
+        )
+        for tier, (model_id, version) in self._versions.items():
+            self._metrics.set_model(tier, model_id, version)
+        for tier, info in (("student", s_info), ("teacher", t_info)):
+            self._metrics.set_backend(tier, info["backend"]["kind"], info["backend"]["reason"])
+        self._metrics.threshold.set(policy.threshold)
+        self._feedback = _feedback_sink(settings, self._metrics)
+        self._serving = OpenAIServing(
+            self._router, self._metrics, settings.server, lambda: self._versions, self._feedback
+        )
+        logger.info("cascade policy: %s >= %.6f keeps the student", policy.scorer, policy.threshold)
+        if settings.auth.enabled:
+            logger.info("API keys required (%d configured)", len(settings.auth.keys))
+        else:
+            logger.warning(
+                "AUTHENTICATION IS DISABLED: no API keys are configured (auth.keys), so anyone who"
+                " can reach this port may call the models AND the admin API. Local development only."
+            )
+
+    async def _student_info(self) -> dict[str, Any]:
+        if self._local_student is not None:
+            return self._local_student.info()
+        assert self._student is not None
+        info: dict[str, Any] = await self._student.info.remote()
+        return info
+
+    def __del__(self) -> None:
+        # Serve calls this on graceful replica shutdown: flush events, leave the rest spooled.
+        sink: FeedbackSink | None = getattr(self, "_feedback", None)
+        if sink is not None:
+            sink.close()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        registry = ModelRegistry(self._settings.resolved_registry_dir)
+        return build_api(
+            self._serving,
+            self._metrics,
+            self._health,
+            auth=self._settings.auth,
+            limits=self._settings.limits,
+            admin=build_admin_router(registry, self._metrics),
+        )
+
+    async def _health(self) -> dict[str, Any]:
+        s_info, t_info = await asyncio.wait_for(
+            asyncio.gather(self._student_info(), self._teacher.info.remote()), timeout=5.0
+        )
+        cal = s_info["calibration"]
+        cascade = self._settings.cascade
+        threshold = resolve_threshold(
+            cascade.scorer,
+            fallback=self._router.policy.threshold,
+            pinned=cascade.threshold,
+            calibrated=cal.get("threshold"),
+            calibrated_scorer=cal.get("scorer"),
+        )
+        return {
+            "student": s_info["version"],
+            "canary": s_info.get("canary_version"),
+            "canary_share": s_info.get("canary_share", 0.0),
+            "teacher": t_info["version"],
+            "threshold": threshold,
+            "scorer": self._router.policy.scorer,
+            "threshold_override": s_info.get("threshold_override"),
+            "auth": "enabled" if self._settings.auth.enabled else "disabled",
+            "student_engine_starts": s_info.get("engine_starts"),
+        }

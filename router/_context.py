@@ -1,0 +1,36 @@
+"""The per-request check against the model that will answer it: renderable, and within
+its context."""
+
+from __future__ import annotations
+
+import logging
+
+from router._backend import Backend
+from router._types import GenerationRequest
+from router.errors import InvalidRequest, PromptTooLong
+
+__all__ = ["check_fits"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_fits(backend: Backend, request: GenerationRequest, tier: str) -> None:
+    """Raises the client's error (400) for a prompt this model cannot take.
+
+    Checked per request before batching, so one bad prompt cannot fail a batch. A request
+    the model cannot even render or tokenize is the client's error, never a failure of
+    the tier: it must not escalate, retry, or count against the teacher's breaker. It is
+    classified here, where the cause is known."""
+    try:
+        prompt_tokens = backend.count_prompt_tokens(request)
+    except InvalidRequest:
+        raise
+    except Exception as exc:
+        logger.info("%s cannot tokenize request %s: %r", tier, request.request_id, exc)
+        raise InvalidRequest(f"the {tier} model cannot tokenize this prompt") from None
+    limit = backend.max_context
+    if prompt_tokens + request.max_tokens > limit:
+        raise PromptTooLong(
+            f"this model's context is {limit} tokens; the prompt has {prompt_tokens} "
+            f"and max_tokens asks for {request.max_tokens} more"
+        )

@@ -1,0 +1,178 @@
+"""The backends one tier serves: the current model and an optional canary, swapped live.
+
+A swap loads the new backend beside the old one and replaces it in one assignment:
+requests already running keep their reference to the old backend and finish on it, so
+none is dropped, and the old backend is closed (a vLLM engine frees its KV cache) only
+once its in-flight calls have returned. Each slot carries the calibration of *its* model
+directory, stamped on every answer, because a threshold belongs to one model version.
+
+No Ray here: the Serve shell (``gateway._model_server``) owns batching and the registry
+follower, and calls ``apply`` when the rollout changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.model_dir import CalibrationRecord
+from router._backend import Backend
+from router._types import Generation, GenerationRequest
+
+__all__ = ["BackendSlots", "Slot", "continuous_batching"]
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[Path], Backend]
+"""Builds a backend for a model directory (blocking: it runs in a worker thread)."""
+
+
+def continuous_batching(backend: Backend) -> bool:
+    """An engine that batches at every decoding step (vLLM): it gets each request as it
+    comes, since an outer batch would hold short requests until its longest one finished."""
+    return bool(getattr(backend, "continuous_batching", False))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One served model: its backend, where it was loaded from, its own calibration."""
+
+    backend: Backend
+    model_dir: Path
+    calibration: CalibrationRecord | None
+
+    @classmethod
+    def of(cls, backend: Backend, model_dir: Path) -> Slot:
+        return cls(backend, model_dir, CalibrationRecord.load(model_dir))
+
+    def stamp(self, gens: list[Generation], threshold_override: float | None) -> list[Generation]:
+        """Names on each answer the threshold it must be judged by (``router.resolve_threshold``)."""
+        cal = self.calibration
+        if cal is None and threshold_override is None:
+            return gens
+        update = {
+            "calibrated_threshold": cal.threshold if cal is not None else None,
+            "calibrated_scorer": cal.scorer if cal is not None else None,
+            "threshold_override": threshold_override,
+        }
+        return [g.model_copy(update=update) for g in gens]
+
+
+class BackendSlots:
+    """The current slot, an optional canary taking ``canary_share`` of requests, and the
+    operator's threshold pin; counts calls per backend so a replaced one closes when idle."""
+
+    def __init__(self, current: Slot, load: Loader, *, tier: str, rng: random.Random | None = None) -> None:
+        self.current = current
+        self.canary: Slot | None = None
+        self.canary_share = 0.0
+        self.threshold_override: float | None = None
+        self.loads = 1
+        """Backends built for this tier, the first included (a test asserts one at boot)."""
+        self.retired: list[str] = []
+        """Versions closed after a swap, newest last (the last eight)."""
+        self._load = load
+        self._tier = tier
+        self._rng = rng or random.Random()
+        self._in_flight: dict[int, int] = {}
+        self._idle = asyncio.Condition()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closing: set[int] = set()
+        """Backends one retirement already closes: two swaps in a row must not close one twice."""
+
+    @classmethod
+    def open(cls, model_dir: Path, load: Loader, *, tier: str) -> BackendSlots:
+        return cls(Slot.of(load(model_dir), model_dir), load, tier=tier)
+
+    def pick(self) -> tuple[Slot, bool]:
+        """The slot for one request, and whether it is the canary."""
+        if self.canary is not None and self._rng.random() < self.canary_share:
+            return self.canary, True
+        return self.current, False
+
+    def in_flight(self) -> int:
+        return sum(self._in_flight.values())
+
+    async def generate(self, slot: Slot, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """``slot.backend.generate``, counted and stamped with the slot's calibration."""
+        key = id(slot.backend)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            gens = await slot.backend.generate(requests)
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+            async with self._idle:
+                self._idle.notify_all()
+        return slot.stamp(gens, self.threshold_override)
+
+    async def apply(
+        self,
+        model_dir: Path | None,
+        canary_dir: Path | None,
+        canary_share: float,
+        threshold_override: float | None,
+    ) -> None:
+        """Moves to a rollout (promote, canary start or end, rollback, threshold pin).
+
+        ``model_dir`` None keeps the current model (nothing registered yet). Promoting the
+        canary reuses its loaded engine. Returns once the new slots serve; the replaced
+        backends close in the background, after their in-flight calls."""
+        replaced = [self.current, self.canary]
+        if model_dir is not None and model_dir != self.current.model_dir:
+            if self.canary is not None and model_dir == self.canary.model_dir:
+                self.current = self.canary
+            else:
+                self.current = Slot.of(await self._loaded(model_dir), model_dir)
+            logger.info("%s swapped to %s (%s)", self._tier, self.current.backend.version, model_dir)
+        if canary_dir is None:
+            self.canary = None
+        elif self.canary is None or canary_dir != self.canary.model_dir:
+            self.canary = Slot.of(await self._loaded(canary_dir), canary_dir)
+        self.canary_share = canary_share if self.canary is not None else 0.0
+        self.threshold_override = threshold_override
+        task = asyncio.get_running_loop().create_task(self._retire(replaced))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _loaded(self, model_dir: Path) -> Backend:
+        """A new backend, warmed with one request when it is an engine (a fresh vLLM engine's
+        first step is slow), so traffic reaches it only once it answers at speed."""
+        backend = await asyncio.to_thread(self._load, model_dir)
+        self.loads += 1
+        if continuous_batching(backend):
+            try:
+                await backend.generate([GenerationRequest(prompt="warm up", max_tokens=1)])
+            except Exception:
+                logger.exception("warm-up request on %s failed", backend.version)
+        return backend
+
+    async def _retire(self, slots: list[Slot | None]) -> None:
+        """Closes backends no longer served, after their in-flight requests finish."""
+        live = {id(self.current.backend), id(self.canary.backend) if self.canary else None}
+        old = {
+            id(s.backend): s.backend
+            for s in slots
+            if s is not None and id(s.backend) not in live and id(s.backend) not in self._closing
+        }
+        self._closing.update(old)
+        for key, backend in old.items():
+            async with self._idle:
+                await self._idle.wait_for(lambda: key not in self._in_flight)  # noqa: B023
+            try:
+                await backend.close()
+            except Exception:
+                logger.exception("closing the replaced backend %s failed", backend.version)
+            self._closing.discard(key)
+            self.retired = [*self.retired, backend.version][-8:]
+            logger.info("%s closed the replaced backend %s", self._tier, backend.version)
+
+    async def drained(self) -> None:
+        """Waits for the background closes (tests; a clean shutdown)."""
+        while self._retiring:
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)
