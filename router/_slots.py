@@ -81,8 +81,9 @@ class BackendSlots:
         self._in_flight: dict[int, int] = {}
         self._idle = asyncio.Condition()
         self._retiring: set[asyncio.Task[None]] = set()
-        self._closing: set[int] = set()
-        """Backends one retirement already closes: two swaps in a row must not close one twice."""
+        self._open: dict[int, Backend] = {id(current.backend): current.backend}
+        """Every backend loaded and not yet closed (or being closed): two swaps in a row
+        hand the same old backend to two retirements, and it must close once."""
 
     @classmethod
     def open(cls, model_dir: Path, load: Loader, *, tier: str) -> BackendSlots:
@@ -145,6 +146,7 @@ class BackendSlots:
         first step is slow), so traffic reaches it only once it answers at speed."""
         backend = await asyncio.to_thread(self._load, model_dir)
         self.loads += 1
+        self._open[id(backend)] = backend
         if continuous_batching(backend):
             try:
                 await backend.generate([GenerationRequest(prompt="warm up", max_tokens=1)])
@@ -155,20 +157,17 @@ class BackendSlots:
     async def _retire(self, slots: list[Slot | None]) -> None:
         """Closes backends no longer served, after their in-flight requests finish."""
         live = {id(self.current.backend), id(self.canary.backend) if self.canary else None}
-        old = {
-            id(s.backend): s.backend
-            for s in slots
-            if s is not None and id(s.backend) not in live and id(s.backend) not in self._closing
-        }
-        self._closing.update(old)
-        for key, backend in old.items():
+        keys = {id(s.backend) for s in slots if s is not None} - live
+        for key in keys:
+            backend = self._open.pop(key, None)
+            if backend is None:  # another retirement has it
+                continue
             async with self._idle:
                 await self._idle.wait_for(lambda: key not in self._in_flight)  # noqa: B023
             try:
                 await backend.close()
             except Exception:
                 logger.exception("closing the replaced backend %s failed", backend.version)
-            self._closing.discard(key)
             self.retired = [*self.retired, backend.version][-8:]
             logger.info("%s closed the replaced backend %s", self._tier, backend.version)
 
