@@ -121,7 +121,11 @@ async def test_forced_tiers():
         # a threshold pinned in config beats the calibrated one
         ({"calibrated_threshold": 0.5, "calibrated_scorer": "mean_logprob"}, 0.99, "teacher"),
         # the operator's live override beats the pin
-        ({"calibrated_threshold": 0.99, "calibrated_scorer": "mean_logprob", "threshold_override": 0.5}, 0.99, "student"),
+        (
+            {"calibrated_threshold": 0.99, "calibrated_scorer": "mean_logprob", "threshold_override": 0.5},
+            0.99,
+            "student",
+        ),
     ],
 )
 async def test_threshold_precedence_override_then_pinned_then_calibrated(stamp, pinned, tier):
