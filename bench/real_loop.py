@@ -325,8 +325,8 @@ def loop_run(settings: Any, var: Path, args: argparse.Namespace) -> dict[str, An
 
     from deploy import ModelRegistry
     from distillery._scenario import run_scenario
+    from distillery._stack import serving_factory
     from distillery._workloads import workload_for
-    from distillery.cli._common import serving_factory
     from feedback import FeedbackConsumer, SQLiteStore, TansuBroker, open_store
     from gateway.app import run_app
     from retrain import RefreshLoop, ensure_registry

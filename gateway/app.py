@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -109,9 +110,14 @@ def _check_fast_path(server: ServerConfig) -> None:
 
 def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None:
     """Starts (or joins, via ``RAY_ADDRESS``) Ray and Serve's ingress (HAProxy on the
-    fast path, else Serve's Python proxy)."""
+    fast path, else Serve's Python proxy). Ray's session logs, Serve's among them, are
+    linked from ``settings.logs_dir``/ray."""
+    joining = bool(os.environ.get("RAY_ADDRESS"))
+    if not settings.verbose:
+        for name in ("ray", "ray.serve"):  # the driver's own narration of starts and deploys
+            logging.getLogger(name).setLevel(logging.WARNING)
     if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
+        if joining:
             logger.info(
                 "joining the Ray cluster at RAY_ADDRESS: its processes keep the Serve mode "
                 "they were started with (server.fast_path wants %s)",
@@ -124,11 +130,15 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
             num_cpus=num_cpus,
             include_dashboard=False,
             ignore_reinit_error=True,
-            log_to_driver=True,
-            _temp_dir=str((settings.var_dir / "ray").resolve())
-            if not os.environ.get("RAY_ADDRESS")
-            else None,
+            # The replicas' stdout/stderr (vLLM's engine lines, Serve's access log) stay in
+            # Ray's session files unless asked for: a console shows what matters.
+            log_to_driver=settings.verbose,
+            _temp_dir=None if joining else str((settings.var_dir / "ray").resolve()),
         )
+    if not joining:  # Serve's logs (controller, proxy, replicas) are in Ray's session
+        logs = settings.logs_dir.resolve()
+        logs.mkdir(parents=True, exist_ok=True)
+        _link(logs / "ray", settings.var_dir.resolve() / "ray" / "session_latest" / "logs")
     serve.start(
         http_options={
             "host": settings.server.host,
@@ -136,6 +146,16 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
             "request_timeout_s": settings.server.request_timeout_s,
         }
     )
+
+
+def _link(link: Path, target: Path) -> None:
+    """``var/logs/ray`` -> Ray's session logs (one place to look for every log)."""
+    try:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target, target_is_directory=True)
+    except OSError:
+        logger.info("could not link %s to %s", link, target)
 
 
 def run_app(settings: GatewaySettings, *, blocking: bool = False) -> None:

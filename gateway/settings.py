@@ -76,6 +76,10 @@ class GatewaySettings(BaseSettings):
     var_dir: Path = Path("var")
     models_dir: Path | None = None
     log_level: str = "INFO"
+    verbose: bool = False
+    """``False``: the console shows Distillery's own lines; Ray's, Serve's and vLLM's INFO
+    lines and the per-request access logs go to files under ``logs_dir`` (``serve/``,
+    ``ray/``). ``True`` (``--verbose``, ``DISTILLERY_VERBOSE=1``) prints them as well."""
     server: ServerConfig = ServerConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -101,6 +105,10 @@ class GatewaySettings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return self.models_dir or self.var_dir / "models"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.var_dir / "logs"
 
     @property
     def store_dsn(self) -> str:

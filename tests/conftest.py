@@ -7,8 +7,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from distillery._stack import LocalStack
 
 REPO = Path(__file__).resolve().parents[1]
 # The product's student default is ``auto`` (vLLM where installed). The suite at large pins
@@ -48,55 +52,27 @@ def demo_models() -> Path:
     return MODELS_DIR
 
 
-class LiveStack:
-    """The whole serving half: Tansu broker, feedback consumer into SQLite, the Serve app."""
-
-    def __init__(self, url: str, store: object, settings: object) -> None:
-        self.url = url
-        self.store = store
-        self.settings = settings
-
-
 @pytest.fixture(scope="session")
-def live_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    import threading
-
-    import ray
-    from ray import serve
-
+def live_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The whole serving half, as ``distillery run`` assembles it: an embedded Tansu broker,
+    the feedback consumer into SQLite and the Serve app (no refresh loop: tests drive it)."""
+    from distillery._stack import LocalStack
     from distillery.settings import load_settings
-    from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
-    from gateway.app import run_app
 
-    var = tmp_path_factory.mktemp("var")
-    broker = TansuBroker(log_path=var / "tansu.log").start()
-    port = free_port()
     settings = load_settings(
         models_dir=str(demo_models),
-        var_dir=str(var),
-        server={"port": port},
+        var_dir=str(tmp_path_factory.mktemp("var")),
+        server={"port": free_port()},
         cascade={"teacher_timeout_s": 30},
-        feedback={
-            "kafka": {"bootstrap": broker.bootstrap},
-            "sample_rate": 0.2,
-        },
+        feedback={"sample_rate": 0.2},
+        verbose=True,
     )
-    store = SQLiteStore(var / "feedback.db")
-    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    run_app(settings)
-    yield LiveStack(f"http://127.0.0.1:{port}", store, settings)
-    serve.shutdown()
-    ray.shutdown()
-    consumer.stop()
-    thread.join(10)
-    consumer.close()
-    broker.stop()
+    with LocalStack(settings) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="session")
-def serve_url(live_stack: LiveStack) -> str:
+def serve_url(live_stack: LocalStack) -> str:
     return live_stack.url
 
 
@@ -194,7 +170,7 @@ class SecureStack:
 
 
 @pytest.fixture(scope="session")
-def secure_stack(live_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
+def secure_stack(live_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
     import shutil
 
     from ray import serve
@@ -208,7 +184,7 @@ def secure_stack(live_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory
     var = tmp_path_factory.mktemp("secure")
     keys = {name: new_key() for name in ("app", "ops", "both", "tiny")}
     scopes = {"app": ["inference"], "ops": ["admin"], "both": ["inference", "admin"], "tiny": ["inference"]}
-    base: DistillerySettings = live_stack.settings  # type: ignore[assignment]
+    base: DistillerySettings = live_stack.settings
     settings = DistillerySettings.model_validate(
         {
             **base.model_dump(),

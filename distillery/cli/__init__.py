@@ -33,6 +33,8 @@ def settings_from_args(args: argparse.Namespace) -> DistillerySettings:
     }
     if server:
         overrides["server"] = server
+    if args.verbose:
+        overrides["verbose"] = True
     return load_settings(args.config, preset=args.preset, **overrides)
 
 
@@ -46,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         help="bundled configuration: demo (toy models, the default) or smollm2 (SmolLM2-135M-Instruct)",
     )
     p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's, Serve's and vLLM's INFO lines and the access log too (else: var/logs/)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     add_stack_commands(sub)
     add_demo_commands(sub)
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"distillery: invalid settings: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, verbose=settings.verbose, logs_dir=settings.logs_dir)
     try:
         return int(args.fn(args, settings))
     except DistilleryError as exc:  # raised on purpose, with a message written for the user

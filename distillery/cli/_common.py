@@ -6,12 +6,11 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from distillery.settings import DistillerySettings
 
-__all__ = ["ProgressFn", "logger", "progress_bar", "registry_of", "serving_factory"]
+__all__ = ["ProgressFn", "logger", "progress_bar", "registry_of"]
 
 logger = logging.getLogger("distillery")
 
@@ -55,18 +54,3 @@ def registry_of(settings: DistillerySettings) -> Any:
     from deploy import ModelRegistry
 
     return ModelRegistry(settings.resolved_registry_dir)
-
-
-def serving_factory(settings: DistillerySettings, tier: str = "student") -> Callable[[Path], Any]:
-    """Builds a model directory's backend exactly as the Serve app builds the tier's: the
-    gate, the drift reference and calibration judge a model on the engine that serves it."""
-    from router import build_backend
-
-    cfg = settings.student if tier == "student" else settings.teacher
-
-    def build(model_dir: Path) -> Any:
-        return build_backend(
-            cfg.model_copy(update={"model_dir": model_dir}), default_dir=model_dir, model_id=tier
-        )
-
-    return build

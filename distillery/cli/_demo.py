@@ -132,8 +132,8 @@ def cmd_calibrate(args: argparse.Namespace, settings: DistillerySettings) -> int
 def cmd_demo_scenario(args: argparse.Namespace, settings: DistillerySettings) -> int:
     """The story of the loop, on a running ``distillery run`` stack."""
     from distillery._scenario import run_scenario
+    from distillery._stack import build_loop
     from distillery._workloads import workload_for
-    from distillery.cli._stack import build_loop
     from retrain import RemoteLoop
     from router import AgreementMetric
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distillery.cli._stack import start_consumer, with_bootstrap
+from distillery._stack import LocalStack, with_bootstrap
 from distillery.settings import DistillerySettings
 
 __all__ = ["add_feedback_commands", "add_keys_commands"]
@@ -52,17 +52,14 @@ def cmd_feedback_consume(args: argparse.Namespace, settings: DistillerySettings)
     if not settings.feedback.kafka.bootstrap:
         print("set DISTILLERY_FEEDBACK__KAFKA__BOOTSTRAP or --bootstrap", file=sys.stderr)
         return 2
-    consumer = start_consumer(settings, args.metrics_port)
-    print(
-        f"consuming {settings.feedback.kafka.topic} into {settings.store_dsn} "
-        f"(metrics on :{args.metrics_port})",
-        flush=True,
-    )
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        consumer.close()
+    stack = LocalStack(settings, broker=False, serve=False, metrics_port=args.metrics_port)
+    with stack:
+        print(f"consuming {settings.feedback.kafka.topic} into {settings.store_dsn}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

@@ -4,35 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
-from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
 import yaml
 
-from common.errors import ConfigError
-from distillery.cli._common import logger, progress_bar, registry_of, serving_factory
+from distillery._stack import LocalStack, build_loop, serving_factory
+from distillery.cli._common import progress_bar, registry_of
 from distillery.cli._demo import ensure_models
 from distillery.settings import DistillerySettings
 
-__all__ = ["add_stack_commands", "build_loop", "start_consumer", "with_bootstrap"]
-
-
-def with_bootstrap(
-    settings: DistillerySettings, bootstrap: str, *, embedded: bool = False
-) -> DistillerySettings:
-    """The same settings with the Kafka bootstrap set (a copy: settings are never mutated).
-
-    ``embedded``: the broker keeps its log in memory and stops with the stack, so the
-    producers spool what the consumer has not confirmed when they shut down."""
-    kafka = settings.feedback.kafka.model_copy(update={"bootstrap": bootstrap})
-    update: dict[str, Any] = {"kafka": kafka}
-    if embedded:
-        update["spool_unconfirmed_on_close"] = True
-    feedback = settings.feedback.model_copy(update=update)
-    return settings.model_copy(update={"feedback": feedback})
+__all__ = ["add_stack_commands"]
 
 
 def _sample_requests(settings: DistillerySettings) -> list[tuple[str, dict[str, Any]]]:
@@ -52,89 +35,24 @@ def _print_banner(settings: DistillerySettings) -> None:
     print(f"  models: {url}/v1/models   health: {url}/healthz   metrics: {url}/metrics")
     for path, body in _sample_requests(settings):
         print(f"  curl -s {url}{path} -H 'Content-Type: application/json' -d '{json.dumps(body)}'")
+    if not settings.auth.enabled:
+        print("  auth: DISABLED (no API keys configured: anyone who can reach the port may call it)")
+    if not settings.verbose:
+        print(f"  logs: {settings.logs_dir}/ (Ray, Serve, vLLM, access log); --verbose prints them here")
     print(flush=True)
 
 
-def _serve_forever(settings: DistillerySettings, on_stop: list[Any] | None = None) -> int:
-    """Serves until SIGTERM or SIGINT, then stops everything in order and returns 0.
-
-    ``on_stop``: what else to stop after Serve has drained (supervisor, loop, consumer,
-    broker: see ``distillery._local``)."""
-    import ray
-    from ray import serve
-
+def _serve_forever(stack: LocalStack) -> int:
+    """Starts ``stack``, serves until SIGTERM or SIGINT, then stops it in order; returns 0."""
     from distillery._local import ShutdownSignal
-    from gateway.app import run_app
 
-    try:
-        run_app(settings)
-    except BaseException:  # Serve never came up: stop what was started for it
-        _stop_all(on_stop or [])
-        ray.shutdown()
-        raise
-    stop = ShutdownSignal().install()  # after ray.init, which installs its own SIGTERM handler
-    _print_banner(settings)
-    received = stop.wait()
-    print(f"\n{received}: finishing the requests in flight, then stopping", flush=True)
-    # Serve first: replicas finish what is in flight; the ingress flushes its producer and
-    # spools what the broker did not confirm. Then the rest, in reverse order of start.
-    serve.shutdown()  # type: ignore[no-untyped-call]
-    _stop_all(on_stop or [])
-    ray.shutdown()
+    with stack:
+        stop = ShutdownSignal().install()  # after ray.init, which installs its own SIGTERM handler
+        _print_banner(stack.settings)
+        received = stop.wait()
+        print(f"\n{received}: finishing the requests in flight, then stopping", flush=True)
     print("stopped", flush=True)
     return 0
-
-
-def start_consumer(settings: DistillerySettings, metrics_port: int | None) -> Any:
-    """The feedback consumer in a background thread of this process."""
-    from prometheus_client import start_http_server
-
-    from feedback import FeedbackConsumer, FeedbackMetrics, open_store
-
-    kafka = settings.feedback.kafka
-    assert kafka.bootstrap is not None
-    metrics = FeedbackMetrics()
-    if metrics_port:
-        start_http_server(metrics_port, addr=settings.server.host, registry=metrics.registry)
-    consumer = FeedbackConsumer(kafka, kafka.bootstrap, open_store(settings.store_dsn), metrics)
-    threading.Thread(target=consumer.run, name="feedback-consumer", daemon=True).start()
-    return consumer
-
-
-def build_loop(
-    settings: DistillerySettings,
-    *,
-    canary: bool | None = None,
-    interval_s: float | None = None,
-    gateway_url: str | None = None,
-) -> Any:
-    import httpx
-
-    from feedback import open_store
-    from retrain import RefreshLoop, ensure_registry
-    from router import AgreementMetric
-
-    registry = registry_of(settings)
-    ensure_registry(registry, settings.tier_dir("student"))
-    url = gateway_url or f"http://{settings.server.host}:{settings.server.port}"
-    update: dict[str, Any] = {"sample_rate": settings.feedback.sample_rate}
-    if canary is not None:
-        update["canary"] = canary
-    if interval_s is not None:
-        update["check_interval_s"] = interval_s
-    return RefreshLoop(
-        open_store(settings.store_dsn),
-        registry,
-        settings.loop.model_copy(update=update),
-        workdir=settings.var_dir / "candidates",
-        fetch_metrics=lambda: httpx.get(f"{url}/metrics", timeout=10).text,
-        scorer=settings.cascade.scorer,
-        distill=settings.retrain,
-        gate=settings.gate,
-        canary=settings.canary,
-        agreement=AgreementMetric(settings.agreement),
-        backend_factory=serving_factory(settings),
-    )
 
 
 def cmd_config(args: argparse.Namespace, settings: DistillerySettings) -> int:
@@ -150,95 +68,16 @@ def cmd_config(args: argparse.Namespace, settings: DistillerySettings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: DistillerySettings) -> int:
-    return _serve_forever(settings)
+    """The Serve app alone: the broker, consumer and loop run elsewhere (Kubernetes)."""
+    return _serve_forever(LocalStack(settings, broker=False, consumer=False, announce=print))
 
 
 def cmd_run(args: argparse.Namespace, settings: DistillerySettings) -> int:
     """Everything on embedded defaults: the preset's models, broker, consumer, loop, gateway;
     the embedded services supervised (``distillery._local``)."""
-    from distillery._local import Service, Supervisor
-
     ensure_models(settings)
-    services: list[Service] = []
-    try:
-        settings = _start_services(args, settings, services)
-    except BaseException:  # a failed start leaves no broker or thread behind
-        _stop_all(reversed(services))
-        raise
-    supervisor = Supervisor(services).start()
-    return _serve_forever(settings, on_stop=[supervisor, *reversed(services)])
-
-
-def _stop_all(services: Iterable[Any]) -> None:
-    for service in services:
-        try:
-            service.stop()
-        except Exception:
-            logger.exception("stopping %s failed", getattr(service, "name", service))
-
-
-def _metrics_server(port: int, settings: DistillerySettings, registry: Any, what: str) -> None:
-    from prometheus_client import start_http_server
-
-    try:
-        start_http_server(port, addr=settings.server.host, registry=registry)
-    except OSError as exc:
-        raise ConfigError(
-            f"the {what}'s metrics port {port} is not free ({exc.strerror}); pick another: --metrics-port"
-        ) from None
-
-
-def _start_services(
-    args: argparse.Namespace, settings: DistillerySettings, services: list[Any]
-) -> DistillerySettings:
-    """Starts the embedded broker, consumer and loop, appending each to ``services`` as it
-    starts (so a failure part way can stop what already runs); returns the settings with
-    the embedded broker's address."""
-    from distillery._local import BrokerService, ThreadService
-    from feedback import FeedbackConsumer, FeedbackMetrics, TansuBroker, open_store
-
-    if settings.feedback.enabled and not settings.feedback.kafka.bootstrap:
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-        kafka = settings.feedback.kafka
-        broker = BrokerService(
-            TansuBroker(log_path=settings.var_dir / "tansu.log"),
-            [kafka.topic, kafka.sample_topic, kafka.dead_letter_topic],
-            partitions=kafka.partitions,
-        )
-        broker.start()
-        services.append(broker)
-        settings = with_bootstrap(settings, broker.broker.bootstrap, embedded=True)
-        print(f"embedded Kafka-protocol broker (Tansu) on {broker.broker.bootstrap}")
-    if settings.feedback.enabled:
-        kafka = settings.feedback.kafka
-        assert kafka.bootstrap is not None
-        bootstrap: str = kafka.bootstrap
-        metrics = FeedbackMetrics()
-        _metrics_server(args.metrics_port, settings, metrics.registry, "feedback consumer")
-
-        def consumer() -> tuple[Any, Any]:
-            c = FeedbackConsumer(kafka, bootstrap, open_store(settings.store_dsn), metrics)
-
-            def run() -> None:
-                try:
-                    c.run()
-                finally:
-                    c.close()
-
-            return run, c.stop
-
-        services.append(ThreadService("feedback consumer", consumer))
-        services[-1].start()
-        print(f"feedback consumer -> {settings.store_dsn} (metrics on :{args.metrics_port})")
-        loop = build_loop(settings)
-        _metrics_server(args.metrics_port + 1, settings, loop.metrics.registry, "refresh loop")
-        services.append(ThreadService("refresh loop", lambda: (loop.run, loop.stop)))
-        services[-1].start()
-        print(
-            f"refresh loop: drift check every {loop.config.check_interval_s:g}s "
-            f"(metrics on :{args.metrics_port + 1}); `distillery demo scenario` tells the story"
-        )
-    return settings
+    stack = LocalStack(settings, loop=True, supervise=True, metrics_port=args.metrics_port, announce=print)
+    return _serve_forever(stack)
 
 
 def cmd_retrain(args: argparse.Namespace, settings: DistillerySettings) -> int:

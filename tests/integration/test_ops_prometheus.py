@@ -27,7 +27,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import LiveStack, free_port
+from distillery._stack import LocalStack
+from tests.conftest import free_port
 from tests.ops_promql import (
     PROM_CONFIG,
     RULES,
@@ -136,7 +137,7 @@ def _prometheus_config(targets: dict[str, str], tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def monitoring(live_stack: LiveStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitoring]:
+def monitoring(live_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitoring]:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.skip("prometheus is not installed (make test installs Debian's prometheus package as root)")
@@ -312,7 +313,7 @@ def test_prometheus_evaluates_every_query_and_rule_without_error(monitoring: Mon
     )
 
 
-def test_escalation_rate_over_prometheus_http_api(monitoring: Monitoring, live_stack: LiveStack) -> None:
+def test_escalation_rate_over_prometheus_http_api(monitoring: Monitoring, live_stack: LocalStack) -> None:
     url = live_stack.url
     # The fixture's warm-up made every series the ratio sums exist (and be past 0, so
     # Prometheus' start extrapolation treats them alike) before the measured window starts.

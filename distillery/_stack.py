@@ -1,0 +1,274 @@
+"""The local stack: broker, store, consumer, refresh loop and the Serve app of one process.
+
+One assembly for ``distillery run`` and ``serve``, the test fixtures and the benchmarks,
+so they cannot drift apart and each stops its parts the same way: Serve first (replicas
+finish the requests in flight; the ingress flushes its producer and spools what the broker
+did not confirm), then the supervisor, then the loop, the consumer and the broker in
+reverse order of start, then Ray. A start that fails part way stops what it had started,
+so no broker or thread outlives it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from common.errors import ConfigError
+from distillery._local import BrokerService, Service, Supervisor, ThreadService
+from distillery.settings import DistillerySettings
+
+__all__ = ["LocalStack", "build_loop", "serving_factory", "with_bootstrap"]
+
+logger = logging.getLogger("distillery.stack")
+
+
+def with_bootstrap(
+    settings: DistillerySettings, bootstrap: str, *, embedded: bool = False
+) -> DistillerySettings:
+    """The same settings with the Kafka bootstrap set (a copy: settings are never mutated).
+
+    ``embedded``: the broker keeps its log in memory and stops with the stack, so the
+    producers spool what the consumer has not confirmed when they shut down."""
+    kafka = settings.feedback.kafka.model_copy(update={"bootstrap": bootstrap})
+    update: dict[str, Any] = {"kafka": kafka}
+    if embedded:
+        update["spool_unconfirmed_on_close"] = True
+    feedback = settings.feedback.model_copy(update=update)
+    return settings.model_copy(update={"feedback": feedback})
+
+
+def serving_factory(settings: DistillerySettings, tier: str = "student") -> Callable[[Path], Any]:
+    """Builds a model directory's backend exactly as the Serve app builds the tier's: the
+    gate, the drift reference and calibration judge a model on the engine that serves it."""
+    from router import build_backend
+
+    cfg = settings.student if tier == "student" else settings.teacher
+
+    def build(model_dir: Path) -> Any:
+        return build_backend(
+            cfg.model_copy(update={"model_dir": model_dir}), default_dir=model_dir, model_id=tier
+        )
+
+    return build
+
+
+def build_loop(
+    settings: DistillerySettings,
+    *,
+    canary: bool | None = None,
+    interval_s: float | None = None,
+    gateway_url: str | None = None,
+    suite: Any = None,
+) -> Any:
+    """The refresh loop these settings describe (``RefreshLoop``), reading the canary's
+    live metrics from ``gateway_url`` (default: the settings' server)."""
+    import httpx
+
+    from deploy import ModelRegistry
+    from feedback import open_store
+    from retrain import RefreshLoop, ensure_registry
+    from router import AgreementMetric
+
+    registry = ModelRegistry(settings.resolved_registry_dir)
+    ensure_registry(registry, settings.tier_dir("student"))
+    url = gateway_url or f"http://{settings.server.host}:{settings.server.port}"
+    update: dict[str, Any] = {"sample_rate": settings.feedback.sample_rate}
+    if canary is not None:
+        update["canary"] = canary
+    if interval_s is not None:
+        update["check_interval_s"] = interval_s
+    return RefreshLoop(
+        open_store(settings.store_dsn),
+        registry,
+        settings.loop.model_copy(update=update),
+        workdir=settings.var_dir / "candidates",
+        suite=suite,
+        fetch_metrics=lambda: httpx.get(f"{url}/metrics", timeout=10).text,
+        scorer=settings.cascade.scorer,
+        distill=settings.retrain,
+        gate=settings.gate,
+        canary=settings.canary,
+        agreement=AgreementMetric(settings.agreement),
+        backend_factory=serving_factory(settings),
+    )
+
+
+class LocalStack:
+    """``with LocalStack(settings, ...) as stack:`` starts, in order, the parts asked for.
+
+    Parameters:
+        broker (`bool`): embed a Tansu broker when ``feedback.kafka.bootstrap`` is unset
+            (its address is then in ``stack.settings``).
+        consumer (`bool`): run the feedback consumer (into ``settings.store_dsn``) on a
+            thread of this process.
+        loop (`bool`): run the refresh loop on a thread (``stack.loop``).
+        serve (`bool`): start Ray and the Serve app (``distillery feedback consume``: no).
+        supervise (`bool`): restart a dead broker, consumer or loop with backoff.
+        metrics_port (`int | None`): serve the consumer's metrics there and the loop's on
+            the next port.
+        announce: where the one-line "started X" messages go (``print`` for a console).
+    """
+
+    def __init__(
+        self,
+        settings: DistillerySettings,
+        *,
+        broker: bool = True,
+        consumer: bool = True,
+        loop: bool = False,
+        serve: bool = True,
+        supervise: bool = False,
+        metrics_port: int | None = None,
+        announce: Callable[[str], None] = logger.info,
+    ) -> None:
+        self.settings = settings
+        self.loop: Any = None
+        self._want = {"broker": broker, "consumer": consumer, "loop": loop, "serve": serve}
+        self._supervise = supervise
+        self._metrics_port = metrics_port
+        self._announce = announce
+        self._services: list[Service] = []
+        self._supervisor: Supervisor | None = None
+        self._serving = False
+        self._store: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.server.port}"
+
+    @property
+    def store(self) -> Any:
+        """The feedback store the consumer writes (opened on first use)."""
+        if self._store is None:
+            from feedback import open_store
+
+            self._store = open_store(self.settings.store_dsn)
+        return self._store
+
+    @property
+    def services(self) -> list[Service]:
+        return list(self._services)
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self._start()
+        except BaseException:  # a failed start leaves no broker, thread or cluster behind
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        from gateway.app import run_app
+
+        feedback = self.settings.feedback
+        if self._want["broker"] and feedback.enabled and not feedback.kafka.bootstrap:
+            self._start_broker()
+        if self._want["consumer"] and self.settings.feedback.enabled:
+            self._start_consumer()
+        if self._want["loop"] and self.settings.feedback.enabled:
+            self._start_loop()
+        if self._want["serve"]:
+            self._serving = True  # from here on close() shuts Serve down: run_app may fail part way
+            run_app(self.settings)
+        if self._supervise:
+            self._supervisor = Supervisor(self._services).start()
+
+    def _start_broker(self) -> None:
+        from feedback import TansuBroker
+
+        kafka = self.settings.feedback.kafka
+        self.settings.var_dir.mkdir(parents=True, exist_ok=True)
+        broker = BrokerService(
+            TansuBroker(log_path=self.settings.var_dir / "tansu.log"),
+            [kafka.topic, kafka.sample_topic, kafka.dead_letter_topic],
+            partitions=kafka.partitions,
+        )
+        broker.start()
+        self._services.append(broker)
+        self.settings = with_bootstrap(self.settings, broker.broker.bootstrap, embedded=True)
+        self._announce(f"embedded Kafka-protocol broker (Tansu) on {broker.broker.bootstrap}")
+
+    def _start_consumer(self) -> None:
+        from feedback import FeedbackConsumer, FeedbackMetrics, open_store
+
+        settings = self.settings
+        kafka = settings.feedback.kafka
+        if not kafka.bootstrap:
+            raise ConfigError("the feedback consumer needs feedback.kafka.bootstrap (or an embedded broker)")
+        bootstrap: str = kafka.bootstrap
+        metrics = FeedbackMetrics()
+        port = self._metrics_port
+        if port:
+            _metrics_server(port, settings.server.host, metrics.registry, "feedback consumer")
+
+        def consumer() -> tuple[Callable[[], None], Callable[[], None]]:
+            c = FeedbackConsumer(kafka, bootstrap, open_store(settings.store_dsn), metrics)
+
+            def run() -> None:
+                try:
+                    c.run()
+                finally:
+                    c.close()
+
+            return run, c.stop
+
+        self._services.append(ThreadService("feedback consumer", consumer))
+        self._services[-1].start()
+        where = f" (metrics on :{port})" if port else ""
+        self._announce(f"feedback consumer -> {settings.store_dsn}{where}")
+
+    def _start_loop(self) -> None:
+        loop = build_loop(self.settings)
+        port = self._metrics_port
+        if port:
+            _metrics_server(port + 1, self.settings.server.host, loop.metrics.registry, "refresh loop")
+        self.loop = loop
+        self._services.append(ThreadService("refresh loop", lambda: (loop.run, loop.stop)))
+        self._services[-1].start()
+        where = f" (metrics on :{port + 1})" if port else ""
+        self._announce(f"refresh loop: drift check every {loop.config.check_interval_s:g}s{where}")
+
+    def close(self) -> None:
+        """Stops what runs, in reverse order of start; safe to call twice."""
+        import ray
+
+        if self._serving:
+            from ray import serve
+
+            self._serving = False
+            if ray.is_initialized():
+                _quietly(serve.shutdown, "Serve")
+        if self._supervisor is not None:
+            _quietly(self._supervisor.stop, "the supervisor")
+            self._supervisor = None
+        while self._services:
+            service = self._services.pop()
+            _quietly(service.stop, service.name)
+        if ray.is_initialized():
+            _quietly(ray.shutdown, "Ray")
+
+
+def _quietly(stop: Callable[[], Any], what: str) -> None:
+    try:
+        stop()
+    except Exception:
+        logger.exception("stopping %s failed", what)
+
+
+def _metrics_server(port: int, host: str, registry: Any, what: str) -> None:
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(
+            f"the {what}'s metrics port {port} is not free ({exc.strerror}); pick another: --metrics-port"
+        ) from None
