@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,24 +104,6 @@ class VLLMServer(ServedProcess):
 
     def _answers(self) -> bool:
         return httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200
-
-
-class BackgroundConsumer:
-    """A ``FeedbackConsumer`` looping on a daemon thread of the bench process.
-
-    ``close`` stops the loop, waits for it, then closes the Kafka client: a client left
-    open keeps retrying its broker (gone after the benchmark) for the rest of ``make bench``.
-    """
-
-    def __init__(self, consumer: Any) -> None:
-        self._consumer = consumer
-        self._thread = threading.Thread(target=consumer.run, name="feedback-consumer", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._consumer.stop()
-        self._thread.join(10)
-        self._consumer.close()
 
 
 def machine_info() -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 
 if TYPE_CHECKING:
     from distillery._stack import LocalStack
+    from feedback._local_postgres import LocalPostgres
 
 REPO = Path(__file__).resolve().parents[1]
 # The product's student default is ``auto`` (vLLM where installed). The suite at large pins
@@ -76,82 +77,23 @@ def serve_url(live_stack: LocalStack) -> str:
     return live_stack.url
 
 
-def _pg_bindir() -> Path | None:
-    import glob
-    import shutil
-
-    found = shutil.which("initdb")
-    if found:
-        return Path(found).resolve().parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(versions[-1]).parent if versions else None
-
-
-class PostgresServer:
-    """A throwaway PostgreSQL cluster; ``stop``/``start`` let tests take it away for a while."""
-
-    def __init__(self, bindir: Path, base: Path, prefix: list[str]) -> None:
-        self.port = free_port()
-        self._ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(base / "data")]
-        self._opts = f"-p {self.port} -k {base / 'sock'} -c listen_addresses=127.0.0.1"
-        self._log = str(base / "log")
-        self.dsn = f"postgresql://distillery@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        import subprocess
-
-        subprocess.run(
-            [*self._ctl, "-w", "-l", self._log, "-o", self._opts, "start"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
-    def stop(self, mode: str = "fast") -> None:
-        import subprocess
-
-        subprocess.run([*self._ctl, "-m", mode, "-w", "stop"], capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server() -> Iterator[LocalPostgres]:
     """PostgreSQL on a loopback port (``make test`` installs Debian's package). Skips,
     saying why, only when no server can be started here."""
-    import shutil
-    import subprocess
-    import tempfile
+    from feedback._local_postgres import LocalPostgres
+    from feedback.errors import StoreUnavailable
 
-    bindir = _pg_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package as root)")
-    # Not under pytest's tmp dir: that one is private to root, and postgres must reach it.
-    base = Path(tempfile.mkdtemp(prefix="distillery-pg-"))
-    (base / "sock").mkdir()
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # postgres refuses to run as root: use the package's user
-        for path in (base, base / "sock"):
-            shutil.chown(path, "postgres")
-        base.chmod(0o755)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    server = PostgresServer(bindir, base, prefix)
     try:
-        subprocess.run(
-            [*prefix, str(bindir / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "distillery"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        server.start()
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, KeyError, LookupError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        pytest.skip(f"PostgreSQL could not start here: {exc} {detail.decode(errors='replace')[:300]}")
+        server = LocalPostgres.create()
+    except StoreUnavailable as exc:
+        pytest.skip(f"{exc} (make test installs Debian's postgresql package as root)")
     yield server
-    server.stop("immediate")
-    shutil.rmtree(base, ignore_errors=True)
+    server.remove()
 
 
 @pytest.fixture(scope="session")
-def postgres_dsn(postgres_server: PostgresServer) -> str:
+def postgres_dsn(postgres_server: LocalPostgres) -> str:
     return postgres_server.dsn
 
 
