@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:  # pydantic's ValidationError is a ValueError
         print(f"distillery: invalid settings: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, verbose=settings.verbose, logs_dir=settings.logs_dir)
+    # The services (serve, run, loop) keep a quiet console and write the rest to var/logs/;
+    # one-shot commands print as they go and leave no files behind.
+    quiet = getattr(args, "services", False) and not settings.verbose
+    configure_logging(settings.log_level, verbose=not quiet, logs_dir=settings.logs_dir)
     try:
         return int(args.fn(args, settings))
     except DistilleryError as exc:  # raised on purpose, with a message written for the user

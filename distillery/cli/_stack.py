@@ -196,7 +196,7 @@ def add_stack_commands(sub: Any) -> None:
         sp.add_argument("--host")
         sp.add_argument("--port", type=int)
         sp.add_argument("--metrics-port", type=int, default=9101, help="feedback consumer metrics")
-        sp.set_defaults(fn=fn)
+        sp.set_defaults(fn=fn, services=True)
 
     retrain = sub.add_parser("retrain", help="refresh the student now: store -> TRL -> gate -> canary")
     retrain.add_argument("--steps", type=int)
@@ -215,7 +215,7 @@ def add_stack_commands(sub: Any) -> None:
         help="where the canary reads live metrics (default: server.host:port, which"
         " the metrics listener also binds)",
     )
-    loop.set_defaults(fn=cmd_loop)
+    loop.set_defaults(fn=cmd_loop, services=True)
 
     drift = sub.add_parser("drift", help="drift checks").add_subparsers(dest="drift_cmd", required=True)
     drift.add_parser("check", help="one Evidently drift check on the recent window").set_defaults(

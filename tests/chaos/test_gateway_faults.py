@@ -243,15 +243,18 @@ def chaos(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             serve.shutdown()
             ray.shutdown()
         raise
-    yield stack
-    print("\n" + "\n".join(c.line() for c in RESULTS))
-    if stack.consumer is not None:
-        stack.consumer.terminate()
-        stack.consumer.wait(10)
-    serve.shutdown()
-    ray.shutdown()
-    proxy.stop()
-    broker.stop()
+    try:
+        yield stack
+    finally:  # each step on its own: one failing must not leave the rest running
+        print("\n" + "\n".join(c.line() for c in RESULTS))
+        if stack.consumer is not None:
+            stack.consumer.terminate()
+            stack.consumer.wait(10)
+        for stop in (serve.shutdown, ray.shutdown, proxy.stop, broker.stop):
+            try:
+                stop()
+            except Exception as exc:  # reported, then the next one
+                print(f"teardown: {stop} failed: {exc!r}")
 
 
 def _run(url: str, items: list[tuple[str, str]], **kwargs) -> list[Outcome]:
@@ -360,7 +363,7 @@ def test_broker_killed_mid_traffic_then_restarted_loses_no_event(chaos):
         bg.wait_done(15)
         chaos.broker.kill()  # SIGKILL; its in-memory log (and group offsets) die with it
         bg.wait_done(60)
-        time.sleep(2)
+        time.sleep(2)  # the outage itself: traffic keeps flowing with no broker for a while
         chaos.broker.start()
     spooled = chaos.metric("distillery_feedback_spooled_total") - spooled0
     counts = Counts(
@@ -422,6 +425,9 @@ def test_student_replica_killed_under_load(chaos):
         return o.kind == "answered" and o.tier == "student" and not o.escalated
 
     assert _wait(student_back, 90, every_s=1.0), "the student replica was not replaced"
+    # The kill hit live traffic: requests in flight on the dead replica fell back to the
+    # teacher (else this test would pass with the kill landing between requests).
+    assert fell_back > 0, "no request was in flight on the killed student replica"
     counts = Counts(
         "student replica killed under load",
         bg.outcomes,
@@ -442,6 +448,8 @@ def test_teacher_replica_killed_under_load(chaos):
     tries = _until_teacher_answers(chaos, timeout_s=90)
     dead = chaos.metric("distillery_teacher_errors_total", {"reason": "replica_unavailable"}) - dead0
     retries = chaos.metric("distillery_teacher_retries_total") - retries0
+    # The kill hit live traffic: calls reached the dead replica and were retried.
+    assert dead > 0 or retries > 0, "no teacher call was in flight on the killed replica"
     counts = Counts(
         "teacher replica killed under load",
         bg.outcomes,

@@ -14,7 +14,6 @@ import pytest
 from deploy import CanaryConfig, ModelRegistry
 from distillery._scenario import run_scenario
 from distillery._workloads import demo_regression_suite
-from feedback import open_store
 from retrain import DriftConfig, LoopConfig, RefreshLoop, ensure_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,43 +23,45 @@ def test_traffic_drift_is_detected_distilled_gated_canaried_and_escalations_fall
     settings = live_stack.settings
     registry = ModelRegistry(settings.resolved_registry_dir)
     initial = ensure_registry(registry, settings.tier_dir("student"))
-    loop = RefreshLoop(
-        open_store(str(live_stack.store.path)),
-        registry,
-        LoopConfig(
-            nightly_at=None,
-            sample_rate=settings.feedback.sample_rate,
-            drift=DriftConfig(window_s=3600, min_rows=100),
-        ),
-        canary=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
-        workdir=tmp_path / "candidates",
-        suite=demo_regression_suite(50),
-        fetch_metrics=lambda: httpx.get(f"{live_stack.url}/metrics", timeout=10).text,
-    )
-    started = time.monotonic()
-    try:
-        report = run_scenario(live_stack.url, loop, plot_path=tmp_path / "scenario.png")
+    try:  # the stack is session-wide: whatever fails, the next test gets the initial student
+        loop = RefreshLoop(
+            live_stack.store,
+            registry,
+            LoopConfig(
+                nightly_at=None,
+                sample_rate=settings.feedback.sample_rate,
+                drift=DriftConfig(window_s=3600, min_rows=100),
+            ),
+            canary=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
+            workdir=tmp_path / "candidates",
+            suite=demo_regression_suite(50),
+            fetch_metrics=lambda: httpx.get(f"{live_stack.url}/metrics", timeout=10).text,
+        )
+        started = time.monotonic()
+        try:
+            report = run_scenario(live_stack.url, loop, plot_path=tmp_path / "scenario.png")
+        finally:
+            duration = time.monotonic() - started
+            print(f"\ne2e loop: {duration:.0f}s")
+        before, drift, after = report.windows[0], report.windows[1], report.windows[-1]
+        assert all(e["trigger"] == "drift" and e["drift"]["drifted"] for e in report.loop), report.loop
+        # A first candidate may be refused by the gate (then more feedback, one more refresh);
+        # a refused one must never have been served.
+        assert all(e["result"] == "refused" for e in report.loop[:-1]), report.loop
+        event = report.loop[-1]
+        assert event["result"] == "promoted", report.loop
+        # Every stage from drift detection to the swap is timed (benchmarks report them).
+        assert {"drift_check", "dataset", "train", "gate", "register", "canary"} <= set(event["timings_s"])
+        new_version = event["version"]
+        assert registry.pointers()["current"] == new_version
+        assert after.student_versions == [new_version]
+        # Escalations on the drifted skills fall to less than half of what they were.
+        assert drift.escalation_rate_new_skills > 0.9
+        assert after.escalation_rate_new_skills < drift.escalation_rate_new_skills / 2
+        # Old skills do not regress beyond 3 points; served answers stay right.
+        assert after.accuracy_old_skills >= before.accuracy_old_skills - 0.03
+        assert after.accuracy_new_skills >= 0.95
+        assert after.cost_vs_teacher_only < drift.cost_vs_teacher_only
+        assert (tmp_path / "scenario.png").stat().st_size > 10_000
     finally:
-        duration = time.monotonic() - started
-        print(f"\ne2e loop: {duration:.0f}s")
-    before, drift, after = report.windows[0], report.windows[1], report.windows[-1]
-    assert all(e["trigger"] == "drift" and e["drift"]["drifted"] for e in report.loop), report.loop
-    # A first candidate may be refused by the gate (then more feedback, one more refresh);
-    # a refused one must never have been served.
-    assert all(e["result"] == "refused" for e in report.loop[:-1]), report.loop
-    event = report.loop[-1]
-    assert event["result"] == "promoted", report.loop
-    # Every stage from drift detection to the swap is timed (benchmarks report them).
-    assert {"drift_check", "dataset", "train", "gate", "register", "canary"} <= set(event["timings_s"])
-    new_version = event["version"]
-    assert registry.pointers()["current"] == new_version
-    assert after.student_versions == [new_version]
-    # Escalations on the drifted skills fall to less than half of what they were.
-    assert drift.escalation_rate_new_skills > 0.9
-    assert after.escalation_rate_new_skills < drift.escalation_rate_new_skills / 2
-    # Old skills do not regress beyond 3 points; served answers stay right.
-    assert after.accuracy_old_skills >= before.accuracy_old_skills - 0.03
-    assert after.accuracy_new_skills >= 0.95
-    assert after.cost_vs_teacher_only < drift.cost_vs_teacher_only
-    assert (tmp_path / "scenario.png").stat().st_size > 10_000
-    registry.promote(initial.version, reason="test cleanup", actor="test")
+        registry.promote(initial.version, reason="test cleanup", actor="test")
