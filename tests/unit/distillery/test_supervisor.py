@@ -60,3 +60,20 @@ def test_healthy_services_are_left_alone():
     for _ in range(3):
         sup.check()
     assert svc.starts == 0
+
+
+def test_sigterm_sigint_and_sighup_each_start_the_ordered_stop():
+    import os
+    import signal
+
+    from distillery._local import ShutdownSignal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        for sig in before:
+            stop = ShutdownSignal().install()
+            os.kill(os.getpid(), sig)
+            assert stop.event.wait(5) and stop.wait() == sig.name
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
