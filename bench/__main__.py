@@ -28,7 +28,14 @@ os.environ.setdefault("DISTILLERY_STUDENT__KIND", "transformers")
 
 # Order = run order = report order. Each name is a measuring module ``bench.<name>`` (its
 # ``run()`` writes ``bench/results/<name>.json``) and a rendering one ``bench.report.<name>``.
-BENCHMARKS: list[str] = ["overhead", "loop", "feedback_throughput", "vllm_vs_transformers", "real_loop"]
+BENCHMARKS: list[str] = [
+    "overhead",
+    "loop",
+    "feedback_throughput",
+    "vllm_vs_transformers",
+    "real_loop",
+    "quantize",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

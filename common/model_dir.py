@@ -34,6 +34,7 @@ __all__ = [
     "CalibrationRecord",
     "ModelManifest",
     "ModelSource",
+    "QuantizationRecord",
     "TrainingDefaults",
     "read_model_version",
     "write_json_atomic",
@@ -58,7 +59,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 class ModelSource(BaseModel):
     """Where a directory's weights came from."""
 
-    kind: Literal["gguf", "hf", "derived", "demo", "distilled", "bootstrapped"]
+    kind: Literal["gguf", "hf", "derived", "demo", "distilled", "bootstrapped", "quantized"]
     path: str | None = None
     sha256: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
@@ -76,6 +77,18 @@ class TrainingDefaults(BaseModel):
     batch_size: int | None = Field(default=None, ge=1)
     learning_rate: float | None = Field(default=None, gt=0.0)
     warmup_steps: int | None = Field(default=None, ge=0)
+
+
+class QuantizationRecord(BaseModel):
+    """How a quantized version differs from its parent (``router._quantize`` applies it).
+
+    The weights in the directory are the parent's; the engine quantizes them as it loads
+    (dynamic schemes quantize deterministically, so every replica serves the same model)."""
+
+    scheme: str
+    parent: str
+    calibration: str = ""
+    """What the candidate was recalibrated and gated on (quantization moves log-probs)."""
 
 
 class ModelManifest(BaseModel):
@@ -98,6 +111,7 @@ class ModelManifest(BaseModel):
     """The model has a chat template and its workload is chat requests."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     training: TrainingDefaults | None = None
+    quantization: QuantizationRecord | None = None
     created: float = Field(default_factory=time.time)
 
     @classmethod

@@ -196,6 +196,8 @@ class GatewayIngress:
             "canary": s_info.get("canary_version"),
             "canary_share": s_info.get("canary_share", 0.0),
             "teacher": t_info["version"],
+            "student_quantization": s_info.get("quantization"),
+            "canary_quantization": s_info.get("canary_quantization"),
             "threshold": threshold,
             "scorer": self._router.policy.scorer,
             "threshold_override": s_info.get("threshold_override"),

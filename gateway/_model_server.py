@@ -138,6 +138,10 @@ class ModelServer:
             "version": current.backend.version,
             "canary_version": slots.canary.backend.version if slots.canary is not None else None,
             "canary_share": slots.canary_share,
+            "quantization": getattr(current.backend, "quantization", None),
+            "canary_quantization": getattr(slots.canary.backend, "quantization", None)
+            if slots.canary
+            else None,
             "max_context": current.backend.max_context,
             "calibration": {} if cal is None else {"scorer": cal.scorer, "threshold": cal.threshold},
             "threshold_override": slots.threshold_override,

@@ -13,6 +13,7 @@ from retrain._derive import BootstrapResult, bootstrap_student, derive_student, 
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
 from retrain._loop import EVENTS_FILE, LoopConfig, LoopEvent, LoopMetrics, RefreshLoop, RemoteLoop
+from retrain._quantize import QuantizeOutcome, quantize_version, quantized_version_name
 from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
 from retrain._suite import build_suite, load_suite, save_suite
 from retrain._train import TrainResult, distill
@@ -20,6 +21,9 @@ from retrain.config import PRETRAINED_TRAINING, DistillConfig, GateConfig
 from retrain.errors import DriftCheckError, NotEnoughFeedback, RetrainError
 
 __all__ = [
+    "QuantizeOutcome",
+    "quantize_version",
+    "quantized_version_name",
     "EVENTS_FILE",
     "RemoteLoop",
     "PRETRAINED_TRAINING",

@@ -28,6 +28,7 @@ from feedback import FeedbackStore
 from retrain._dataset import Pair, load_reference
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import BackendFactory, answer_budget, transformers_factory
+from retrain._quantize import QuantizeOutcome, quantize_version
 from retrain._refresh import RefreshOutcome, run_refresh
 from retrain.config import DistillConfig, GateConfig
 from retrain.errors import NotEnoughFeedback
@@ -48,6 +49,9 @@ class LoopConfig(BaseModel):
             refresh; None disables it.
         sample_rate (`float`): the gateway's ``feedback.sample_rate`` (to unbias the window).
         canary (`bool`, defaults to True): live canary before promotion (else promote on gate).
+        quantize_after_promotion (`str | None`): after each promotion, make a quantized
+            candidate of the new version with this scheme (``router._quantize``), gate it
+            against its parent and roll it out the same way (None: never).
         drift (`DriftConfig`): the drift check.
     """
 
@@ -55,6 +59,7 @@ class LoopConfig(BaseModel):
     nightly_at: str | None = "03:00"
     sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     canary: bool = True
+    quantize_after_promotion: str | None = None
     drift: DriftConfig = DriftConfig()
 
 
@@ -313,10 +318,37 @@ class RefreshLoop:
         for stage, seconds in outcome.timings_s.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         self._save_state(last_refresh_at=now)
-        return self._record(self._roll_out(now, trigger, drift_info, outcome))
+        event = self._record(self._roll_out(now, trigger, drift_info, outcome))
+        scheme = self._config.quantize_after_promotion
+        if event.result == "promoted" and event.version is not None and scheme:
+            self._record(self.quantize(event.version, scheme, now=now))
+        return event
+
+    def quantize(self, version: str, scheme: str, *, now: float | None = None) -> LoopEvent:
+        """``version``'s quantized candidate, gated and rolled out like any (the tick calls
+        it after each promotion when ``quantize_after_promotion`` names a scheme)."""
+        now = self._clock() if now is None else now
+        try:
+            outcome = quantize_version(
+                self._registry,
+                version,
+                scheme,
+                workdir=self._workdir,
+                gate_config=self.gate,
+                store=self._store,
+                suite=self._suite,
+                scorer=self._scorer,
+                agreement=self._agreement,
+                backend_factory=self._factory,
+                holdout_fraction=self.distill.holdout_fraction,
+            )
+        except Exception as exc:  # the promotion stands; only its quantized twin failed
+            logger.exception("quantizing %s with %s failed", version, scheme)
+            return LoopEvent(now, "quantize", {}, "failed", version, f"{type(exc).__name__}: {exc}"[:300])
+        return self._roll_out(now, "quantize", {}, outcome)
 
     def _roll_out(
-        self, now: float, trigger: str, drift_info: dict[str, Any], outcome: RefreshOutcome
+        self, now: float, trigger: str, drift_info: dict[str, Any], outcome: RefreshOutcome | QuantizeOutcome
     ) -> LoopEvent:
         if not outcome.passed:
             self.metrics.refreshes.labels("refused").inc()
@@ -326,7 +358,7 @@ class RefreshLoop:
                 drift_info,
                 "refused",
                 outcome.version,
-                "; ".join(outcome.gate.reasons),
+                "; ".join(outcome.reasons),
                 outcome.timings_s,
             )
         if self._config.canary and self._fetch is not None:

@@ -35,6 +35,10 @@ class RefreshOutcome:
     timings_s: dict[str, float] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def reasons(self) -> list[str]:
+        return self.gate.reasons
+
 
 def ensure_registry(registry: ModelRegistry, serving_dir: Path) -> RegisteredModel:
     """The registry's current version; the first time, the serving student becomes it."""

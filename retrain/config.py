@@ -131,6 +131,9 @@ class GateConfig(BaseModel):
     max_invalid_rate: float = Field(default=0.02, ge=0.0)
     max_invalid_increase: float = Field(default=0.01, ge=0.0)
     target_agreement: float = Field(default=0.995, gt=0.0, le=1.0)
+    min_parent_agreement: float = Field(default=0.98, ge=0.0, le=1.0)
+    """A quantized candidate answers as its parent on at least this share of the suite
+    (``distillery models quantize``): quantization must not change what is served."""
     max_new_tokens: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, ge=1)
     suite_file: Path | None = None

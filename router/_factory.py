@@ -15,7 +15,9 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
+from common.errors import ConfigError
 from router._backend import Backend
+from router._quantize import scheme_of
 from router.config import BackendConfig
 
 __all__ = ["BACKEND_REASONS", "BackendChoice", "build_backend", "build_backend_with_choice", "choose_backend"]
@@ -28,6 +30,7 @@ BackendReason = Literal[
     "vllm_not_installed",  # auto: no vllm package
     "vllm_import_failed",  # auto: installed but broken (e.g. CUDA torchvision beside CPU torch)
     "architecture_unsupported",  # auto: vLLM has no implementation of the model's architecture
+    "quantization_scheme",  # auto: the directory's quantization scheme is served by one engine only
 ]
 BACKEND_REASONS: tuple[str, ...] = get_args(BackendReason)
 
@@ -49,7 +52,19 @@ def _architectures(model_dir: Path) -> list[str]:
 
 
 def choose_backend(config: BackendConfig, model_dir: Path) -> BackendChoice:
-    """Which engine serves ``model_dir`` under ``config``, and why."""
+    """Which engine serves ``model_dir`` under ``config``, and why.
+
+    A quantized directory is served by its scheme's engine (``router._quantize``): under
+    ``auto`` that engine is taken; a forced kind that cannot serve the scheme is refused,
+    since it would silently serve the unquantized weights."""
+    scheme = scheme_of(model_dir) if config.kind != "openai" else None
+    if scheme is not None:
+        if config.kind not in ("auto", scheme.engine):
+            raise ConfigError(
+                f"{model_dir} is quantized with {scheme.name}, which {scheme.engine} serves, "
+                f"but the tier's backend is forced to {config.kind}"
+            )
+        return BackendChoice(kind=scheme.engine, reason="quantization_scheme", detail=scheme.name)
     if config.kind != "auto":
         return BackendChoice(kind=config.kind, reason="configured")
     import importlib.util

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from common.errors import ConfigError
 from common.model_dir import read_model_version
+from router._quantize import apply_torch_scheme, scheme_of
 from router._render import prompt_token_ids, render_prompt
 from router._stop import to_generation
 from router._types import Generation, GenerationRequest
@@ -54,7 +56,16 @@ class TransformersBackend:
         # tokenizer while a worker thread pads a batch corrupted that batch (seen under load).
         self._counter: Any = AutoTokenizer.from_pretrained(str(path))
         model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        self._model: Any = model.to(self._device).eval()
+        model = model.to(self._device).eval()
+        scheme = scheme_of(path)
+        self.quantization = scheme.name if scheme is not None else None
+        """The quantization scheme this backend applied at load (``router._quantize``)."""
+        if scheme is not None:
+            if scheme.engine != "transformers":
+                why = f"{path} is quantized with {scheme.name}, which only {scheme.engine} serves"
+                raise ConfigError(why)
+            model = apply_torch_scheme(model, scheme)
+        self._model: Any = model
         self.max_context = int(getattr(self._model.config, "max_position_embeddings", 2048))
         self._lock = threading.Lock()
 

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.errors import ConfigError
 from common.model_dir import read_model_version
+from router._quantize import scheme_of
 from router._render import prompt_token_ids, render_prompt
 from router._stop import to_generation
 from router._types import Generation, GenerationRequest
@@ -151,6 +153,13 @@ class VLLMBackend:
         self._tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
         # Used on the event loop only (no padding state is touched), so one instance suffices.
         options: dict[str, Any] = {} if cfg.max_model_len is None else {"max_model_len": cfg.max_model_len}
+        scheme = scheme_of(path)
+        self.quantization = scheme.name if scheme is not None else None
+        if scheme is not None:  # fp8: written for vLLM's GPU path, untested here (no GPU lent)
+            if scheme.vllm_quantization is None:
+                why = f"{path} is quantized with {scheme.name}, which only {scheme.engine} serves"
+                raise ConfigError(why)
+            options["quantization"] = scheme.vllm_quantization
         args = AsyncEngineArgs(
             model=str(path),
             tokenizer=str(path),

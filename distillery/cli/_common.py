@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -10,7 +11,7 @@ from typing import Any
 
 from distillery.settings import DistillerySettings
 
-__all__ = ["ProgressFn", "logger", "progress_bar", "registry_of"]
+__all__ = ["ProgressFn", "logger", "progress_bar", "registry_of", "roll_out"]
 
 logger = logging.getLogger("distillery")
 
@@ -54,3 +55,28 @@ def registry_of(settings: DistillerySettings) -> Any:
     from deploy import ModelRegistry
 
     return ModelRegistry(settings.resolved_registry_dir)
+
+
+def roll_out(
+    registry: Any, version: str, settings: DistillerySettings, args: argparse.Namespace, *, actor: str
+) -> int:
+    """A gated candidate goes live: promoted directly (``--no-canary``), else through the
+    live canary, which promotes or rolls back on the gateway's metrics (exit 0: promoted)."""
+    import httpx
+
+    from deploy import CanaryController
+
+    if args.no_canary:
+        registry.promote(version, reason="gate passed (no canary)", actor=actor)
+        print(f"promoted {version}")
+        return 0
+    url = args.gateway_url or f"http://{settings.server.host}:{settings.server.port}"
+    controller = CanaryController(
+        registry, lambda: httpx.get(f"{url}/metrics", timeout=10).text, settings.canary
+    )
+    verdict, cur, can = controller.run(version)
+    print(
+        f"canary verdict: {verdict} (canary escalation {can.escalation_rate:.1%} over {can.answers:.0f}, "
+        f"current {cur.escalation_rate:.1%} over {cur.answers:.0f})"
+    )
+    return 0 if verdict == "promote" else 1

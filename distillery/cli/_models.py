@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distillery.cli._common import registry_of
+from distillery.cli._common import registry_of, roll_out
 from distillery.settings import DistillerySettings
 
 __all__ = ["add_models_commands", "add_student_commands"]
@@ -103,6 +103,42 @@ def cmd_canary(args: argparse.Namespace, settings: DistillerySettings) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace, settings: DistillerySettings) -> int:
+    """A quantized candidate of VERSION: gated against it, then canaried (or promoted)."""
+    from distillery._stack import serving_factory
+    from feedback import open_store
+    from retrain import quantize_version
+    from router import AgreementMetric
+
+    registry = _registry_ready(settings)
+    outcome = quantize_version(
+        registry,
+        args.version or registry.pointers()["current"],
+        args.scheme,
+        workdir=settings.var_dir / "candidates",
+        gate_config=settings.gate,
+        store=open_store(settings.store_dsn),
+        scorer=settings.cascade.scorer,
+        agreement=AgreementMetric(settings.agreement),
+        backend_factory=serving_factory(settings),
+        holdout_fraction=settings.retrain.holdout_fraction,
+    )
+    cand, cur = outcome.gate.candidate, outcome.gate.current
+    print(
+        f"candidate {outcome.version} ({outcome.scheme} of {cur.version}), stage seconds {outcome.timings_s}"
+    )
+    for label, r in (("parent", cur), ("candidate", cand)):
+        print(
+            f"  {label:<10} suite accuracy {r.suite_accuracy:.3f}  ECE {r.ece:.3f}  "
+            f"escalation {r.escalation_rate:.1%} at {r.threshold:.6f}"
+        )
+    print(f"  agreement with the parent {outcome.agreement_with_parent:.3f}")
+    print(f"gate: {'PASSED' if outcome.passed else 'REFUSED'}: {'; '.join(outcome.reasons)}")
+    if not outcome.passed:
+        return 1
+    return roll_out(registry, outcome.version, settings, args, actor="quantize")
+
+
 def cmd_derive(args: argparse.Namespace, settings: DistillerySettings) -> int:
     from distillery._real_pair import build_student
 
@@ -117,6 +153,12 @@ def cmd_derive(args: argparse.Namespace, settings: DistillerySettings) -> int:
     )
     print(json.dumps(report.to_dict(), indent=2, default=str))
     return 0
+
+
+def _schemes() -> list[str]:
+    from router._quantize import SCHEMES
+
+    return list(SCHEMES)
 
 
 def add_models_commands(sub: Any) -> None:
@@ -157,6 +199,14 @@ def add_models_commands(sub: Any) -> None:
     threshold.add_argument("value", help="a number in [0, 1], or 'calibrated'")
     threshold.add_argument("--reason")
     threshold.set_defaults(fn=cmd_threshold)
+    quantize = models.add_parser(
+        "quantize", help="a quantized candidate of a version: recalibrated, gated, then canaried"
+    )
+    quantize.add_argument("version", nargs="?", help="default: the current version")
+    quantize.add_argument("--scheme", required=True, choices=sorted(_schemes()))
+    quantize.add_argument("--no-canary", action="store_true", help="promote on a passed gate directly")
+    quantize.add_argument("--gateway-url", help="where the canary's live metrics are read")
+    quantize.set_defaults(fn=cmd_quantize)
     refresh = models.add_parser("refresh", help="ask the running refresh loop for a refresh at its next tick")
     refresh.add_argument("--reason")
     refresh.set_defaults(fn=cmd_refresh)

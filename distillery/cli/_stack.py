@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from distillery._stack import LocalStack, build_loop, serving_factory
-from distillery.cli._common import progress_bar, registry_of
+from distillery.cli._common import progress_bar, registry_of, roll_out
 from distillery.cli._demo import ensure_models
 from distillery.settings import DistillerySettings
 
@@ -96,9 +96,7 @@ def cmd_retrain(args: argparse.Namespace, settings: DistillerySettings) -> int:
 
 
 def _retrain(args: argparse.Namespace, settings: DistillerySettings, registry: Any) -> int:
-    import httpx
 
-    from deploy import CanaryController
     from feedback import open_store
     from retrain import run_refresh
     from router import AgreementMetric
@@ -133,20 +131,7 @@ def _retrain(args: argparse.Namespace, settings: DistillerySettings, registry: A
     print(f"gate: {'PASSED' if outcome.passed else 'REFUSED'}: {'; '.join(gate.reasons)}")
     if not outcome.passed:
         return 1
-    if args.no_canary:
-        registry.promote(outcome.version, reason="gate passed (no canary)", actor="retrain")
-        print(f"promoted {outcome.version}")
-        return 0
-    url = args.gateway_url or f"http://{settings.server.host}:{settings.server.port}"
-    controller = CanaryController(
-        registry, lambda: httpx.get(f"{url}/metrics", timeout=10).text, settings.canary
-    )
-    verdict, cur, can = controller.run(outcome.version)
-    print(
-        f"canary verdict: {verdict} (canary escalation {can.escalation_rate:.1%} over {can.answers:.0f}, "
-        f"current {cur.escalation_rate:.1%} over {cur.answers:.0f})"
-    )
-    return 0 if verdict == "promote" else 1
+    return roll_out(registry, outcome.version, settings, args, actor="retrain")
 
 
 def cmd_loop(args: argparse.Namespace, settings: DistillerySettings) -> int:

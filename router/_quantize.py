@@ -1,0 +1,92 @@
+"""Quantization schemes: which engine serves each, and how a CPU scheme is applied.
+
+A quantized version is a registry version like any other: its directory holds the
+parent's weights and a ``QuantizationRecord`` in its manifest; the engine applies the
+scheme as it loads. What each scheme does to speed and to answers is measured
+(``bench/quantize.py``, docs/benchmarks.md), not assumed: on a 2-core AVX-512 CPU without
+bf16 instructions the int8 schemes run the 8-layer SmolLM2 student 1.2-1.5x faster but
+change a quarter to a third of its greedy answers, and bf16 is twice as slow.
+
+Schemes:
+
+* ``int8_dynamic``: torch dynamic quantization, int8 weights per tensor, activations
+  quantized per batch, on every decoder ``Linear`` (the output head stays fp32: with a
+  tied 49k-token head, quantizing it changed most answers). Transformers backend, CPU.
+* ``int8_dynamic_per_channel``: the same with one weight scale per output channel.
+* ``bf16``: weights and activations in bfloat16. Transformers backend, CPU or GPU.
+* ``fp8``: vLLM's dynamic FP8 weight quantization (``quantization="fp8"``). GPU only;
+  written for the vLLM engine and **untested here** (no GPU was lent to this project's
+  CPU machines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from common.errors import ConfigError
+from common.model_dir import ModelManifest
+
+__all__ = ["SCHEMES", "QuantScheme", "apply_torch_scheme", "scheme_of"]
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    name: str
+    engine: Literal["transformers", "vllm"]
+    devices: tuple[str, ...]
+    tested: bool
+    """False: written against the engine's API but never run (no GPU here)."""
+    vllm_quantization: str | None = None
+
+
+SCHEMES: dict[str, QuantScheme] = {
+    s.name: s
+    for s in (
+        QuantScheme("int8_dynamic", "transformers", ("cpu",), tested=True),
+        QuantScheme("int8_dynamic_per_channel", "transformers", ("cpu",), tested=True),
+        QuantScheme("bf16", "transformers", ("cpu", "cuda"), tested=True),
+        QuantScheme("fp8", "vllm", ("cuda",), tested=False, vllm_quantization="fp8"),
+    )
+}
+
+
+def scheme_of(model_dir: Path) -> QuantScheme | None:
+    """The scheme a model directory's manifest names (None: not quantized)."""
+    manifest = ModelManifest.load(model_dir)
+    if manifest is None or manifest.quantization is None:
+        return None
+    name = manifest.quantization.scheme
+    if name not in SCHEMES:
+        raise ConfigError(f"{model_dir}: unknown quantization scheme {name!r}; known: {', '.join(SCHEMES)}")
+    return SCHEMES[name]
+
+
+def apply_torch_scheme(model: Any, scheme: QuantScheme) -> Any:
+    """The model as the scheme serves it (the transformers backend calls this at load)."""
+    import torch
+
+    if scheme.name == "bf16":
+        return model.to(torch.bfloat16)
+    if scheme.name in ("int8_dynamic", "int8_dynamic_per_channel"):
+        import warnings
+
+        from torch.ao.quantization import (
+            default_dynamic_qconfig,
+            per_channel_dynamic_qconfig,
+            quantize_dynamic,
+        )
+
+        per_channel = scheme.name.endswith("per_channel")
+        qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        head = model.get_output_embeddings()
+        spec = {
+            name: qconfig
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        }
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model, spec, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+    raise ConfigError(f"quantization scheme {scheme.name!r} is served by {scheme.engine}, not transformers")
