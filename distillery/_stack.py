@@ -11,6 +11,7 @@ so no broker or thread outlives it.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -166,8 +167,6 @@ class LocalStack:
         self.close()
 
     def _start(self) -> None:
-        from gateway.app import run_app
-
         feedback = self.settings.feedback
         if self._want["broker"] and feedback.enabled and not feedback.kafka.bootstrap:
             self._start_broker()
@@ -176,6 +175,8 @@ class LocalStack:
         if self._want["loop"] and self.settings.feedback.enabled:
             self._start_loop()
         if self._want["serve"]:
+            from gateway.app import run_app  # Ray and Serve: imported only when serving
+
             self._serving = True  # from here on close() shuts Serve down: run_app may fail part way
             run_app(self.settings)
         if self._supervise:
@@ -238,9 +239,8 @@ class LocalStack:
 
     def close(self) -> None:
         """Stops what runs, in reverse order of start; safe to call twice."""
-        import ray
-
         if self._serving:
+            import ray
             from ray import serve
 
             self._serving = False
@@ -252,8 +252,9 @@ class LocalStack:
         while self._services:
             service = self._services.pop()
             _quietly(service.stop, service.name)
-        if ray.is_initialized():
-            _quietly(ray.shutdown, "Ray")
+        ray_module = sys.modules.get("ray")  # never imported: nothing of Ray's to stop
+        if ray_module is not None and ray_module.is_initialized():
+            _quietly(ray_module.shutdown, "Ray")
 
 
 def _quietly(stop: Callable[[], Any], what: str) -> None:

@@ -117,7 +117,10 @@ class ChaosStack:
     def stored_ids(self) -> set[str]:
         import sqlite3
 
-        con = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=10)
+        try:  # read-only: a store the consumer has not created yet does not exist (raises)
+            con = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True, timeout=10)
+        except sqlite3.OperationalError:
+            return set()
         try:
             rows = con.execute("SELECT request_id FROM feedback_events WHERE kind = 'escalation'").fetchall()
         except sqlite3.OperationalError:  # not created yet, or locked by the scenario
