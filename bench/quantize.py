@@ -82,11 +82,20 @@ def _engine(model_dir: Path, suite_file: Path, out: Path, max_tokens: int) -> No
                 "texts": [g.text for g in gens],
                 "confidence": [score(g.token_logprobs) for g in gens],
                 "tokens_per_s": sum(g.completion_tokens for g in gens) / wall,
+                # resident after answering (the model as served) and the peak (the fp32
+                # weights are loaded before a scheme is applied)
+                "rss_mb": _rss_mb(),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "quantization": backend.quantization,
             }
         )
     )
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
 
 
 def _engine_run(model_dir: Path, suite_file: Path, work: Path, max_tokens: int) -> dict[str, Any]:
@@ -163,6 +172,7 @@ def _student(which: str, work: Path) -> dict[str, Any]:
         correct = [agree(t, p.completion) for t, p in zip(texts, suite, strict=True)]
         v["engine"] = {
             "tokens_per_s": round(e["tokens_per_s"], 1),
+            "rss_mb": round(e["rss_mb"], 1),
             "peak_rss_mb": round(e["peak_rss_mb"], 1),
             "auroc": auroc(e["confidence"], correct),
             "agreement_with_parent_engine": round(
@@ -219,11 +229,21 @@ def summarize(students: dict[str, Any]) -> dict[str, Any] | None:
     rows = [(name, v[name]["gateway"]["8"]["tokens_per_s"] / base, v[name]) for name in SCHEMES if name in v]
     passing = [r for r in rows if r[2]["passed"]]
     name, ratio, best = max(passing or rows, key=lambda r: r[1])
+    fast_name, fast_ratio, fastest = max(rows, key=lambda r: r[1])
     return {
         "scheme": name,
         "tokens_per_s_ratio": round(ratio, 3),
         "agreement_with_parent": best["agreement_with_parent"],
         "passed_gate": best["passed"],
+        "chosen_as": "the fastest scheme the gate passed"
+        if passing
+        else "the fastest (none passed the gate)",
+        "fastest": {
+            "scheme": fast_name,
+            "tokens_per_s_ratio": round(fast_ratio, 3),
+            "agreement_with_parent": fastest["agreement_with_parent"],
+            "passed_gate": fastest["passed"],
+        },
         "targets": {"tokens_per_s_ratio": 1.3, "agreement_with_parent": 0.98},
     }
 

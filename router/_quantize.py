@@ -88,5 +88,6 @@ def apply_torch_scheme(model: Any, scheme: QuantScheme) -> Any:
         }
         with warnings.catch_warnings():  # torch.ao.quantization is deprecated for torchao
             warnings.simplefilter("ignore")
-            return quantize_dynamic(model, spec, dtype=torch.qint8)  # type: ignore[no-untyped-call]
+            # In place: a copy would hold the fp32 weights and the int8 ones at once.
+            return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)  # type: ignore[no-untyped-call]
     raise ConfigError(f"quantization scheme {scheme.name!r} is served by {scheme.engine}, not transformers")
