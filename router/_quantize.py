@@ -3,9 +3,10 @@
 A quantized version is a registry version like any other: its directory holds the
 parent's weights and a ``QuantizationRecord`` in its manifest; the engine applies the
 scheme as it loads. What each scheme does to speed and to answers is measured
-(``bench/quantize.py``, docs/benchmarks.md), not assumed: on a 2-core AVX-512 CPU without
-bf16 instructions the int8 schemes run the 8-layer SmolLM2 student 1.2-1.5x faster but
-change a quarter to a third of its greedy answers, and bf16 is twice as slow.
+(``bench/quantize.py``, docs/benchmarks.md), not assumed: on this 2-core AVX-512 CPU
+without bf16 instructions, the int8 schemes served the 8-layer SmolLM2 student 1.4x
+faster through the gateway but changed 6% of its greedy answers (the gate refuses them),
+and bf16 kept every answer at 0.6x the speed.
 
 Schemes:
 
@@ -15,8 +16,9 @@ Schemes:
 * ``int8_dynamic_per_channel``: the same with one weight scale per output channel.
 * ``bf16``: weights and activations in bfloat16. Transformers backend, CPU or GPU.
 * ``fp8``: vLLM's dynamic FP8 weight quantization (``quantization="fp8"``). GPU only;
-  written for the vLLM engine and **untested here** (no GPU was lent to this project's
-  CPU machines).
+  written for the vLLM engine and **untested on a GPU** (none was lent). vLLM's CPU build
+  refuses it: with float32 ("not supported for quantization method fp8") and, with
+  bfloat16, at engine start (``_C::static_scaled_fp8_quant`` is not built for CPU).
 """
 
 from __future__ import annotations
