@@ -205,10 +205,10 @@ def frontier(
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     from demo import ALL_SKILLS, sample_examples
-    from deploy import CanaryConfig, ModelRegistry
+    from deploy import ModelRegistry
     from distillery._scenario import run_scenario
-    from distillery._workloads import demo_regression_suite
-    from retrain import DriftConfig, LoopConfig, RefreshLoop, ensure_registry
+    from distillery._workloads import demo_refresh_loop
+    from retrain import ensure_registry
 
     quick = os.environ.get("DISTILLERY_BENCH_QUICK") == "1"
     parser = argparse.ArgumentParser(prog="python -m bench.loop")
@@ -220,25 +220,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args([] if argv is None else argv)
     workdir = Path(tempfile.mkdtemp(prefix="dbl-"))
     observed: list[tuple[str, Sequence[Any], list[dict[str, Any]]]] = []
-    started = time.monotonic()
     with _stack(workdir / "v", args.models_dir) as stack:
         settings = stack.settings
         url = stack.url
         registry = ModelRegistry(settings.resolved_registry_dir)
         initial = ensure_registry(registry, settings.tier_dir("student"))
-        loop = RefreshLoop(
-            stack.store,
-            registry,
-            LoopConfig(
-                nightly_at=None,
-                sample_rate=settings.feedback.sample_rate,
-                drift=DriftConfig(window_s=3600, min_rows=100),
-            ),
-            canary=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
-            workdir=workdir / "candidates",
-            suite=demo_regression_suite(50),
-            fetch_metrics=lambda: httpx.get(f"{url}/metrics", timeout=10).text,
-        )
+        loop = demo_refresh_loop(stack, workdir / "candidates")
         timed = _TimedLoop(loop, url)
         started = time.monotonic()
         try:

@@ -34,8 +34,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench._common import REPO, RESULTS, free_port, machine_info, percentile, write_result
 
 NAME = "quantize"
@@ -115,6 +113,7 @@ def _dir_mb(path: Path) -> float:
 def _student(which: str, work: Path) -> dict[str, Any]:
     from bench.overhead import MAX_TOKENS, _demo_workload, _measure, _real_workload
     from deploy import ModelRegistry
+    from distillery._scenario import wait_for_version
     from distillery._stack import LocalStack
     from retrain import build_suite, ensure_registry, quantize_version, save_pairs
     from router import AgreementMetric, auroc
@@ -154,14 +153,15 @@ def _student(which: str, work: Path) -> dict[str, Any]:
             "escalation_rate": g.candidate.escalation_rate,
             "agreement_with_teacher": round(g.candidate.suite_accuracy, 4),
         }
-        variants["fp32"].update(
-            threshold=g.current.threshold,
-            ece=round(g.current.ece, 4),
-            escalation_rate=g.current.escalation_rate,
-            agreement_with_teacher=round(g.current.suite_accuracy, 4),
-            agreement_with_parent=1.0,
-        )
 
+    judged = g.current  # the parent's evaluation: the same suite in every scheme's gate
+    variants["fp32"].update(
+        threshold=judged.threshold,
+        ece=round(judged.ece, 4),
+        escalation_rate=judged.escalation_rate,
+        agreement_with_teacher=round(judged.suite_accuracy, 4),
+        agreement_with_parent=1.0,
+    )
     parent_texts: list[str] = []
     for name, v in variants.items():
         print(f"[{which}] engine {name}", flush=True)
@@ -189,7 +189,7 @@ def _student(which: str, work: Path) -> dict[str, Any]:
         for rnd in range(ROUNDS):
             for name, v in variants.items():
                 registry.promote(v["version"], reason="bench", actor="bench")
-                _wait_for(stack.url, v["version"])
+                wait_for_version(stack.url, v["version"], timeout_s=180.0)
                 for c, n in REQUESTS[which].items():
                     print(f"[{which}] gateway round {rnd} {name} c={c}", flush=True)
                     m = _measure(stack.url, workload, "distillery-student", c, n, work)
@@ -206,18 +206,6 @@ def _student(which: str, work: Path) -> dict[str, Any]:
             for c, rounds in gateway[name].items()
         }
     return {"suite": len(suite), "max_tokens": MAX_TOKENS, "variants": variants}
-
-
-def _wait_for(url: str, version: str, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=10).json().get("student") == version:
-                return
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the gateway did not switch to {version}")
 
 
 def summarize(students: dict[str, Any]) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 __all__ = ["configure_logging"]
 
@@ -37,15 +38,20 @@ class _JsonFormatter(logging.Formatter):
 OWN_LOGGERS = ("distillery", "gateway", "router", "feedback", "retrain", "deploy", "demo", "common", "bench")
 """The product's own loggers: their INFO lines are the events a console shows."""
 
-# The engine's narration: its own processes (EngineCore, Ray replicas) read this config
-# through the environment, so their INFO lines land in the file instead of the console.
-_VLLM_LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"file": {"class": "logging.FileHandler", "formatter": "plain", "filename": ""}},
-    "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
-}
+
+def _vllm_logging(filename: Path) -> dict[str, Any]:
+    """The engine's narration to ``filename``: its own processes (EngineCore, Ray replicas)
+    read this config through the environment, so their INFO lines skip the console."""
+    fmt = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": fmt}},
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "formatter": "plain", "filename": str(filename)}
+        },
+        "loggers": {"vllm": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    }
 
 
 class _ConsoleFilter(logging.Filter):
@@ -81,9 +87,7 @@ def _quiet_console(console: logging.Handler, root: logging.Logger, logs_dir: Pat
     file.setFormatter(_JsonFormatter())
     root.addHandler(file)
     config = logs_dir / "vllm-logging.json"
-    vllm = json.loads(json.dumps(_VLLM_LOGGING))
-    vllm["handlers"]["file"]["filename"] = str((logs_dir / "vllm.log").resolve())
-    config.write_text(json.dumps(vllm, indent=2))
+    config.write_text(json.dumps(_vllm_logging((logs_dir / "vllm.log").resolve()), indent=2))
     # Read by every process started from here on (the engine's own, Ray's workers); an
     # operator's own setting wins.
     os.environ.setdefault("VLLM_LOGGING_CONFIG_PATH", str(config.resolve()))

@@ -30,7 +30,14 @@ from retrain import LoopEvent
 from router import AgreementMetric
 from router.pricing import PricingConfig
 
-__all__ = ["ScenarioReport", "WindowObserver", "WindowStats", "run_scenario", "send_window"]
+__all__ = [
+    "ScenarioReport",
+    "WindowObserver",
+    "WindowStats",
+    "run_scenario",
+    "send_window",
+    "wait_for_version",
+]
 
 
 class Ticks(Protocol):
@@ -292,7 +299,7 @@ def run_scenario(
         # A refused candidate is the gate doing its job; the loop's answer is more feedback
         # (the next refresh trains on everything collected so far).
     if report.loop and report.loop[-1]["result"] == "promoted":
-        _wait_for_version(url, report.loop[-1]["version"])
+        wait_for_version(url, report.loop[-1]["version"])
     window_of("after refresh", wl.routes, window)
     if plot_path is not None:
         report.plot = plot_timeline(report, plot_path)
@@ -300,7 +307,7 @@ def run_scenario(
     return report
 
 
-def _wait_for_version(url: str, version: str, timeout_s: float = 60.0) -> None:
+def wait_for_version(url: str, version: str, timeout_s: float = 60.0) -> None:
     """Until the gateway's student tier reports ``version`` (replicas follow the registry)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -149,10 +149,6 @@ class LocalStack:
             self._store = open_store(self.settings.store_dsn)
         return self._store
 
-    @property
-    def services(self) -> list[Service]:
-        return list(self._services)
-
     def __enter__(self) -> LocalStack:
         try:
             self._start()

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import ModelManifest, read_model_version
+from common.model_dir import CalibrationRecord, ModelManifest, read_model_version
 from retrain._dataset import Pair
 from retrain.config import GateConfig
 from router import (
@@ -41,6 +41,7 @@ __all__ = [
     "evaluate_model",
     "expected_calibration_error",
     "judge",
+    "recalibration",
     "run_gate",
     "transformers_factory",
 ]
@@ -96,9 +97,14 @@ class EvalResult:
     threshold: float
     escalation_rate: float
     served_agreement: float
+    answers: list[str] = field(default_factory=list, repr=False)
+    """The model's greedy answers, holdout then suite (a quantized candidate is also judged
+    on how often it answers as its parent: compared here, not generated a second time)."""
 
     def summary(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["answers"]
+        return out
 
 
 @dataclass
@@ -168,6 +174,7 @@ def evaluate_model(
         threshold=point.threshold,
         escalation_rate=point.escalation_rate,
         served_agreement=point.agreement,
+        answers=[g.text for g in gens],
     )
 
 
@@ -234,6 +241,24 @@ def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
             f"> current {cur.escalation_rate:.3f}"
         )
     return reasons
+
+
+def recalibration(
+    report: GateReport, config: GateConfig, *, scorer: str, agreement: str, n: int, source: str
+) -> CalibrationRecord:
+    """The candidate's ``calibration.json``: the threshold the gate recalibrated it to."""
+    cand = report.candidate
+    return CalibrationRecord(
+        scorer=scorer,
+        threshold=cand.threshold,
+        target={"agreement": config.target_agreement},
+        escalation_rate=cand.escalation_rate,
+        agreement=cand.served_agreement,
+        agreement_metric=agreement,
+        n=n,
+        source=source,
+        student_version=cand.version,
+    )
 
 
 def _unjudged(model_dir: Path) -> EvalResult:

@@ -9,7 +9,6 @@ parent's own answers (``GateConfig.min_parent_agreement``); then the live canary
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import time
@@ -20,7 +19,6 @@ from pathlib import Path
 from common.errors import ConfigError
 from common.model_dir import (
     CALIBRATION_FILE,
-    CalibrationRecord,
     ModelManifest,
     ModelSource,
     QuantizationRecord,
@@ -28,10 +26,10 @@ from common.model_dir import (
 from deploy import ModelRegistry, RegisteredModel
 from feedback import FeedbackStore
 from retrain._dataset import Pair
-from retrain._gate import BackendFactory, GateReport, answer_budget, run_gate, transformers_factory
+from retrain._gate import BackendFactory, GateReport, recalibration, run_gate, transformers_factory
 from retrain._suite import build_suite
 from retrain.config import GateConfig
-from router import AgreementMetric, generate_requests
+from router import AgreementMetric
 from router._quantize import SCHEMES
 
 __all__ = ["QuantizeOutcome", "parent_agreement", "quantize_version", "quantized_version_name"]
@@ -55,33 +53,11 @@ def quantized_version_name(parent: str, scheme: str) -> str:
     return f"{parent}-{scheme}"
 
 
-def parent_agreement(
-    parent_dir: Path,
-    candidate_dir: Path,
-    pairs: Sequence[Pair],
-    *,
-    agreement: AgreementMetric,
-    backend_factory: BackendFactory,
-    max_new_tokens: int | None,
-    batch_size: int,
-) -> float:
-    """Share of ``pairs`` on which the candidate answers as its parent does (greedy)."""
-
-    async def answers(model_dir: Path) -> list[str]:
-        backend = backend_factory(model_dir)
-        try:
-            budget = answer_budget(model_dir, max_new_tokens)
-            gens = await generate_requests(
-                backend, [p.to_request(budget) for p in pairs], batch_size=batch_size
-            )
-            return [g.text for g in gens]
-        finally:
-            await backend.close()
-
-    if not pairs:
+def parent_agreement(ours: Sequence[str], theirs: Sequence[str], agreement: AgreementMetric) -> float:
+    """Share of the same requests on which the candidate answers as its parent (greedy)."""
+    if not ours:
         return 0.0
-    theirs, ours = asyncio.run(answers(parent_dir)), asyncio.run(answers(candidate_dir))
-    return sum(agreement(o, t) for o, t in zip(ours, theirs, strict=True)) / len(pairs)
+    return sum(agreement(o, t) for o, t in zip(ours, theirs, strict=True)) / len(ours)
 
 
 def quantize_version(
@@ -136,17 +112,8 @@ def quantize_version(
         backend_factory=backend_factory,
     )
     timings["gate"] = time.monotonic() - t0
-    t0 = time.monotonic()
-    with_parent = parent_agreement(
-        parent.path,
-        candidate_dir,
-        suite,
-        agreement=agree,
-        backend_factory=backend_factory,
-        max_new_tokens=gate_config.max_new_tokens,
-        batch_size=gate_config.batch_size,
-    )
-    timings["parent_agreement"] = time.monotonic() - t0
+    # Both answered the same suite greedily inside the gate: compare those answers.
+    with_parent = parent_agreement(gate.candidate.answers, gate.current.answers, agree)
     reasons = [] if gate.passed else list(gate.reasons)
     if with_parent < gate_config.min_parent_agreement:
         reasons.append(
@@ -156,16 +123,13 @@ def quantize_version(
     (candidate_dir / "gate_report.json").write_text(
         json.dumps({**gate.to_dict(), "agreement_with_parent": with_parent, "reasons": reasons}, indent=2)
     )
-    CalibrationRecord(
+    recalibration(
+        gate,
+        gate_config,
         scorer=scorer,
-        threshold=gate.candidate.threshold,
-        target={"agreement": gate_config.target_agreement},
-        escalation_rate=gate.candidate.escalation_rate,
-        agreement=gate.candidate.served_agreement,
-        agreement_metric=agree.name,
+        agreement=agree.name,
         n=len(suite),
         source=f"gate recalibration after {scheme} quantization ({calibrated_on})",
-        student_version=name,
     ).save(candidate_dir)
     model = registry.register(
         candidate_dir,

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import CalibrationRecord, ModelManifest, ModelSource, read_model_version
+from common.model_dir import ModelManifest, ModelSource, read_model_version
 from deploy import ModelRegistry, RegisteredModel
 from feedback import FeedbackStore
 from retrain._dataset import Pair, build_dataset, load_reference
-from retrain._gate import BackendFactory, GateReport, run_gate, transformers_factory
+from retrain._gate import BackendFactory, GateReport, recalibration, run_gate, transformers_factory
 from retrain._suite import build_suite
 from retrain._train import distill
 from retrain.config import DistillConfig, GateConfig
@@ -109,16 +109,13 @@ def run_refresh(
     )
     timings["gate"] = time.monotonic() - t0
     (candidate_dir / "gate_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    CalibrationRecord(
+    recalibration(
+        report,
+        gate_config,
         scorer=scorer,
-        threshold=report.candidate.threshold,
-        target={"agreement": gate_config.target_agreement},
-        escalation_rate=report.candidate.escalation_rate,
-        agreement=report.candidate.served_agreement,
-        agreement_metric=agree.name,
+        agreement=agree.name,
         n=len(dataset.holdout) + len(suite),
         source="gate recalibration (holdout + regression suite)",
-        student_version=version,
     ).save(candidate_dir)
     ds_info = {
         "sha256": dataset.sha256,

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 
-from deploy import CanaryConfig, ModelRegistry
+from deploy import ModelRegistry
 from distillery._scenario import run_scenario
-from distillery._workloads import demo_regression_suite
-from retrain import DriftConfig, LoopConfig, RefreshLoop, ensure_registry
+from distillery._workloads import demo_refresh_loop
+from retrain import ensure_registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,19 +23,7 @@ def test_traffic_drift_is_detected_distilled_gated_canaried_and_escalations_fall
     registry = ModelRegistry(settings.resolved_registry_dir)
     initial = ensure_registry(registry, settings.tier_dir("student"))
     try:  # the stack is session-wide: whatever fails, the next test gets the initial student
-        loop = RefreshLoop(
-            live_stack.store,
-            registry,
-            LoopConfig(
-                nightly_at=None,
-                sample_rate=settings.feedback.sample_rate,
-                drift=DriftConfig(window_s=3600, min_rows=100),
-            ),
-            canary=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
-            workdir=tmp_path / "candidates",
-            suite=demo_regression_suite(50),
-            fetch_metrics=lambda: httpx.get(f"{live_stack.url}/metrics", timeout=10).text,
-        )
+        loop = demo_refresh_loop(live_stack, tmp_path / "candidates")
         started = time.monotonic()
         try:
             report = run_scenario(live_stack.url, loop, plot_path=tmp_path / "scenario.png")
