@@ -1,6 +1,15 @@
 """Model registry and rollout (hot-swap, canary, rollback)."""
 
-from deploy._canary import CanaryConfig, CanaryController, VersionStats, judge_canary, parse_version_stats
+from deploy._canary import (
+    CanaryConfig,
+    CanaryController,
+    LiveMetrics,
+    VersionStats,
+    judge_canary,
+    parse_live_metrics,
+    parse_version_stats,
+    wilson_interval,
+)
 from deploy._follower import RegistryFollower
 from deploy._lease import LEASE_FILE, RefreshLease
 from deploy._registry import ModelRegistry, RegisteredModel
@@ -20,7 +29,10 @@ __all__ = [
     "RegistryFollower",
     "RollbackFailed",
     "RolloutState",
+    "LiveMetrics",
     "VersionStats",
     "judge_canary",
+    "parse_live_metrics",
     "parse_version_stats",
+    "wilson_interval",
 ]

@@ -1,14 +1,29 @@
 """Canary judgement from live gateway metrics: promote, roll back, or keep watching.
 
 The gateway counts student answers per model version and whether each escalated
-(``distillery_student_answers_total{model_version, escalated}``). Over a window, the
-canary's escalation rate is compared with the current version's on the same traffic; a
-canary that escalates clearly more (it answers worse, or its threshold is off) is rolled
-back automatically, one that holds up over enough requests is promoted.
+(``distillery_student_answers_total{model_version, escalated}``), and the shadow audits of
+served answers per version and verdict (``distillery_audits_total{model_version,
+verdict}``). Over a window, the canary is judged on both:
+
+* escalations: a canary whose escalation rate is clearly above the current version's on
+  the same traffic (it answers worse, or its threshold is off) is rolled back;
+* live agreement: escalating less is only good if the answers it keeps are right. A
+  candidate that is confidently wrong escalates *less* and would pass the first rule; its
+  audits show it. With audits on (the gateway exports ``distillery_audit_share``), no
+  verdict is given before ``min_audits`` of the canary's answers were audited, and the
+  canary is rolled back when even the upper end of its agreement's Wilson interval is
+  below the reference by more than ``max_agreement_drop``. The reference is the current
+  version's live agreement (all its audits so far, once it has ``min_audits``), else the
+  agreement the candidate showed at its gate (``distillery_gate_agreement``).
+
+A bound, not the raw ratio: 27 of 30 agreeing is 0.90, but the interval (0.74, 0.97)
+cannot tell a 0.95 version from a 0.80 one; the rule rolls back only what is worse with
+confidence, and waits (to the timeout, a rollback) when too few audits arrive.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +35,17 @@ from pydantic import BaseModel, Field
 from deploy._registry import ModelRegistry
 from deploy.errors import RegistryError
 
-__all__ = ["CanaryConfig", "CanaryController", "VersionStats", "judge_canary", "parse_version_stats"]
+__all__ = [
+    "CanaryConfig",
+    "CanaryController",
+    "LiveMetrics",
+    "agreement_reference",
+    "VersionStats",
+    "judge_canary",
+    "parse_live_metrics",
+    "parse_version_stats",
+    "wilson_interval",
+]
 
 Verdict = Literal["promote", "rollback", "wait"]
 
@@ -32,48 +57,138 @@ class CanaryConfig(BaseModel):
     max_escalation_increase (`float`, defaults to 0.05): absolute increase of the canary's
         escalation rate over the current version's that triggers a rollback.
     timeout_s (`float`, defaults to 600): no verdict by then: roll back (fail safe).
+    min_audits (`int`, defaults to 30): audited canary answers needed before a verdict,
+        when the gateway audits (0: judge on escalations alone).
+    max_agreement_drop (`float`, defaults to 0.05): how far below the reference agreement
+        the upper Wilson bound of the canary's live agreement may fall before a rollback.
+    confidence_z (`float`, defaults to 1.96): the interval's z (1.96: 95% two-sided).
     """
 
     share: float = Field(default=0.2, gt=0.0, le=1.0)
     min_requests: int = Field(default=50, ge=1)
     max_escalation_increase: float = Field(default=0.05, ge=0.0)
     timeout_s: float = Field(default=600.0, gt=0.0)
+    min_audits: int = Field(default=30, ge=0)
+    max_agreement_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    confidence_z: float = Field(default=1.96, gt=0.0)
+
+
+def wilson_interval(agreed: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (exact at 0 and n, unlike Wald's)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = agreed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
 class VersionStats:
     answers: float = 0.0
     escalated: float = 0.0
+    audited: float = 0.0
+    agreed: float = 0.0
 
     @property
     def escalation_rate(self) -> float:
         return self.escalated / self.answers if self.answers else 0.0
 
+    @property
+    def agreement(self) -> float | None:
+        """Live agreement with the teacher over the audits; None before any."""
+        return self.agreed / self.audited if self.audited else None
+
     def minus(self, earlier: VersionStats) -> VersionStats:
-        return VersionStats(self.answers - earlier.answers, self.escalated - earlier.escalated)
+        return VersionStats(
+            self.answers - earlier.answers,
+            self.escalated - earlier.escalated,
+            self.audited - earlier.audited,
+            self.agreed - earlier.agreed,
+        )
+
+    def describe(self) -> str:
+        text = f"{self.escalation_rate:.3f} escalation over {self.answers:.0f} answers"
+        if self.audited:
+            text += f", {self.agreed:.0f}/{self.audited:.0f} audits agreed"
+        return text
+
+
+@dataclass(frozen=True)
+class LiveMetrics:
+    """What the canary reads from one scrape of the gateway."""
+
+    versions: dict[str, VersionStats]
+    gate_agreement: dict[str, float]
+    audits_on: bool
+    """The gateway audits canary answers (``distillery_audit_share{slot="canary"}`` > 0)."""
+
+    def stats(self, version: str) -> VersionStats:
+        return self.versions.get(version, VersionStats())
+
+
+def parse_live_metrics(metrics_text: str) -> LiveMetrics:
+    counts: dict[str, list[float]] = {}
+    gate: dict[str, float] = {}
+    audits_on = False
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels = sample.labels
+            if family.name == "distillery_student_answers" and sample.name.endswith("_total"):
+                acc = counts.setdefault(labels["model_version"], [0.0] * 4)
+                acc[0] += sample.value
+                if labels.get("escalated") == "true":
+                    acc[1] += sample.value
+            elif family.name == "distillery_audits" and sample.name.endswith("_total"):
+                acc = counts.setdefault(labels["model_version"], [0.0] * 4)
+                acc[2] += sample.value
+                if labels.get("verdict") == "agreed":
+                    acc[3] += sample.value
+            elif family.name == "distillery_gate_agreement":
+                gate[labels["model_version"]] = sample.value
+            elif family.name == "distillery_audit_share" and labels.get("slot") == "canary":
+                audits_on = audits_on or sample.value > 0
+    versions = {v: VersionStats(*acc) for v, acc in counts.items()}
+    return LiveMetrics(versions, gate, audits_on)
 
 
 def parse_version_stats(metrics_text: str) -> dict[str, VersionStats]:
-    out: dict[str, list[float]] = {}
-    for family in text_string_to_metric_families(metrics_text):
-        if family.name != "distillery_student_answers":
-            continue
-        for sample in family.samples:
-            if not sample.name.endswith("_total"):
-                continue
-            acc = out.setdefault(sample.labels["model_version"], [0.0, 0.0])
-            acc[0] += sample.value
-            if sample.labels.get("escalated") == "true":
-                acc[1] += sample.value
-    return {v: VersionStats(a, e) for v, (a, e) in out.items()}
+    return parse_live_metrics(metrics_text).versions
 
 
-def judge_canary(current: VersionStats, canary: VersionStats, config: CanaryConfig) -> Verdict:
+def judge_canary(
+    current: VersionStats,
+    canary: VersionStats,
+    config: CanaryConfig,
+    *,
+    audits_on: bool = False,
+    reference_agreement: float | None = None,
+) -> Verdict:
+    """``reference_agreement``: what the canary's live agreement is held to (see the module
+    docstring); None skips the quality rule (no audits, or nothing to compare with)."""
     if canary.answers < config.min_requests:
         return "wait"
     if canary.escalation_rate > current.escalation_rate + config.max_escalation_increase:
         return "rollback"
+    if audits_on and config.min_audits > 0:
+        if canary.audited < config.min_audits:
+            return "wait"
+        if reference_agreement is not None:
+            _, upper = wilson_interval(canary.agreed, canary.audited, config.confidence_z)
+            if upper < reference_agreement - config.max_agreement_drop:
+                return "rollback"
     return "promote"
+
+
+def agreement_reference(
+    live: LiveMetrics, current: str, candidate: str, config: CanaryConfig
+) -> float | None:
+    """The current version's live agreement once it has ``min_audits`` (all its audits so
+    far: it served before the canary started), else the candidate's gate value."""
+    cur = live.stats(current)
+    if cur.agreement is not None and cur.audited >= max(1, config.min_audits):
+        return cur.agreement
+    return live.gate_agreement.get(candidate)
 
 
 class CanaryController:
@@ -104,21 +219,23 @@ class CanaryController:
         current = self._registry.pointers()["current"]
         if current is None:
             raise RegistryError("no current version to compare the canary with")
-        base = parse_version_stats(self._fetch())
+        base = parse_live_metrics(self._fetch())
         self._registry.start_canary(version, self._config.share, actor="canary")
         started = self._clock()
-        zero = VersionStats()
-        cur = can = zero
+        cur = can = VersionStats()
         while True:
             self._sleep(self._poll_s)
-            now = parse_version_stats(self._fetch())
-            cur = now.get(current, zero).minus(base.get(current, zero))
-            can = now.get(version, zero).minus(base.get(version, zero))
-            verdict = judge_canary(cur, can, self._config)
-            detail = (
-                f"canary {can.escalation_rate:.3f} escalation over {can.answers:.0f} answers vs "
-                f"current {cur.escalation_rate:.3f} over {cur.answers:.0f}"
+            live = parse_live_metrics(self._fetch())
+            cur = live.stats(current).minus(base.stats(current))
+            can = live.stats(version).minus(base.stats(version))
+            reference = agreement_reference(live, current, version, self._config)
+            verdict = judge_canary(
+                cur, can, self._config, audits_on=live.audits_on, reference_agreement=reference
             )
+            detail = f"canary {can.describe()} vs current {cur.describe()}"
+            if live.audits_on and reference is not None:
+                low, high = wilson_interval(can.agreed, can.audited, self._config.confidence_z)
+                detail += f"; canary agreement in [{low:.3f}, {high:.3f}] vs reference {reference:.3f}"
             if verdict == "promote":
                 self._registry.promote(version, reason=f"canary healthy: {detail}", actor="canary")
                 return verdict, cur, can

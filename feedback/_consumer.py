@@ -146,7 +146,7 @@ class FeedbackConsumer:
             # (After a rewind the batch is stored but not committed past: the partition is
             # read again from where the broker now says, and the store drops the repeats.)
             self._commit()
-        for kind in ("escalation", "sample"):
+        for kind in ("escalation", "sample", "audit", "feedback"):
             n = sum(1 for e in events if e.kind == kind)
             if n:
                 self._metrics.consumed.labels(kind).inc(n)

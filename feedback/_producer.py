@@ -80,7 +80,7 @@ class EscalationProducer:
     def submit(self, event: EscalationEvent) -> None:
         """Non-blocking. Raises ``SpoolWriteError`` only when the event cannot be kept at all."""
         event = self._redactor.redact_event(event)
-        topic = self._kafka.topic if event.kind == "escalation" else self._kafka.sample_topic
+        topic = self._kafka.sample_topic if event.kind == "sample" else self._kafka.topic
         record = (topic, event.request_id.encode(), event.to_wire())
         self._idle.clear()
         try:

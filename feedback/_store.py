@@ -1,6 +1,9 @@
 """The feedback store: SQLite (WAL) by default, PostgreSQL by DSN. Idempotent on request id.
 
-One table of events plus a ``schema_migrations`` table; migrations are numbered SQL
+Two tables of data: ``feedback_events`` (escalations, samples, audits; one row per request
+id, the first write wins) and ``feedback_ratings`` (application feedback, one row per
+rated answer, the latest rating wins: a user may change their mind, and a replayed older
+rating never overwrites a newer one). Plus a ``schema_migrations`` table; migrations are numbered SQL
 steps applied in order inside a transaction, so a store opened by a newer build upgrades
 itself and an older build refuses a newer schema instead of misreading it.
 """
@@ -50,6 +53,26 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE INDEX ix_feedback_kind ON feedback_events (kind, created_at)",
         ],
     ),
+    (
+        2,
+        [
+            """CREATE TABLE feedback_ratings (
+                request_id TEXT PRIMARY KEY,
+                rating {REAL} NOT NULL,
+                correction TEXT,
+                comment TEXT,
+                tier TEXT,
+                model_version TEXT,
+                skill TEXT,
+                prompt TEXT NOT NULL,
+                created_at {REAL} NOT NULL,
+                ingested_at {REAL} NOT NULL,
+                split_bucket INTEGER NOT NULL,
+                payload TEXT NOT NULL
+            )""",
+            "CREATE INDEX ix_ratings_created ON feedback_ratings (created_at)",
+        ],
+    ),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -62,6 +85,39 @@ _COLUMNS = (
 def holdout_bucket(request_id: str) -> int:
     """A stable bucket in [0, 10000) from the request id: the same split on every machine."""
     return int(hashlib.sha1(request_id.encode()).hexdigest()[:8], 16) % SPLIT_BUCKETS
+
+
+_RATING_COLUMNS = (
+    "request_id, rating, correction, comment, tier, model_version, skill, prompt, created_at, "
+    "ingested_at, split_bucket, payload"
+)
+_RATING_UPDATES = ("rating", "correction", "comment", "created_at", "ingested_at", "payload")
+# The same statement on SQLite (>= 3.24) and PostgreSQL: a newer rating replaces the row; a
+# redelivered one (same time) changes nothing and counts as a duplicate.
+_RATING_UPSERT = (
+    f"INSERT INTO feedback_ratings ({_RATING_COLUMNS}) VALUES ({{marks}}) "
+    "ON CONFLICT (request_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _RATING_UPDATES)
+    + " WHERE excluded.created_at > feedback_ratings.created_at"
+)
+
+
+def _rating_row(event: EscalationEvent, now: float) -> tuple[Any, ...]:
+    version = event.teacher_version if event.tier == "teacher" else event.student_version
+    return (
+        event.request_id,
+        event.rating,
+        event.correction,
+        event.comment,
+        event.tier,
+        version,
+        event.skill,
+        event.prompt_text(),
+        event.created_at,
+        now,
+        holdout_bucket(event.request_id),
+        event.model_dump_json(),
+    )
 
 
 def _row(event: EscalationEvent, now: float) -> tuple[Any, ...]:
@@ -87,7 +143,18 @@ class FeedbackStore(Protocol):
     """What the consumer writes through and the retrainer reads from."""
 
     def insert(self, events: Sequence[EscalationEvent]) -> int:
-        """Stores events, ignoring request ids already present; returns rows added."""
+        """Stores events, ignoring request ids already present (a ``feedback`` event
+        replaces an older rating of the same answer); returns rows added or changed."""
+        ...
+
+    def ratings(
+        self,
+        *,
+        since: float | None = None,
+        split: Literal["train", "holdout"] | None = None,
+        holdout_fraction: float = 0.1,
+    ) -> list[EscalationEvent]:
+        """The latest ``feedback`` event of each rated answer."""
         ...
 
     def count(
@@ -178,11 +245,40 @@ class _SQLStore:
         if not events:
             return 0
         now = time.time()
-        rows = [_row(e, now) for e in events]
+        rows = [_row(e, now) for e in events if e.kind != "feedback"]
+        rated = [_rating_row(e, now) for e in events if e.kind == "feedback" and e.rating is not None]
+        added = 0
         with self._tx() as cur:
-            cur.executemany(self._insert_sql(), rows)
-            # Both drivers sum rowcount over executemany; ignored conflicts count 0.
-            return max(0, int(cur.rowcount))
+            if rows:
+                cur.executemany(self._insert_sql(), rows)
+                # Both drivers sum rowcount over executemany; ignored conflicts count 0.
+                added += max(0, int(cur.rowcount))
+            if rated:
+                marks = ", ".join([self.placeholder] * 12)
+                cur.executemany(_RATING_UPSERT.format(marks=marks), rated)
+                added += max(0, int(cur.rowcount))
+        return added
+
+    def ratings(
+        self,
+        *,
+        since: float | None = None,
+        split: Literal["train", "holdout"] | None = None,
+        holdout_fraction: float = 0.1,
+    ) -> list[EscalationEvent]:
+        p = self.placeholder
+        clauses: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            clauses.append(f"created_at >= {p}")
+            args.append(since)
+        if split is not None:
+            clauses.append(f"split_bucket {'<' if split == 'holdout' else '>='} {p}")
+            args.append(int(holdout_fraction * SPLIT_BUCKETS))
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._tx() as cur:
+            cur.execute(f"SELECT payload FROM feedback_ratings{where} ORDER BY created_at, request_id", args)
+            return [EscalationEvent.model_validate(json.loads(r[0])) for r in cur.fetchall()]
 
     def _where(self, since: float | None, kind: str | None, skill: str | None) -> tuple[str, list[Any]]:
         p = self.placeholder

@@ -66,7 +66,7 @@ class Redactor:
     def redact_event(self, event: EscalationEvent) -> EscalationEvent:
         updates: dict[str, object] = {}
         total = 0
-        for name in ("prompt", "student_answer", "teacher_answer"):
+        for name in ("prompt", "student_answer", "teacher_answer", "correction", "comment"):
             value = getattr(event, name)
             if isinstance(value, str):
                 clean, n = self.redact(value)

@@ -13,10 +13,15 @@ event's JSON, UTF-8)::
      "threshold": 0.98, "scorer": "mean_logprob", "prompt_tokens": 7,
      "student_tokens": 3, "teacher_tokens": 3, "redactions": 0}
 
-``kind`` is ``escalation`` (teacher answered) or ``sample`` (a confident student answer,
-sampled for drift reference and audits; ``teacher_answer`` is null). Readers accept any
-``schema_version`` up to theirs and ignore unknown fields, so producers can be upgraded
-first.
+``kind`` is ``escalation`` (teacher answered), ``sample`` (a confident student answer,
+sampled for the drift reference; ``teacher_answer`` is null), ``audit`` (a shadow audit
+found the served student answer disagreeing with the teacher's: a missed escalation;
+``request_id`` is the audited request's plus ``:audit``) or ``feedback`` (the application
+rated an answer through ``POST /v1/feedback``: ``rating``, optional ``correction`` and
+``comment``; ``tier`` says which tier's answer was rated). Version 2 added the last two
+kinds and their fields. Readers accept any ``schema_version`` up to theirs and ignore
+unknown fields, so producers can be upgraded first (a consumer of version 1 dead-letters
+the new kinds: upgrade consumers before gateways).
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SCHEMA_VERSION", "EscalationEvent", "EventMessage"]
+__all__ = ["SCHEMA_VERSION", "EscalationEvent", "EventKind", "EventMessage"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+EventKind = Literal["escalation", "sample", "audit", "feedback"]
 
 
 class EventMessage(BaseModel):
@@ -42,7 +49,7 @@ class EscalationEvent(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
-    kind: Literal["escalation", "sample"] = "escalation"
+    kind: EventKind = "escalation"
     request_id: str = Field(min_length=1, max_length=200)
     created_at: float = Field(default_factory=time.time)
     prompt: str | None = None
@@ -63,6 +70,13 @@ class EscalationEvent(BaseModel):
     student_tokens: int | None = None
     teacher_tokens: int | None = None
     redactions: int = 0
+    tier: Literal["student", "teacher"] | None = None
+    """``feedback``: the tier whose answer was rated."""
+    rating: float | None = Field(default=None, ge=0.0, le=1.0)
+    """``feedback``: 1.0 good ... 0.0 bad (a boolean rating is 1.0 or 0.0)."""
+    correction: str | None = None
+    """``feedback``: the right answer, as the application knows it."""
+    comment: str | None = None
 
     def prompt_text(self) -> str:
         """The prompt as one string (the last user turn for chat)."""

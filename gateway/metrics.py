@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from router import BREAKER_STATE_CODES, TEACHER_ERROR_REASONS, BreakerState, CascadeResult
+from router import (
+    AUDIT_DROP_REASONS,
+    BREAKER_STATE_CODES,
+    TEACHER_ERROR_REASONS,
+    AuditConfig,
+    AuditVerdict,
+    BreakerState,
+    CascadeResult,
+)
 from router.pricing import PricingConfig
 
 __all__ = ["GatewayMetrics"]
@@ -157,6 +165,74 @@ class GatewayMetrics:
             self.teacher_breaker_transitions.labels(state)
         for reason in TEACHER_ERROR_REASONS:
             self.teacher_errors.labels(reason)
+        # Live quality (router._audit, POST /v1/feedback).
+        self.audits = Counter(
+            "distillery_audits_total",
+            "Shadow audits of student-served answers, by the version that served and the verdict"
+            " (agreed|disagreed with the teacher; disagreed is a missed escalation).",
+            ["model_version", "verdict"],
+            registry=r,
+        )
+        self.audits_dropped = Counter(
+            "distillery_audits_dropped_total",
+            "Sampled audits not completed, by reason (" + "|".join(AUDIT_DROP_REASONS) + ").",
+            ["reason"],
+            registry=r,
+        )
+        self.audit_share = Gauge(
+            "distillery_audit_share",
+            "Configured audit share of student-served answers, by slot (current|canary).",
+            ["slot"],
+            registry=r,
+        )
+        self.audit_cost = Counter(
+            "distillery_audit_cost_total",
+            "Estimated teacher spend of the audits (pricing.currency units; not in distillery_cost_total).",
+            registry=r,
+        )
+        self.gate_agreement = Gauge(
+            "distillery_gate_agreement",
+            "Served agreement each audited student version showed at its gate (calibration.json).",
+            ["model_version"],
+            registry=r,
+        )
+        self.feedback_ratings = Counter(
+            "distillery_feedback_ratings_total",
+            "Application feedback (POST /v1/feedback), by the tier that answered and the verdict"
+            " (good: rating >= 0.5|bad) and whether it carried a correction.",
+            ["tier", "verdict", "correction"],
+            registry=r,
+        )
+        for reason in AUDIT_DROP_REASONS:
+            self.audits_dropped.labels(reason)
+        for tier_name in ("student", "teacher"):
+            for verdict in ("good", "bad"):
+                for corrected in ("true", "false"):
+                    self.feedback_ratings.labels(tier_name, verdict, corrected)
+        self.audit_cost.inc(0)
+
+    def set_audit_config(self, config: AuditConfig) -> None:
+        self.audit_share.labels("current").set(config.share)
+        self.audit_share.labels("canary").set(config.canary_share)
+
+    # ---- router.AuditObserver -----------------------------------------------------------
+    def audit_verdict(self, verdict: AuditVerdict) -> None:
+        version = verdict.student.model_version
+        self.audits.labels(version, "agreed" if verdict.agreed else "disagreed").inc()
+        if verdict.student.calibrated_agreement is not None:
+            self.gate_agreement.labels(version).set(verdict.student.calibrated_agreement)
+            for (labelled,) in list(self.gate_agreement._metrics):
+                if labelled not in self._student_versions and labelled != version:
+                    self.gate_agreement.remove(labelled)
+        teacher = verdict.teacher
+        self.audit_cost.inc(self._pricing.teacher.cost(teacher.prompt_tokens, teacher.completion_tokens))
+
+    def audit_dropped(self, reason: str) -> None:
+        self.audits_dropped.labels(reason if reason in AUDIT_DROP_REASONS else "teacher_error").inc()
+
+    def observe_rating(self, tier: str, rating: float, corrected: bool) -> None:
+        verdict = "good" if rating >= 0.5 else "bad"
+        self.feedback_ratings.labels(tier, verdict, str(corrected).lower()).inc()
 
     def set_backend(self, tier: str, backend: str, reason: str) -> None:
         for labels in list(self.backend_info._metrics):

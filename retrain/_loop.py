@@ -367,10 +367,7 @@ class RefreshLoop:
             verdict, cur, can = controller.run(outcome.version)
             timings = {**outcome.timings_s, "canary": round(time.monotonic() - t0, 2)}
             self.metrics.stage_seconds.labels("canary").observe(timings["canary"])
-            detail = (
-                f"canary escalation {can.escalation_rate:.1%} over {can.answers:.0f} vs "
-                f"current {cur.escalation_rate:.1%}"
-            )
+            detail = f"canary {can.describe()} vs current {cur.describe()}"
             if verdict != "promote":
                 self.metrics.refreshes.labels("rolled_back").inc()
                 return LoopEvent(now, trigger, drift_info, "rolled_back", outcome.version, detail, timings)

@@ -1,6 +1,7 @@
 """The cascade: model backends, confidence scoring, threshold policy and calibration."""
 
 from router._agreement import AGREEMENT_METRICS, AgreementConfig, AgreementMetric, agreement_score
+from router._audit import AUDIT_DROP_REASONS, AuditConfig, AuditObserver, AuditVerdict, ShadowAuditor
 from router._auroc import auroc
 from router._backend import Backend
 from router._batching import generate_prompts, generate_requests
@@ -32,6 +33,11 @@ from router.pricing import PricingConfig, RequestCost, TierPrice
 
 __all__ = [
     "AGREEMENT_METRICS",
+    "AUDIT_DROP_REASONS",
+    "AuditConfig",
+    "AuditObserver",
+    "AuditVerdict",
+    "ShadowAuditor",
     "AgreementConfig",
     "AgreementMetric",
     "agreement_score",

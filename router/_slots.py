@@ -49,15 +49,20 @@ class Slot:
     def of(cls, backend: Backend, model_dir: Path) -> Slot:
         return cls(backend, model_dir, CalibrationRecord.load(model_dir))
 
-    def stamp(self, gens: list[Generation], threshold_override: float | None) -> list[Generation]:
-        """Names on each answer the threshold it must be judged by (``router.resolve_threshold``)."""
+    def stamp(
+        self, gens: list[Generation], threshold_override: float | None, *, canary: bool = False
+    ) -> list[Generation]:
+        """Names on each answer the threshold it must be judged by (``router.resolve_threshold``),
+        the agreement its version was calibrated at, and whether the canary answered."""
         cal = self.calibration
-        if cal is None and threshold_override is None:
+        if cal is None and threshold_override is None and not canary:
             return gens
         update = {
             "calibrated_threshold": cal.threshold if cal is not None else None,
             "calibrated_scorer": cal.scorer if cal is not None else None,
+            "calibrated_agreement": cal.agreement if cal is not None else None,
             "threshold_override": threshold_override,
+            "canary": canary,
         }
         return [g.model_copy(update=update) for g in gens]
 
@@ -110,7 +115,7 @@ class BackendSlots:
                 del self._in_flight[key]
             async with self._idle:
                 self._idle.notify_all()
-        return slot.stamp(gens, self.threshold_override)
+        return slot.stamp(gens, self.threshold_override, canary=slot is self.canary)
 
     async def apply(
         self,

@@ -64,3 +64,8 @@ class Generation(BaseModel):
     calibrated_scorer: str | None = None
     threshold_override: float | None = None
     """An operator's live pin (admin API); beats both calibration and config."""
+    calibrated_agreement: float | None = None
+    """The served agreement ``model_version`` showed where it was calibrated (its gate
+    value): live audits of this version are compared with it."""
+    canary: bool = False
+    """Answered by the canary slot (audits sample it at a raised share)."""

@@ -75,8 +75,5 @@ def roll_out(
         registry, lambda: httpx.get(f"{url}/metrics", timeout=10).text, settings.canary
     )
     verdict, cur, can = controller.run(version)
-    print(
-        f"canary verdict: {verdict} (canary escalation {can.escalation_rate:.1%} over {can.answers:.0f}, "
-        f"current {cur.escalation_rate:.1%} over {cur.answers:.0f})"
-    )
+    print(f"canary verdict: {verdict} (canary {can.describe()}; current {cur.describe()})")
     return 0 if verdict == "promote" else 1

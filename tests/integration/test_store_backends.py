@@ -19,6 +19,7 @@ def store(request, tmp_path):
         s = open_store(dsn)
         with s._tx() as cur:  # each test starts from an empty table
             cur.execute("DELETE FROM feedback_events")
+            cur.execute("DELETE FROM feedback_ratings")
     yield s
     s.close()
 
@@ -60,3 +61,35 @@ def test_postgres_outage_is_store_unavailable_then_recovers(postgres_server):
         postgres_server.start()
     assert store.insert([_event(9001)]) in (0, 1)
     assert "r9001" in store.request_ids()
+
+
+def _rating(request_id: str, rating: float, t: float, correction: str | None = None) -> EscalationEvent:
+    return EscalationEvent(
+        kind="feedback",
+        request_id=request_id,
+        created_at=t,
+        prompt="shift: abc =",
+        student_answer="abd",
+        tier="student",
+        student_version="s1",
+        rating=rating,
+        correction=correction,
+        comment="from the app",
+    )
+
+
+def test_ratings_latest_wins_repeats_change_nothing_and_events_are_apart(store):
+    store.insert([_event(1)])
+    assert store.insert([_rating("r1", 0.0, 2000.0, correction="bcd")]) == 1
+    assert store.insert([_rating("r1", 0.0, 2000.0, correction="bcd")]) == 0  # redelivered
+    assert store.insert([_rating("r1", 1.0, 1999.0)]) == 0  # an older rating arriving late
+    (only,) = store.ratings()
+    assert (only.rating, only.correction, only.comment) == (0.0, "bcd", "from the app")
+    assert store.insert([_rating("r1", 1.0, 2001.0)]) == 1  # the user changed their mind
+    (only,) = store.ratings()
+    assert only.rating == 1.0 and only.correction is None
+    assert store.count() == 1 and store.events()[0].kind == "escalation"  # events untouched
+    assert store.ratings(since=2002.0) == []
+    split = {e.request_id for e in store.ratings(split="holdout", holdout_fraction=0.5)}
+    split |= {e.request_id for e in store.ratings(split="train", holdout_fraction=0.5)}
+    assert split == {"r1"}

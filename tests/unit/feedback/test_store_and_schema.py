@@ -69,11 +69,30 @@ def test_migrations_are_versioned_and_refuse_a_newer_schema(tmp_path):
     SQLiteStore(path)
     SQLiteStore(path)  # re-opening applies nothing twice
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(LATEST_VERSION,)]
+    applied = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+    assert applied[-1] == (LATEST_VERSION,) and len(applied) == LATEST_VERSION
     conn.execute("INSERT INTO schema_migrations VALUES (999, 0)")
     conn.commit()
     with pytest.raises(StoreUnavailable, match="newer"):
         SQLiteStore(path)
+
+
+def test_a_version_1_store_is_upgraded_in_place_keeping_its_events(tmp_path):
+    from feedback._store import MIGRATIONS
+
+    path = tmp_path / "f.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)")
+    for stmt in MIGRATIONS[0][1]:
+        conn.execute(stmt.format(REAL="REAL"))
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    store.insert([_event(1)])
+    assert store.count() == 1 and store.ratings() == []
+    versions = sqlite3.connect(path).execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+    assert versions == [(1,), (2,)] == [(v,) for v, _ in MIGRATIONS]
 
 
 def test_locked_database_is_store_unavailable_then_recovers(tmp_path):
