@@ -24,7 +24,6 @@ from common.model_dir import TrainingDefaults
 from deploy import CanaryConfig
 from gateway.settings import GatewaySettings
 from retrain import DistillConfig, GateConfig, LoopConfig
-from router import AgreementConfig
 
 __all__ = [
     "CONFIG_FILE_ENV",
@@ -88,7 +87,6 @@ class DistillerySettings(GatewaySettings):
 
     preset: str = "demo"
     workload: Literal["toy", "support"] = "toy"
-    agreement: AgreementConfig = AgreementConfig()
     retrain: DistillConfig = DistillConfig()
     gate: GateConfig = GateConfig()
     loop: LoopConfig = LoopConfig()

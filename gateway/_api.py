@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import DistilleryError
@@ -25,6 +26,8 @@ from gateway.protocol import (
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelList,
 )
 
@@ -71,11 +74,19 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {msg}" if param else msg), param
 
 
+def _principal(request: Request) -> str:
+    """The API key's name admission resolved (``anonymous`` with auth off)."""
+    return str(request.scope.get("state", {}).get("principal", "anonymous"))
+
+
 def _send(served: Served) -> Response:
+    after = BackgroundTask(served.after) if served.after is not None else None
     if served.stream is not None:
-        return StreamingResponse(served.stream, media_type="text/event-stream", headers=served.headers)
+        return StreamingResponse(
+            served.stream, media_type="text/event-stream", headers=served.headers, background=after
+        )
     assert served.body is not None
-    return JSONResponse(content=served.body.model_dump(mode="json"), headers=served.headers)
+    return JSONResponse(content=served.body.model_dump(mode="json"), headers=served.headers, background=after)
 
 
 def build_api(
@@ -142,16 +153,20 @@ def build_api(
         response_model=CompletionResponse,
         responses={**_ERROR_RESPONSES, 200: {"content": _SSE}},
     )
-    async def completions(body: CompletionRequest) -> Response:
-        return _send(await serving.completion(body))
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return _send(await serving.completion(body, _principal(request)))
 
     @app.post(
         "/v1/chat/completions",
         response_model=ChatCompletionResponse,
         responses={**_ERROR_RESPONSES, 200: {"content": _SSE}},
     )
-    async def chat_completions(body: ChatCompletionRequest) -> Response:
-        return _send(await serving.chat(body))
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return _send(await serving.chat(body, _principal(request)))
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse, responses=_ERROR_RESPONSES)
+    async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+        return serving.rate(body, _principal(request))
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

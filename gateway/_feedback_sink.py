@@ -1,17 +1,19 @@
-"""Turns routed requests into feedback events and hands them to the producer.
+"""Turns routed requests, audits and ratings into feedback events for the producer.
 
-The gateway never waits on Kafka: ``record`` builds the event and enqueues it (the
+The gateway never waits on Kafka: each ``record*`` builds the event and enqueues it (the
 producer redacts PII before anything leaves the process).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Literal
 
 from feedback import EscalationEvent, EscalationProducer, EventMessage
-from router import CascadeResult, GenerationRequest
+from gateway._ledger import IssuedAnswer
+from router import AuditVerdict, CascadeResult, GenerationRequest
 
 __all__ = ["FeedbackSink", "RouteLabeler"]
 
@@ -59,20 +61,12 @@ class FeedbackSink:
             return
         student = result.student if result.escalated else result.generation
         teacher = result.generation if result.tier == "teacher" else None
-        prompt = request.prompt
-        messages = None
-        if request.messages is not None:
-            messages = tuple(EventMessage(role=t.role, content=t.content) for t in request.messages)
-        text = (
-            prompt
-            if prompt is not None
-            else next((t.content for t in reversed(request.messages or ()) if t.role == "user"), "")
-        )
+        messages, skill = self._context(request, label)
         decision = result.decision
         event = EscalationEvent(
             kind=kind,
             request_id=request.request_id,
-            prompt=prompt,
+            prompt=request.prompt,
             messages=messages,
             student_answer=student.text if student else None,
             student_confidence=decision.confidence if decision else None,
@@ -83,7 +77,7 @@ class FeedbackSink:
             student_latency_s=result.student_latency_s or None,
             teacher_latency_s=result.teacher_latency_s or None,
             route=route,
-            skill=label if label is not None else (self._label(text) if self._label else None),
+            skill=skill,
             threshold=threshold,
             scorer=scorer,
             prompt_tokens=result.generation.prompt_tokens,
@@ -91,6 +85,74 @@ class FeedbackSink:
             teacher_tokens=teacher.completion_tokens if teacher else None,
         )
         self._producer.submit(event)
+
+    def _context(
+        self, request: GenerationRequest, label: str | None
+    ) -> tuple[tuple[EventMessage, ...] | None, str | None]:
+        """The request's turns as event messages, and its route label."""
+        messages = None
+        if request.messages is not None:
+            messages = tuple(EventMessage(role=t.role, content=t.content) for t in request.messages)
+        if label is not None or self._label is None:
+            return messages, label
+        text = (
+            request.prompt
+            if request.prompt is not None
+            else next((t.content for t in reversed(request.messages or ()) if t.role == "user"), "")
+        )
+        return messages, self._label(text)
+
+    def record_audit(self, verdict: AuditVerdict) -> None:
+        """A disagreeing audit: a missed escalation, with the teacher's answer to learn from."""
+        if verdict.agreed:
+            return
+        request, student, teacher = verdict.request, verdict.student, verdict.teacher
+        messages, skill = self._context(request, verdict.label)
+        self._producer.submit(
+            EscalationEvent(
+                kind="audit",
+                request_id=f"{request.request_id}:audit",
+                prompt=request.prompt,
+                messages=messages,
+                student_answer=student.text,
+                teacher_answer=teacher.text,
+                student_version=student.model_version,
+                teacher_version=teacher.model_version,
+                teacher_latency_s=verdict.teacher_latency_s,
+                route="chat" if request.messages is not None else "completions",
+                skill=skill,
+                threshold=student.calibrated_threshold,
+                prompt_tokens=teacher.prompt_tokens,
+                student_tokens=student.completion_tokens,
+                teacher_tokens=teacher.completion_tokens,
+            )
+        )
+
+    def record_rating(
+        self, issued: IssuedAnswer, rating: float, correction: str | None, comment: str | None
+    ) -> None:
+        """The application's rating of one answer, with the request and answers it rates."""
+        request = issued.request
+        messages, skill = self._context(request, issued.label)
+        self._producer.submit(
+            EscalationEvent(
+                kind="feedback",
+                request_id=request.request_id,
+                created_at=time.time(),
+                prompt=request.prompt,
+                messages=messages,
+                student_answer=issued.student_answer,
+                teacher_answer=issued.teacher_answer,
+                student_version=issued.student_version,
+                teacher_version=issued.teacher_version,
+                route="chat" if request.messages is not None else "completions",
+                skill=skill,
+                tier=issued.tier,
+                rating=rating,
+                correction=correction,
+                comment=comment,
+            )
+        )
 
     def close(self) -> None:
         self._producer.close()

@@ -9,6 +9,7 @@ against a tier).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 from typing import Any
@@ -20,15 +21,25 @@ from ray.serve.handle import DeploymentHandle
 
 from common.errors import DistilleryError
 from deploy import ModelRegistry
-from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, claim_spool_dir
+from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, SpoolWriteError, claim_spool_dir
 from gateway._admin import build_admin_router
 from gateway._api import build_api
 from gateway._feedback_sink import FeedbackSink, RouteLabeler
+from gateway._ledger import ResponseLedger
 from gateway._model_server import ModelServer, tier_spec
 from gateway._serving import OpenAIServing
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
-from router import CascadeRouter, Generation, GenerationClient, GenerationRequest, ThresholdPolicy
+from router import (
+    AgreementMetric,
+    AuditVerdict,
+    CascadeRouter,
+    Generation,
+    GenerationClient,
+    GenerationRequest,
+    ShadowAuditor,
+    ThresholdPolicy,
+)
 from router._policy import resolve_threshold
 from router.errors import ReplicaUnavailable
 
@@ -106,6 +117,37 @@ def _feedback_sink(settings: GatewaySettings, metrics: GatewayMetrics) -> Feedba
     return FeedbackSink(producer, sample_rate=cfg.sample_rate, route_label=labeler)
 
 
+class _AuditReport:
+    """Where the auditor's outcomes go: the metrics, and a disagreement to the feedback stream."""
+
+    def __init__(self, metrics: GatewayMetrics, sink: FeedbackSink | None) -> None:
+        self._metrics = metrics
+        self._sink = sink
+
+    def audit_verdict(self, verdict: AuditVerdict) -> None:
+        self._metrics.audit_verdict(verdict)
+        if self._sink is not None:
+            with contextlib.suppress(SpoolWriteError):  # counted and logged by the producer
+                self._sink.record_audit(verdict)
+
+    def audit_dropped(self, reason: str) -> None:
+        self._metrics.audit_dropped(reason)
+
+
+def _auditor(
+    settings: GatewaySettings, router: CascadeRouter, teacher: GenerationClient, report: _AuditReport
+) -> ShadowAuditor | None:
+    if not settings.audit.enabled:
+        return None
+    return ShadowAuditor(
+        teacher,
+        AgreementMetric(settings.agreement),
+        settings.audit,
+        report,
+        teacher_available=lambda: router.breaker.state != "open",
+    )
+
+
 @serve.ingress()
 class GatewayIngress:
     """HTTP edge. Owns the metrics registry and the cascade router."""
@@ -133,8 +175,9 @@ class GatewayIngress:
             "teacher": (t_info["model_id"], t_info["version"]),
         }
         policy = resolve_policy(settings, s_info["calibration"])
+        teacher_client = _HandleClient(teacher)
         self._router = CascadeRouter(
-            student_client, _HandleClient(teacher), policy, settings.cascade, observer=self._metrics
+            student_client, teacher_client, policy, settings.cascade, observer=self._metrics
         )
         for tier, (model_id, version) in self._versions.items():
             self._metrics.set_model(tier, model_id, version)
@@ -142,8 +185,18 @@ class GatewayIngress:
             self._metrics.set_backend(tier, info["backend"]["kind"], info["backend"]["reason"])
         self._metrics.threshold.set(policy.threshold)
         self._feedback = _feedback_sink(settings, self._metrics)
+        self._metrics.set_audit_config(settings.audit)
+        self._auditor = _auditor(
+            settings, self._router, teacher_client, _AuditReport(self._metrics, self._feedback)
+        )
         self._serving = OpenAIServing(
-            self._router, self._metrics, settings.server, lambda: self._versions, self._feedback
+            self._router,
+            self._metrics,
+            settings.server,
+            lambda: self._versions,
+            self._feedback,
+            auditor=self._auditor,
+            ledger=ResponseLedger(settings.ratings) if settings.ratings.enabled else None,
         )
         logger.info("cascade policy: %s >= %.6f keeps the student", policy.scorer, policy.threshold)
         if settings.auth.enabled:

@@ -4,12 +4,18 @@ Routes call one method here and map what comes back (a response model or a strea
 HTTP; errors are raised as Distillery errors and mapped in one place (``gateway.errors``).
 Streaming note: the cascade must see the student's whole answer to score it, so the
 chosen answer is generated first and then streamed token by token.
+
+Live quality: every answer is recorded in the ledger before its response leaves (so it
+can be rated by ``POST /v1/feedback`` at once); the shadow audit is offered only once the
+response has been sent (``Served.after``, run as Starlette's background task), so an audit
+never delays the client it samples.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -17,7 +23,8 @@ from dataclasses import dataclass
 
 from feedback import SpoolWriteError
 from gateway._feedback_sink import FeedbackSink
-from gateway.errors import BadRequest, ModelNotFound
+from gateway._ledger import IssuedAnswer, ResponseLedger, feedback_fingerprint
+from gateway.errors import BadRequest, FeedbackDisabled, ModelNotFound, ResponseNotFound
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
     ChatChoice,
@@ -32,13 +39,15 @@ from gateway.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelCard,
     ModelList,
     RoutingInfo,
     UsageInfo,
 )
 from gateway.settings import ServerConfig
-from router import CascadeResult, CascadeRouter, ChatTurn, GenerationRequest, Tier
+from router import CascadeResult, CascadeRouter, ChatTurn, GenerationRequest, ShadowAuditor, Tier
 from router.errors import EmptyPrompt, InvalidRequest, TeacherUnavailable
 
 __all__ = ["OpenAIServing", "Served"]
@@ -53,6 +62,8 @@ class Served:
     body: CompletionResponse | ChatCompletionResponse | None
     stream: AsyncIterator[str] | None
     headers: dict[str, str]
+    after: Callable[[], None] | None = None
+    """Run once the response has been sent (the shadow audits' offer)."""
 
 
 def _sse(payload: str) -> str:
@@ -67,8 +78,13 @@ class OpenAIServing:
         server: ServerConfig,
         model_versions: ModelVersions,
         feedback: FeedbackSink | None = None,
+        *,
+        auditor: ShadowAuditor | None = None,
+        ledger: ResponseLedger | None = None,
     ) -> None:
         self._feedback = feedback
+        self._auditor = auditor
+        self._ledger = ledger if feedback is not None else None
         self._router = router
         self._metrics = metrics
         self._server = server
@@ -159,8 +175,74 @@ class OpenAIServing:
                 self._feedback.record(endpoint, request, result, result.threshold, policy.scorer, label)
         return result
 
+    def _issued(
+        self,
+        response_id: str,
+        routed: Sequence[tuple[GenerationRequest, CascadeResult]],
+        label: str | None,
+        principal: str,
+    ) -> Callable[[], None] | None:
+        """Records the answers in the ledger; returns the audit offer to run after the send."""
+        if self._ledger is not None:
+            now = time.time()
+            for index, (request, result) in enumerate(routed):
+                gen = result.generation
+                student = result.student if result.escalated else (gen if result.tier == "student" else None)
+                teacher = gen if result.tier == "teacher" else None
+                answer = IssuedAnswer(
+                    request=request,
+                    tier=result.tier,
+                    answer=gen.text,
+                    model_version=gen.model_version,
+                    student_answer=student.text if student else None,
+                    student_version=student.model_version if student else None,
+                    teacher_answer=teacher.text if teacher else None,
+                    teacher_version=teacher.model_version if teacher else None,
+                    label=label,
+                    principal=principal,
+                    issued_at=now,
+                )
+                self._ledger.record(response_id, index, answer)
+        auditor = self._auditor
+        if auditor is None:
+            return None
+
+        def offer() -> None:
+            for request, result in routed:
+                auditor.offer(request, result, label)
+
+        return offer
+
+    # ---- /v1/feedback ----------------------------------------------------------------
+    def rate(self, body: FeedbackRequest, principal: str = "anonymous") -> FeedbackResponse:
+        """Records the application's rating of one answer it was given (idempotent)."""
+        if self._ledger is None or self._feedback is None:
+            raise FeedbackDisabled(
+                "feedback is not recorded by this gateway (the feedback stream or ratings are off)"
+            )
+        issued = self._ledger.find(body.id, body.index, principal)
+        if issued is None:
+            raise ResponseNotFound(
+                "no answer with this id and index can be rated: it was never issued to this API key,"
+                " or it is older than the feedback window"
+            )
+        fingerprint = feedback_fingerprint(body.score, body.correction, body.comment)
+        digest = hashlib.sha256(f"{body.id}\x00{body.index}\x00{fingerprint}".encode()).hexdigest()
+        ack = FeedbackResponse(
+            id=f"fb-{digest[:32]}", response_id=body.id, index=body.index, status="recorded"
+        )
+        if issued.last_rating == fingerprint:
+            return ack.model_copy(update={"status": "unchanged"})
+        try:
+            self._feedback.record_rating(issued, body.score, body.correction, body.comment)
+        except SpoolWriteError as exc:
+            raise FeedbackDisabled("the feedback could not be recorded right now; retry shortly") from exc
+        issued.last_rating = fingerprint
+        self._metrics.observe_rating(issued.tier, body.score, body.correction is not None)
+        return ack
+
     # ---- /v1/completions ------------------------------------------------------------
-    async def completion(self, req: CompletionRequest) -> Served:
+    async def completion(self, req: CompletionRequest, principal: str = "anonymous") -> Served:
         tier = self._tier_for(req.model)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
@@ -193,8 +275,10 @@ class OpenAIServing:
         results = await asyncio.gather(*(self._route("completions", g, tier, label) for g in gen_reqs))
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
+        after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
         if req.stream:
-            return Served(None, self._completion_stream(request_id, req.model, results[0], infos[0]), headers)
+            stream = self._completion_stream(request_id, req.model, results[0], infos[0])
+            return Served(None, stream, headers, after)
         choices = [
             CompletionChoice(
                 index=i,
@@ -217,7 +301,7 @@ class OpenAIServing:
             ),
             distillery=infos,
         )
-        return Served(body, None, headers)
+        return Served(body, None, headers, after)
 
     @staticmethod
     def _completion_logprobs(result: CascadeResult) -> CompletionLogprobs:
@@ -258,7 +342,7 @@ class OpenAIServing:
         yield _sse("[DONE]")
 
     # ---- /v1/chat/completions -------------------------------------------------------
-    async def chat(self, req: ChatCompletionRequest) -> Served:
+    async def chat(self, req: ChatCompletionRequest, principal: str = "anonymous") -> Served:
         tier = self._tier_for(req.model)
         if not any(m.role == "user" and m.content.strip() for m in req.messages):
             raise EmptyPrompt("messages must contain a non-empty user message")
@@ -274,11 +358,13 @@ class OpenAIServing:
             stop=self._stops(req.stop),
             request_id=request_id,
         )
-        result = await self._route("chat", gen_req, tier, (req.metadata or {}).get("route"))
+        label = (req.metadata or {}).get("route")
+        result = await self._route("chat", gen_req, tier, label)
         info = self._routing(result)
         headers = self._headers([info])
+        after = self._issued(request_id, [(gen_req, result)], label, principal)
         if req.stream:
-            return Served(None, self._chat_stream(request_id, req.model, result, info), headers)
+            return Served(None, self._chat_stream(request_id, req.model, result, info), headers, after)
         gen = result.generation
         logprobs = None
         if req.logprobs:
@@ -306,7 +392,7 @@ class OpenAIServing:
             ),
             distillery=info,
         )
-        return Served(body, None, headers)
+        return Served(body, None, headers, after)
 
     async def _chat_stream(
         self, request_id: str, model: str, result: CascadeResult, info: RoutingInfo

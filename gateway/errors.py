@@ -4,6 +4,8 @@ DistilleryError
 ├── router.errors.InvalidRequest ........ 400 invalid_request_error
 │   └── gateway.errors.BadRequest ....... 400 (limits checked at the edge)
 ├── gateway.errors.ModelNotFound ........ 404 model_not_found
+├── gateway.errors.ResponseNotFound ..... 404 response_not_found (POST /v1/feedback: unknown or expired id)
+├── gateway.errors.FeedbackDisabled ..... 503 feedback_disabled (no feedback stream configured)
 ├── deploy.errors.ModelNotFound ......... 404 version_not_found (admin API)
 ├── deploy.errors.RegistryError ......... 409 registry_conflict (admin API: e.g. nothing to roll back to)
 ├── router.errors.TeacherUnavailable .... 503 teacher_unavailable (TeacherTimeout: 504-free 503)
@@ -47,7 +49,9 @@ __all__ = [
     "BadRequest",
     "client_message",
     "ModelNotFound",
+    "FeedbackDisabled",
     "PayloadTooLarge",
+    "ResponseNotFound",
     "error_headers",
     "error_response",
     "to_error_response",
@@ -63,6 +67,14 @@ class BadRequest(InvalidRequest):
 
 
 class ModelNotFound(DistilleryError):
+    pass
+
+
+class ResponseNotFound(DistilleryError):
+    pass
+
+
+class FeedbackDisabled(DistilleryError):
     pass
 
 
@@ -122,6 +134,12 @@ def to_error_response(exc: BaseException) -> tuple[int, ErrorResponse]:
     if isinstance(exc, ModelNotFound):
         message = client_message(str(exc), "the model does not exist")
         return error_response(404, message, "invalid_request_error", "model_not_found", "model")
+    if isinstance(exc, ResponseNotFound):
+        message = client_message(str(exc), "no such response")
+        return error_response(404, message, "invalid_request_error", "response_not_found", "id")
+    if isinstance(exc, FeedbackDisabled):
+        message = client_message(str(exc), "feedback is not recorded by this gateway")
+        return error_response(503, message, "service_unavailable", "feedback_disabled")
     if isinstance(exc, VersionNotFound):
         message = client_message(str(exc), "no such model version")
         return error_response(404, message, "invalid_request_error", "version_not_found", "version")

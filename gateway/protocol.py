@@ -10,7 +10,15 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+)
 
 __all__ = [
     "ChatChoice",
@@ -26,6 +34,8 @@ __all__ = [
     "DistilleryBaseModel",
     "ErrorInfo",
     "ErrorResponse",
+    "FeedbackRequest",
+    "FeedbackResponse",
     "ModelCard",
     "ModelList",
     "RoutingInfo",
@@ -220,3 +230,42 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: the application's verdict on one answer it was given.
+
+    ``id`` is the response's ``id`` (``cmpl-...`` or ``chatcmpl-...``); ``index`` the choice
+    of a completion that had several prompts. ``rating``: ``true``/``false`` or a float in
+    [0, 1] (0.5 and above counts as good). ``correction``: the right answer, if the
+    application knows it (it outranks the teacher's as a training label). Unknown fields are
+    refused: a misspelt ``rating`` must not be stored as a rating-less record."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    id: Annotated[Text, StringConstraints(min_length=1, max_length=200)]
+    index: int = Field(default=0, ge=0, le=1023)
+    rating: StrictBool | Annotated[float, Field(ge=0.0, le=1.0)]
+    correction: Annotated[Text, StringConstraints(max_length=32_768)] | None = None
+    comment: Annotated[Text, StringConstraints(max_length=4_096)] | None = None
+
+    @field_validator("correction")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("correction must not be blank (leave it out instead)")
+        return value
+
+    @property
+    def score(self) -> float:
+        return float(self.rating)
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    """The feedback record's own id (the same for a repeated identical request)."""
+    object: Literal["feedback"] = "feedback"
+    response_id: str
+    index: int
+    status: Literal["recorded", "unchanged"]
+    """``unchanged``: the same feedback was already recorded for this answer."""

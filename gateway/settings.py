@@ -14,8 +14,10 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from feedback.config import FeedbackConfig
+from gateway._ledger import RatingsConfig
 from gateway.auth import AuthConfig
 from gateway.limits import LimitsConfig
+from router import AgreementConfig, AuditConfig
 from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig
 
@@ -94,6 +96,12 @@ class GatewaySettings(BaseSettings):
     clusters); one more hop per request (docs/benchmarks.md, "Serving fast path")."""
     teacher: BackendConfig = BackendConfig(num_threads=1)
     feedback: FeedbackConfig = FeedbackConfig()
+    agreement: AgreementConfig = AgreementConfig()
+    """What "the same answer" means: calibration, the gate, the benchmarks and the live audits."""
+    audit: AuditConfig = AuditConfig()
+    """Shadow audits of served answers (``router._audit``)."""
+    ratings: RatingsConfig = RatingsConfig()
+    """Application feedback, ``POST /v1/feedback`` (``gateway._ledger``)."""
     pricing: PricingConfig = PricingConfig()
     """Per-tier token prices for the cost metrics, the scenario and the benchmarks."""
     registry_dir: Path | None = None
