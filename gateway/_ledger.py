@@ -56,7 +56,8 @@ class IssuedAnswer:
     teacher_version: str | None
     label: str | None
     principal: str
-    issued_at: float
+    issued_at: float = 0.0
+    """Set by the ledger when it records the answer."""
     last_rating: str | None = None
     """Fingerprint of the feedback last recorded for this answer (a repeat is a no-op)."""
 
@@ -76,6 +77,7 @@ class ResponseLedger:
         return len(self._answers)
 
     def record(self, response_id: str, index: int, answer: IssuedAnswer) -> None:
+        answer.issued_at = self._clock()
         self._answers[(response_id, index)] = answer
         self._expire()
 

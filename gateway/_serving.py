@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from feedback import SpoolWriteError
@@ -52,6 +53,8 @@ from router.errors import EmptyPrompt, InvalidRequest, TeacherUnavailable
 
 __all__ = ["OpenAIServing", "Served"]
 
+logger = logging.getLogger(__name__)
+
 ModelVersions = Callable[[], dict[str, tuple[str, str]]]
 
 
@@ -62,7 +65,7 @@ class Served:
     body: CompletionResponse | ChatCompletionResponse | None
     stream: AsyncIterator[str] | None
     headers: dict[str, str]
-    after: Callable[[], None] | None = None
+    after: Callable[[], Awaitable[None]] | None = None
     """Run once the response has been sent (the shadow audits' offer)."""
 
 
@@ -181,10 +184,9 @@ class OpenAIServing:
         routed: Sequence[tuple[GenerationRequest, CascadeResult]],
         label: str | None,
         principal: str,
-    ) -> Callable[[], None] | None:
+    ) -> Callable[[], Awaitable[None]] | None:
         """Records the answers in the ledger; returns the audit offer to run after the send."""
         if self._ledger is not None:
-            now = time.time()
             for index, (request, result) in enumerate(routed):
                 gen = result.generation
                 student = result.student if result.escalated else (gen if result.tier == "student" else None)
@@ -200,16 +202,18 @@ class OpenAIServing:
                     teacher_version=teacher.model_version if teacher else None,
                     label=label,
                     principal=principal,
-                    issued_at=now,
                 )
                 self._ledger.record(response_id, index, answer)
         auditor = self._auditor
         if auditor is None:
             return None
 
-        def offer() -> None:
-            for request, result in routed:
-                auditor.offer(request, result, label)
+        async def offer() -> None:  # async: Starlette runs a sync background task in a thread
+            try:
+                for request, result in routed:
+                    auditor.offer(request, result, label)
+            except Exception:  # the response is sent; a failed offer only loses an audit
+                logger.exception("offering an audit failed")
 
         return offer
 
