@@ -112,6 +112,11 @@ class ModelManifest(BaseModel):
     max_new_tokens: int | None = Field(default=None, ge=1)
     training: TrainingDefaults | None = None
     quantization: QuantizationRecord | None = None
+    label_sources: dict[str, int] = Field(default_factory=dict)
+    """Training examples per label source (correction, teacher_agreed, teacher, audit,
+    replay) of the dataset this version was distilled on (``retrain._labels``)."""
+    label_rejections: dict[str, int] = Field(default_factory=dict)
+    """Labels that dataset did not use, by reason."""
     created: float = Field(default_factory=time.time)
 
     @classmethod

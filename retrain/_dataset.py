@@ -10,6 +10,10 @@ Chat fidelity: a chat escalation is kept whole (system prompt, earlier turns, th
 user turn), never reduced to its last user message, so the trainer renders it with the
 student's own chat template exactly as serving does (``Pair.to_request`` is the request
 the backend would have been given). "The same prompt" means the same whole conversation.
+
+Which answer teaches a prompt (corrections, confirmed teacher answers, plain ones; what
+verifiers and a second teacher reject) is ``retrain._labels``'s rule; this module applies
+it to what the store holds and counts every label by source and every rejection by reason.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from common.model_dir import REFERENCE_FILE
 from feedback import EscalationEvent, FeedbackStore
+from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, build_verifiers, second_opinions
 from retrain.config import DistillConfig
 from retrain.errors import NotEnoughFeedback
-from router import ChatTurn, GenerationRequest
+from router import AgreementMetric, ChatTurn, GenerationRequest
 
 __all__ = [
     "REFERENCE_FILE",
@@ -88,9 +94,9 @@ class Pair:
         )
 
     @classmethod
-    def from_event(cls, event: EscalationEvent, answer: str) -> Pair:
+    def from_event(cls, event: EscalationEvent, answer: str, source: str = "teacher") -> Pair:
         turns = None if event.messages is None else tuple((m.role, m.content) for m in event.messages)
-        return cls(event.prompt_text(), answer, event.skill, "teacher", turns)
+        return cls(event.prompt_text(), answer, event.skill, source, turns)
 
 
 @dataclass
@@ -101,6 +107,10 @@ class DistillDataset:
     replay_examples: int
     dropped: int
     by_skill: dict[str, int] = field(default_factory=dict)
+    by_source: dict[str, int] = field(default_factory=dict)
+    """Training examples per label source (correction, teacher_agreed, teacher, audit, replay)."""
+    rejected: dict[str, int] = field(default_factory=dict)
+    """Labels not used, by reason (unusable, rated_bad, verifier:<name>, second_teacher_disagreed)."""
 
     @property
     def sha256(self) -> str:
@@ -129,30 +139,110 @@ def _usable(answer: str | None) -> bool:
     return bool(answer and answer.strip())
 
 
+@dataclass
+class _Labeller:
+    """Chooses one label per prompt for one split, counting what it rejects."""
+
+    verifiers: Sequence[Verifier]
+    second_teacher: SecondOpinion | None
+    agreement: AgreementMetric
+    rejected: Counter[str]
+
+    def labels(
+        self, events: Sequence[EscalationEvent], ratings: Sequence[EscalationEvent]
+    ) -> dict[str, Pair]:
+        rated = {r.request_id: r for r in ratings if r.rating is not None}
+        found: list[tuple[Pair, float]] = []
+        for r in rated.values():
+            if r.correction is not None and r.correction.strip() and r.prompt_text().strip():
+                found.append((Pair.from_event(r, r.correction.strip(), "correction"), r.created_at))
+        found += self._confirmed(self._teacher_labels(events, rated))
+        chosen: dict[str, tuple[Pair, tuple[int, float]]] = {}
+        for pair, created_at in found:
+            rank = (LABEL_PRECEDENCE[pair.source], -created_at)  # the best source, then the latest
+            held = chosen.get(pair.key)
+            if held is None or rank < held[1]:
+                chosen[pair.key] = (pair, rank)
+        return {key: pair for key, (pair, _) in chosen.items()}
+
+    def _teacher_labels(
+        self, events: Sequence[EscalationEvent], rated: dict[str, EscalationEvent]
+    ) -> list[tuple[Pair, float]]:
+        out: list[tuple[Pair, float]] = []
+        for event in events:
+            if not event.prompt_text().strip() or not _usable(event.teacher_answer):
+                self.rejected["unusable"] += 1
+                continue
+            assert event.teacher_answer is not None
+            source = "audit" if event.kind == "audit" else "teacher"
+            rating = rated.get(event.request_id)
+            if rating is not None and rating.tier == "teacher" and rating.rating is not None:
+                if rating.rating < 0.5:
+                    self.rejected["rated_bad"] += 1
+                    continue
+                source = "teacher_agreed"
+            pair = Pair.from_event(event, event.teacher_answer.strip(), source)
+            failed = next(
+                (
+                    v
+                    for v in self.verifiers
+                    if v.covers(pair.skill) and not v.check(pair.completion, pair.prompt)
+                ),
+                None,
+            )
+            if failed is not None:
+                self.rejected[failed.reason] += 1
+                continue
+            out.append((pair, event.created_at))
+        return out
+
+    @staticmethod
+    def _passes(verifier: Verifier, pair: Pair) -> bool:
+        return not verifier.covers(pair.skill) or verifier.check(pair.completion, pair.prompt)
+
+    def _confirmed(self, labels: list[tuple[Pair, float]]) -> list[tuple[Pair, float]]:
+        """With a second teacher: the labels it agrees with, as ``teacher_agreed``."""
+        if self.second_teacher is None:
+            return labels
+        open_ = [i for i, (pair, _) in enumerate(labels) if pair.source != "teacher_agreed"]
+        verdicts = second_opinions(self.second_teacher, [labels[i][0] for i in open_], self.agreement)
+        out = [labels[i] for i in range(len(labels)) if i not in set(open_)]
+        for i, agreed in zip(open_, verdicts, strict=True):
+            if agreed:
+                pair, created_at = labels[i]
+                out.append((replace(pair, source="teacher_agreed"), created_at))
+            else:
+                self.rejected["second_teacher_disagreed"] += 1
+        return out
+
+
 def build_dataset(
     store: FeedbackStore,
     reference: list[Pair],
     config: DistillConfig,
     *,
     since: float | None = None,
+    verifiers: Sequence[Verifier] | None = None,
+    second_teacher: SecondOpinion | None = None,
+    agreement: AgreementMetric | None = None,
 ) -> DistillDataset:
-    latest: dict[str, Pair] = {}
-    holdout: dict[str, Pair] = {}
-    dropped = 0
-    splits: tuple[tuple[Literal["train", "holdout"], dict[str, Pair]], ...] = (
-        ("train", latest),
-        ("holdout", holdout),
+    """``verifiers`` None builds ``config.verifiers``; ``second_teacher`` confirms (or drops)
+    every teacher label not already confirmed, judged by ``agreement``."""
+    labeller = _Labeller(
+        build_verifiers(config.verifiers) if verifiers is None else verifiers,
+        second_teacher,
+        agreement or AgreementMetric(),
+        Counter(),
     )
-    for split, target in splits:
-        for event in store.events(
-            since=since, kind="escalation", split=split, holdout_fraction=config.holdout_fraction
-        ):
-            if not event.prompt_text().strip() or not _usable(event.teacher_answer):
-                dropped += 1
-                continue
-            assert event.teacher_answer is not None
-            pair = Pair.from_event(event, event.teacher_answer.strip())
-            target[pair.key] = pair  # latest wins
+    splits: dict[Literal["train", "holdout"], dict[str, Pair]] = {}
+    for split in ("train", "holdout"):
+        query: dict[str, Any] = {"since": since, "split": split, "holdout_fraction": config.holdout_fraction}
+        events = sorted(
+            store.events(kind="escalation", **query) + store.events(kind="audit", **query),
+            key=lambda e: (e.created_at, e.request_id),
+        )
+        splits[split] = labeller.labels(events, store.ratings(**query))
+    latest, holdout = splits["train"], splits["holdout"]
     for key in list(latest):
         if key in holdout:  # the same prompt in both: keep it out of training
             del latest[key]
@@ -172,4 +262,15 @@ def build_dataset(
     for p in train:
         key = p.skill or "unlabelled"
         by_skill[key] = by_skill.get(key, 0) + 1
-    return DistillDataset(train, list(holdout.values()), len(new), len(replay), dropped, by_skill)
+    by_source = dict(sorted(Counter(p.source for p in train).items()))
+    rejected = dict(sorted(labeller.rejected.items()))
+    return DistillDataset(
+        train,
+        list(holdout.values()),
+        len(new),
+        len(replay),
+        sum(rejected.values()),
+        by_skill,
+        by_source,
+        rejected,
+    )

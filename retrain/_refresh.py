@@ -18,6 +18,7 @@ from deploy import ModelRegistry, RegisteredModel
 from feedback import FeedbackStore
 from retrain._dataset import Pair, build_dataset, load_reference
 from retrain._gate import BackendFactory, GateReport, recalibration, run_gate, transformers_factory
+from retrain._labels import SecondOpinion, backend_opinion
 from retrain._suite import build_suite
 from retrain._train import distill
 from retrain.config import DistillConfig, GateConfig
@@ -69,16 +70,32 @@ def run_refresh(
     teacher_dir: Path | None = None,
     agreement: AgreementMetric | None = None,
     backend_factory: BackendFactory = transformers_factory,
+    second_teacher: SecondOpinion | None = None,
 ) -> RefreshOutcome:
     """``suite`` None: ``build_suite`` (the config's file, else the serving student's suite
-    plus held-out teacher answers per route from the store)."""
+    plus held-out teacher answers per route from the store). ``second_teacher`` None:
+    ``distill_config.second_teacher``'s backend, if one is configured."""
     current = registry.current()
     if current is None:
         raise RuntimeError("the registry has no current version; call ensure_registry first")
     agree = agreement or AgreementMetric()
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    dataset = build_dataset(store, load_reference(current.path), distill_config, since=since)
+    if second_teacher is None and distill_config.second_teacher is not None:
+        parent = ModelManifest.load(current.path)
+        second_teacher = backend_opinion(
+            distill_config.second_teacher,
+            max_tokens=(parent.max_new_tokens if parent else None) or 32,
+            default_dir=current.path,
+        )
+    dataset = build_dataset(
+        store,
+        load_reference(current.path),
+        distill_config,
+        since=since,
+        second_teacher=second_teacher,
+        agreement=agree,
+    )
     if suite is None:
         suite = build_suite(
             gate_config, current.path, store, holdout_fraction=distill_config.holdout_fraction
@@ -95,6 +112,7 @@ def run_refresh(
     manifest = ModelManifest.load(candidate_dir) or ModelManifest(version=version)
     manifest.version, manifest.parent = version, current.version
     manifest.source = ModelSource(kind="distilled", path=str(current.path), detail={"steps": trained.steps})
+    manifest.label_sources, manifest.label_rejections = dataset.by_source, dataset.rejected
     manifest.save(candidate_dir)
     t0 = time.monotonic()
     report = run_gate(
@@ -124,6 +142,8 @@ def run_refresh(
         "replay": dataset.replay_examples,
         "holdout": len(dataset.holdout),
         "by_skill": dataset.by_skill,
+        "by_source": dataset.by_source,
+        "rejected": dataset.rejected,
     }
     t0 = time.monotonic()
     model = registry.register(

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from common.model_dir import ModelManifest, TrainingDefaults
+from retrain._labels import VerifierConfig
+from router.config import BackendConfig
 
 __all__ = ["PRETRAINED_TRAINING", "DistillConfig", "GateConfig"]
 
@@ -31,6 +33,13 @@ class DistillConfig(BaseModel):
         replay_share (`float`, defaults to 0.5): share of the training set drawn from the
             student's original training data, so old skills are not forgotten.
         max_examples (`int`, defaults to 6000): cap on the training set (new + replay).
+        verifiers (`list[VerifierConfig]`, defaults to none): checks a teacher answer must
+            pass before it teaches (a JSON schema, a regex, a ``module:function``), per
+            route; rejections are counted by reason in the candidate's manifest
+            (``retrain._labels``).
+        second_teacher (`BackendConfig | None`, defaults to None): a second teacher that
+            answers the escalated prompts offline when the dataset is built; only the
+            labels both teachers agree on (the configured agreement metric) are kept.
     Parameters that control training (TRL ``SFTTrainer`` on prompt/completion pairs: the
     sequence-level distillation of Kim & Rush, loss on the teacher's answer only):
         method (`"sft" | "logit_kd"`, defaults to ``sft``): ``logit_kd`` is on-policy logit
@@ -61,6 +70,8 @@ class DistillConfig(BaseModel):
     holdout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     replay_share: float = Field(default=0.5, ge=0.0, lt=1.0)
     max_examples: int = Field(default=6000, ge=10)
+    verifiers: list[VerifierConfig] = Field(default_factory=list)
+    second_teacher: BackendConfig | None = None
     method: Literal["sft", "logit_kd", "sft_kd"] = "sft"
     kd_alpha: float = Field(default=0.5, ge=0.0, le=1.0)
     kd_beta: float = Field(default=0.5, ge=0.0, le=1.0)
