@@ -63,6 +63,7 @@ def test_the_issues_alerts_exist_each_with_severity_and_a_runbook_section() -> N
         "DistilleryRollback",
         "DistilleryDriftDetected",
         "DistilleryNoSuccessfulRefresh",
+        "DistilleryLiveAgreementBelowGate",
     }
     assert required <= set(alerts)
     assert "36 * 3600" in alerts["DistilleryNoSuccessfulRefresh"]["expr"]
@@ -112,6 +113,11 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "drift": "distillery_drift_share",
         "serving version": "distillery_model_version_info",
         "canary share": "distillery_student_answers_total",
+        "live agreement": "distillery_audits_total",
+        "gate agreement": "distillery_gate_agreement",
+        "audit drops": "distillery_audits_dropped_total",
+        "audit cost": "distillery_audit_cost_total",
+        "ratings": "distillery_feedback_ratings_total",
     }
     for what, metric in wanted.items():
         assert metric in names, f"no panel for {what}"
