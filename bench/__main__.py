@@ -35,6 +35,7 @@ BENCHMARKS: list[str] = [
     "vllm_vs_transformers",
     "real_loop",
     "quantize",
+    "live_quality",
 ]
 
 

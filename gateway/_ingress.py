@@ -181,6 +181,7 @@ class GatewayIngress:
         )
         for tier, (model_id, version) in self._versions.items():
             self._metrics.set_model(tier, model_id, version)
+        self._metrics.set_gate_agreement(self._versions["student"][1], s_info["calibration"].get("agreement"))
         for tier, info in (("student", s_info), ("teacher", t_info)):
             self._metrics.set_backend(tier, info["backend"]["kind"], info["backend"]["reason"])
         self._metrics.threshold.set(policy.threshold)

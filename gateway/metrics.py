@@ -220,7 +220,7 @@ class GatewayMetrics:
         version = verdict.student.model_version
         self.audits.labels(version, "agreed" if verdict.agreed else "disagreed").inc()
         if verdict.student.calibrated_agreement is not None:
-            self.gate_agreement.labels(version).set(verdict.student.calibrated_agreement)
+            self.set_gate_agreement(version, verdict.student.calibrated_agreement)
             for (labelled,) in list(self.gate_agreement._metrics):
                 if labelled not in self._student_versions and labelled != version:
                     self.gate_agreement.remove(labelled)
@@ -246,6 +246,17 @@ class GatewayMetrics:
                 self.model_info.remove(*labels)
         self.model_info.labels(tier, model_id, version).set(1)
         self._student_versions = [version] if tier == "student" else self._student_versions
+        if tier == "student":
+            self._audits_from_zero(version)
+
+    def _audits_from_zero(self, version: str) -> None:
+        """A student version's audit counters exist from 0, so rate() sees its first audit."""
+        for verdict in ("agreed", "disagreed"):
+            self.audits.labels(version, verdict)
+
+    def set_gate_agreement(self, version: str, agreement: float | None) -> None:
+        if agreement is not None:
+            self.gate_agreement.labels(version).set(agreement)
 
     def _saw_student(self, model_id: str, version: str) -> None:
         """Versions answering now (current, and a canary beside it): at most the last
@@ -254,6 +265,7 @@ class GatewayMetrics:
             return
         self._student_versions.append(version)
         self.model_info.labels("student", model_id, version).set(1)
+        self._audits_from_zero(version)
         while len(self._student_versions) > MAX_STUDENT_VERSIONS:
             old = self._student_versions.pop(0)
             for labels in list(self.model_info._metrics):

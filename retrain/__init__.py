@@ -12,6 +12,7 @@ from retrain._dataset import (
 from retrain._derive import BootstrapResult, bootstrap_student, derive_student, label_with_teacher
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
+from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, VerifierConfig, build_verifiers
 from retrain._loop import EVENTS_FILE, LoopConfig, LoopEvent, LoopMetrics, RefreshLoop, RemoteLoop
 from retrain._quantize import QuantizeOutcome, quantize_version, quantized_version_name
 from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
@@ -21,6 +22,11 @@ from retrain.config import PRETRAINED_TRAINING, DistillConfig, GateConfig
 from retrain.errors import DriftCheckError, NotEnoughFeedback, RetrainError
 
 __all__ = [
+    "LABEL_PRECEDENCE",
+    "SecondOpinion",
+    "Verifier",
+    "VerifierConfig",
+    "build_verifiers",
     "QuantizeOutcome",
     "quantize_version",
     "quantized_version_name",
