@@ -11,15 +11,17 @@ demo models, audits at their defaults (``audit.share`` 2%, ``canary_share`` 25%,
   student served; the teacher cost the audits added as a share of teacher-only cost
   (``distillery_audit_cost_total`` / ``distillery_teacher_equivalent_cost_total``, the
   same window), audits dropped by reason, and the audit share realised.
-* **latency**: the same load with audits off and at 100% side by side (client p50/p99):
-  the audit is offered after the response is sent, so the answer does not wait for it.
+* **latency**: the same load with audits off, at the default 2% and at 100%, one stack
+  each, one after the other (client p50/p99): the audit is offered after the response is
+  sent, so no answer waits for one; what audits cost the serving path is CPU (at 100% the
+  teacher does its escalations' work and the audits' on the same cores).
 * **canary**: an overconfident candidate (the student's weights, a calibration that trusts
   every answer) goes through the live canary: it escalates less (the escalation rule
   alone would promote it) and agrees less; the verdict with audits is recorded, with the
   escalation-only verdict on the same window. A healthy candidate (the student itself,
   re-registered) goes through the same canary as the control.
 
-    python -m bench.live_quality [--requests 4000] [--concurrency 8]
+    python -m bench.live_quality [--requests 12000] [--concurrency 8]
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -164,28 +168,37 @@ def _audits(url: str, requests: int, concurrency: int, seed: int) -> dict[str, A
     }
 
 
+def _latency_point(models: Path, var: Path, share: float, requests: int, concurrency: int) -> dict[str, Any]:
+    audit = {"share": share, "canary_share": share, "max_per_s": 1e3, "burst": 1000, "queue_size": 4096}
+    with _stack(var, models, audit) as stack:
+        asyncio.run(_drive(stack.url, _examples(100, 1), concurrency))  # warm-up
+        answers = asyncio.run(_drive(stack.url, _examples(requests, 2), concurrency))
+        time.sleep(2)
+        text, _ = _metrics(stack.url)
+    lat = [a["latency_s"] for a in answers if a["status"] == 200]
+    if not lat:
+        statuses = sorted({a["status"] for a in answers})
+        raise RuntimeError(f"no request succeeded at audit share {share} (statuses {statuses})")
+    return {
+        "requests": len(answers),
+        "ok": len(lat),
+        "p50_ms": round(1000 * percentile(lat, 0.5), 2),
+        "p99_ms": round(1000 * percentile(lat, 0.99), 2),
+        "audits": _sample(text, "distillery_audits_total"),
+    }
+
+
 def _latency(models: Path, workdir: Path, requests: int, concurrency: int) -> dict[str, Any]:
-    """Client latency with audits off and on every answer, on fresh stacks side by side."""
+    """Client latency with audits off, at 2% and on every answer, each on a fresh stack in
+    its own process (one Ray session per process), one after the other."""
     out: dict[str, Any] = {}
-    for label, share in (("audits_off", 0.0), ("audits_all", 1.0)):
-        audit = {
-            "share": share,
-            "canary_share": share,
-            "max_per_s": 1000.0,
-            "burst": 1000,
-            "queue_size": 4096,
-        }
-        with _stack(workdir / label, models, audit) as stack:
-            asyncio.run(_drive(stack.url, _examples(100, 1), concurrency))  # warm-up
-            answers = asyncio.run(_drive(stack.url, _examples(requests, 2), concurrency))
-            lat = [a["latency_s"] for a in answers if a["status"] == 200]
-            text, _ = _metrics(stack.url)
-            out[label] = {
-                "requests": len(answers),
-                "p50_ms": round(1000 * percentile(lat, 50), 2),
-                "p99_ms": round(1000 * percentile(lat, 99), 2),
-                "audits": _sample(text, "distillery_audits_total"),
-            }
+    for label, share in (("audits_off", 0.0), ("audits_default", 0.02), ("audits_all", 1.0)):
+        result = workdir / f"{label}.json"
+        cmd = [sys.executable, "-m", "bench.live_quality", "--latency-point", str(share)]
+        cmd += ["--out", str(result), "--models-dir", str(models), "--latency-requests", str(requests)]
+        cmd += ["--concurrency", str(concurrency), "--var", str(workdir / label)]
+        subprocess.run(cmd, check=True, cwd=REPO)
+        out[label] = json.loads(result.read_text())
     return out
 
 
@@ -279,11 +292,20 @@ def _canary(stack: Any, workdir: Path) -> dict[str, Any]:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     quick = os.environ.get("DISTILLERY_BENCH_QUICK") == "1"
     parser = argparse.ArgumentParser(prog="python -m bench.live_quality")
-    parser.add_argument("--requests", type=int, default=1500 if quick else 4000)
+    parser.add_argument("--requests", type=int, default=3000 if quick else 12000)
     parser.add_argument("--latency-requests", type=int, default=300 if quick else 800)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--models-dir", type=Path, default=REPO / "var" / "models")
+    parser.add_argument("--latency-point", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--var", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
+    if args.latency_point is not None:  # a child of _latency: one stack, one share
+        point = _latency_point(
+            args.models_dir, args.var, args.latency_point, args.latency_requests, args.concurrency
+        )
+        args.out.write_text(json.dumps(point))
+        return point
     workdir = Path(tempfile.mkdtemp(prefix="dblq-"))
     try:
         with _stack(workdir / "v", args.models_dir, {}) as stack:
@@ -291,25 +313,26 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             asyncio.run(_drive(stack.url, _examples(100, 7), args.concurrency))  # warm-up
             audits = _audits(stack.url, args.requests, args.concurrency, seed=11)
             canary = _canary(stack, workdir)
-        latency = _latency(args.models_dir, workdir, args.latency_requests, args.concurrency)
+        wrong = canary["overconfident"]
+        summary = {
+            "missed_escalations_per_1000": round(audits["missed_found_per_1000_served"], 2),
+            "audit_cost_vs_teacher_only": round(audits["audit_cost_vs_teacher_only"], 5),
+            "confidently_wrong_candidate_rolled_back": wrong["verdict"] == "rollback",
+            "escalation_only_rule_would_promote_it": wrong["escalation_only_verdict"] == "promote",
+            "healthy_candidate_promoted": canary["healthy"]["verdict"] == "promote",
+            "audit_share": audit_cfg["share"],
+        }
+        payload: dict[str, Any] = {
+            "summary": summary,
+            "audit_config": audit_cfg,
+            "audits": audits,
+            "latency": None,
+            "canary": canary,
+        }
+        write_result(NAME, payload)  # kept if the latency part fails
+        payload["latency"] = _latency(args.models_dir, workdir, args.latency_requests, args.concurrency)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    wrong = canary["overconfident"]
-    summary = {
-        "missed_escalations_per_1000": round(audits["missed_found_per_1000_served"], 2),
-        "audit_cost_vs_teacher_only": round(audits["audit_cost_vs_teacher_only"], 5),
-        "confidently_wrong_candidate_rolled_back": wrong["verdict"] == "rollback",
-        "escalation_only_rule_would_promote_it": wrong["escalation_only_verdict"] == "promote",
-        "healthy_candidate_promoted": canary["healthy"]["verdict"] == "promote",
-        "audit_share": audit_cfg["share"],
-    }
-    payload = {
-        "summary": summary,
-        "audit_config": audit_cfg,
-        "audits": audits,
-        "latency": latency,
-        "canary": canary,
-    }
     path = write_result(NAME, payload)
     print(json.dumps(summary, indent=2))
     print(f"-> {path}")
@@ -317,4 +340,4 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run()
+    run(sys.argv[1:])

@@ -12,6 +12,33 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def _latency_lines(lat: dict[str, dict[str, float]]) -> list[str]:
+    if "audits_off" not in lat or "audits_all" not in lat:
+        return []
+    lines = [
+        "Client latency with audits off, at the default 2% and on **every** student-served",
+        "answer (fresh stacks, the same load of 8 clients, one after the other): the audit is",
+        "offered after the response is sent, so no answer waits for one.",
+        "",
+        "| audits | requests | audits made | p50 | p99 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, key in (("off", "audits_off"), ("2%", "audits_default"), ("100%", "audits_all")):
+        if key not in lat:
+            continue
+        r = lat[key]
+        p50, p99 = r["p50_ms"], r["p99_ms"]
+        lines.append(f"| {name} | {r['requests']:.0f} | {r['audits']:.0f} | {p50:.1f} ms | {p99:.1f} ms |")
+    return [
+        *lines,
+        "",
+        "What audits cost the serving path is CPU: at 100% the teacher answers every",
+        "student-served request a second time on the same two cores, and latency rises with the",
+        "load; at the default 2% the difference is within this machine's noise.",
+        "",
+    ]
+
+
 def render(img_dir: Path) -> list[str]:
     path = RESULTS / "live_quality.json"
     if not path.is_file():
@@ -55,22 +82,8 @@ def render(img_dir: Path) -> list[str]:
         "rate over all served answers, and the ground-truth row checks it.",
         "",
     ]
-    lat = data["latency"]
-    off, on = lat["audits_off"], lat["audits_all"]
+    lines += _latency_lines(data["latency"] or {})
     lines += [
-        "Client latency with audits off and on **every** student-served answer (fresh stacks,",
-        "same load, one after the other): the audit is offered after the response is sent.",
-        "",
-        "| audits | requests | audits made | p50 | p99 |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {name} | {r['requests']} | {r['audits']:.0f} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms |"
-            for name, r in (("off", off), ("100%", on))
-        ),
-        "",
-        "(At 100% the audits' teacher calls share the two cores with the serving path, which is",
-        "what moves p99 here; the answer itself never waits on an audit.)",
-        "",
         "Canary, judged on escalations and live agreement (`canary.min_audits` 30, rollback when",
         "the upper Wilson bound of the canary's agreement is below the reference by 5 points):",
         "",
