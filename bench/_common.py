@@ -129,6 +129,23 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def demo_stack(var: Path, models: Path, **settings: Any) -> Any:
+    """The ``distillery run`` stack (broker, consumer, Serve) without its loop, on ``models``
+    (benchmarks tick their own loop, or none); ``settings`` override sections."""
+    from distillery._stack import LocalStack
+    from distillery.settings import load_settings
+
+    var.mkdir(parents=True, exist_ok=True)
+    loaded = load_settings(
+        models_dir=str(models),
+        var_dir=str(var),
+        server={"port": free_port()},
+        cascade={"teacher_timeout_s": 30},
+        **settings,
+    )
+    return LocalStack(loaded)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")

@@ -35,32 +35,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench._common import REPO, free_port, percentile, write_result
+from bench._common import REPO, demo_stack, percentile, write_result
+from bench._traffic import Traffic
 
 NAME = "live_quality"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-
-
-def _stack(var: Path, models: Path, audit: dict[str, Any]) -> Any:
-    from distillery._stack import LocalStack
-    from distillery.settings import load_settings
-
-    var.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(
-        models_dir=str(models),
-        var_dir=str(var),
-        server={"port": free_port()},
-        cascade={"teacher_timeout_s": 30},
-        audit=audit,
-    )
-    return LocalStack(settings, loop=False)
 
 
 def _metrics(url: str) -> Any:
@@ -170,7 +155,7 @@ def _audits(url: str, requests: int, concurrency: int, seed: int) -> dict[str, A
 
 def _latency_point(models: Path, var: Path, share: float, requests: int, concurrency: int) -> dict[str, Any]:
     audit = {"share": share, "canary_share": share, "max_per_s": 1e3, "burst": 1000, "queue_size": 4096}
-    with _stack(var, models, audit) as stack:
+    with demo_stack(var, models, audit=audit) as stack:
         asyncio.run(_drive(stack.url, _examples(100, 1), concurrency))  # warm-up
         answers = asyncio.run(_drive(stack.url, _examples(requests, 2), concurrency))
         time.sleep(2)
@@ -202,38 +187,10 @@ def _latency(models: Path, workdir: Path, requests: int, concurrency: int) -> di
     return out
 
 
-class _Traffic:
-    def __init__(self, url: str, workers: int = 4) -> None:
-        self._url = url
-        self._stop = threading.Event()
-        self.statuses: dict[int, int] = {}
-        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(workers)]
-
-    def _loop(self, seed: int) -> None:
-        rng = random.Random(seed)
-        routes = ("reverse", "upper", "shift")  # two the student knows, one it never learned
-        with httpx.Client(timeout=60) as client:
-            while not self._stop.is_set():
-                word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 7)))
-                r = client.post(
-                    f"{self._url}/v1/completions",
-                    json={
-                        "model": "distillery",
-                        "prompt": f"{rng.choice(routes)}: {word} =",
-                        "max_tokens": 16,
-                    },
-                )
-                self.statuses[r.status_code] = self.statuses.get(r.status_code, 0) + 1
-
-    def __enter__(self) -> _Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
+def _mixed_prompt(rng: random.Random) -> str:
+    """Two routes the student knows and one it never learned (``shift``)."""
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 7)))
+    return f"{rng.choice(('reverse', 'upper', 'shift'))}: {word} ="
 
 
 def _canary(stack: Any, workdir: Path) -> dict[str, Any]:
@@ -262,7 +219,7 @@ def _canary(stack: Any, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, model in candidates.items():
         started = time.monotonic()
-        with _Traffic(stack.url) as traffic:
+        with Traffic(stack.url, workers=4, model="distillery", prompt=_mixed_prompt) as traffic:
             verdict, cur, can = CanaryController(registry, fetch, config, poll_s=1.0).run(model.version)
         low, high = _wilson(can.agreed, can.audited)
         out[label] = {
@@ -283,7 +240,8 @@ def _canary(stack: Any, workdir: Path) -> dict[str, Any]:
                 "agreement": cur.agreement,
             },
             "reason": registry.audit()[-1]["reason"],
-            "statuses": traffic.statuses,
+            "statuses": dict(traffic.statuses),
+            "client_errors": len(traffic.errors),
         }
         registry.promote(initial.version, reason="bench: back to the initial student", actor="bench")
     return out
@@ -308,7 +266,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         return point
     workdir = Path(tempfile.mkdtemp(prefix="dblq-"))
     try:
-        with _stack(workdir / "v", args.models_dir, {}) as stack:
+        with demo_stack(workdir / "v", args.models_dir) as stack:
             audit_cfg = stack.settings.audit.model_dump()
             asyncio.run(_drive(stack.url, _examples(100, 7), args.concurrency))  # warm-up
             audits = _audits(stack.url, args.requests, args.concurrency, seed=11)

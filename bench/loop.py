@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from bench._common import free_port, write_result
+from bench._common import demo_stack, write_result
 from common.model_dir import CALIBRATION_FILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,22 +78,6 @@ class _TimedLoop:
                 time.sleep(0.1)
         self.ticks.append({"started": started, "ended": ended, "swap_s": swap_s, "result": event.result})
         return event
-
-
-def _stack(var: Path, models: Path) -> Any:
-    """The ``distillery run`` stack without its loop (this benchmark ticks its own)."""
-    from distillery._stack import LocalStack
-    from distillery.settings import load_settings
-
-    var.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(
-        models_dir=str(models),
-        var_dir=str(var),
-        server={"port": free_port()},
-        cascade={"teacher_timeout_s": 30},
-        feedback={"sample_rate": 0.2},
-    )
-    return LocalStack(settings)
 
 
 def _generate(model_dir: Path, prompts: Sequence[str]) -> list[Any]:
@@ -220,7 +204,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args([] if argv is None else argv)
     workdir = Path(tempfile.mkdtemp(prefix="dbl-"))
     observed: list[tuple[str, Sequence[Any], list[dict[str, Any]]]] = []
-    with _stack(workdir / "v", args.models_dir) as stack:
+    with demo_stack(workdir / "v", args.models_dir, feedback={"sample_rate": 0.2}) as stack:
         settings = stack.settings
         url = stack.url
         registry = ModelRegistry(settings.resolved_registry_dir)

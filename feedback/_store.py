@@ -266,21 +266,19 @@ class _SQLStore:
         split: Literal["train", "holdout"] | None = None,
         holdout_fraction: float = 0.1,
     ) -> list[EscalationEvent]:
-        p = self.placeholder
-        clauses: list[str] = []
-        args: list[Any] = []
-        if since is not None:
-            clauses.append(f"created_at >= {p}")
-            args.append(since)
-        if split is not None:
-            clauses.append(f"split_bucket {'<' if split == 'holdout' else '>='} {p}")
-            args.append(int(holdout_fraction * SPLIT_BUCKETS))
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, args = self._where(since, None, None, split, holdout_fraction)
         with self._tx() as cur:
             cur.execute(f"SELECT payload FROM feedback_ratings{where} ORDER BY created_at, request_id", args)
             return [EscalationEvent.model_validate(json.loads(r[0])) for r in cur.fetchall()]
 
-    def _where(self, since: float | None, kind: str | None, skill: str | None) -> tuple[str, list[Any]]:
+    def _where(
+        self,
+        since: float | None,
+        kind: str | None,
+        skill: str | None,
+        split: Literal["train", "holdout"] | None = None,
+        holdout_fraction: float = 0.1,
+    ) -> tuple[str, list[Any]]:
         p = self.placeholder
         clauses: list[str] = []
         args: list[Any] = []
@@ -293,6 +291,9 @@ class _SQLStore:
         if skill is not None:
             clauses.append(f"skill = {p}")
             args.append(skill)
+        if split is not None:
+            clauses.append(f"split_bucket {'<' if split == 'holdout' else '>='} {p}")
+            args.append(int(holdout_fraction * SPLIT_BUCKETS))
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def count(self, *, kind: str | None = None, skill: str | None = None, since: float | None = None) -> int:
@@ -317,13 +318,7 @@ class _SQLStore:
         holdout_fraction: float = 0.1,
         limit: int | None = None,
     ) -> list[EscalationEvent]:
-        where, args = self._where(since, kind, skill)
-        p = self.placeholder
-        if split is not None:
-            cut = int(holdout_fraction * SPLIT_BUCKETS)
-            op = "<" if split == "holdout" else ">="
-            where += (" AND " if where else " WHERE ") + f"split_bucket {op} {p}"
-            args.append(cut)
+        where, args = self._where(since, kind, skill, split, holdout_fraction)
         sql = f"SELECT payload FROM feedback_events{where} ORDER BY created_at, request_id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"

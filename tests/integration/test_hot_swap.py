@@ -2,60 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import Counter
 
 import httpx
 import pytest
 
+from bench._traffic import Traffic
 from deploy import ModelRegistry
 
 pytestmark = pytest.mark.integration
-
-
-class Traffic:
-    """Closed-loop clients sending student-skill prompts until stopped."""
-
-    def __init__(self, url: str, workers: int = 3, model: str = "distillery-student") -> None:
-        self.url = url
-        self.model = model
-        self.statuses: Counter[int] = Counter()
-        self.versions: list[tuple[float, str]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(workers)]
-        self._lock = threading.Lock()
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                try:
-                    r = client.post(
-                        f"{self.url}/v1/completions",
-                        json={"model": self.model, "prompt": "reverse: abc =", "max_tokens": 8},
-                    )
-                    with self._lock:
-                        self.statuses[r.status_code] += 1
-                        if r.status_code == 200:
-                            self.versions.append((time.monotonic(), r.headers["x-distillery-model-version"]))
-                except httpx.HTTPError as exc:
-                    with self._lock:
-                        self.errors.append(repr(exc))
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def seen_since(self, t0: float) -> set[str]:
-        with self._lock:
-            return {v for t, v in self.versions if t >= t0}
 
 
 def _until(traffic: Traffic, t0: float, expected: set[str], timeout_s: float = 30.0) -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from bench._traffic import Traffic
 from deploy import CanaryConfig, CanaryController, ModelRegistry, judge_canary, parse_live_metrics
 from feedback import FeedbackConsumer, FeedbackMetrics, PostgresStore
 from retrain import ensure_registry
@@ -117,42 +117,10 @@ def test_unknown_response_id_on_the_live_stack_is_404(live_stack):
     assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found"
 
 
-class MixedTraffic:
-    """Closed-loop clients over two routes the student knows and one it never learned."""
-
-    ROUTES = ("reverse", "upper", "shift")
-
-    def __init__(self, url: str, workers: int = 3) -> None:
-        self.url = url
-        self.statuses: Counter[int] = Counter()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._loop, args=(random.Random(i),), daemon=True) for i in range(workers)
-        ]
-
-    def _loop(self, rng: random.Random) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self._stop.is_set():
-                word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
-                prompt = f"{rng.choice(self.ROUTES)}: {word} ="
-                try:
-                    r = client.post(
-                        f"{self.url}/v1/completions",
-                        json={"model": "distillery", "prompt": prompt, "max_tokens": 8},
-                    )
-                    self.statuses[r.status_code] += 1
-                except httpx.HTTPError:
-                    self.statuses[0] += 1
-
-    def __enter__(self) -> MixedTraffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
+def _mixed_prompt(rng: random.Random) -> str:
+    """Two routes the student knows and one it never learned (``shift``)."""
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
+    return f"{rng.choice(('reverse', 'upper', 'shift'))}: {word} ="
 
 
 def test_confidently_wrong_canary_is_rolled_back_on_live_agreement(live_stack, tmp_path):
@@ -174,7 +142,7 @@ def test_confidently_wrong_canary_is_rolled_back_on_live_agreement(live_stack, t
     )
     before = parse_live_metrics(fetch())
     try:
-        with MixedTraffic(live_stack.url) as traffic:
+        with Traffic(live_stack.url, model="distillery", prompt=_mixed_prompt) as traffic:
             verdict, cur, can = CanaryController(registry, fetch, config, poll_s=1.0).run(wrong.version)
         assert verdict == "rollback", (cur, can)
         assert registry.pointers()["current"] == initial.version
@@ -182,7 +150,7 @@ def test_confidently_wrong_canary_is_rolled_back_on_live_agreement(live_stack, t
         assert can.escalation_rate < cur.escalation_rate
         assert judge_canary(cur, can, config) == "promote"
         assert can.audited >= config.min_audits and can.agreement is not None and can.agreement < 0.9
-        assert set(traffic.statuses) == {200}
+        assert set(traffic.statuses) == {200} and traffic.errors == []
         reason = registry.audit()[-1]["reason"]
         assert "automatic rollback" in reason and "agreement" in reason
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bench._traffic import Traffic
 from demo import ALL_SKILLS, sample_examples
 from router import BackendConfig, GenerationRequest, generate_prompts
 from router._transformers_backend import TransformersBackend
@@ -202,45 +202,6 @@ VLLM_APP = "distillery-vllm"
 PREFIX = "/vllm"
 
 
-class Traffic:
-    """Closed-loop clients on the vLLM app's student until stopped."""
-
-    def __init__(self, url: str, workers: int = 3) -> None:
-        self.url = url
-        self.statuses: Counter[int] = Counter()
-        self.versions: Counter[str] = Counter()
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(workers)]
-
-    def _loop(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self._stop.is_set():
-                try:
-                    r = client.post(
-                        f"{self.url}/v1/completions",
-                        json={"model": "distillery-student", "prompt": "reverse: abc =", "max_tokens": 8},
-                    )
-                    with self._lock:
-                        self.statuses[r.status_code] += 1
-                        if r.status_code == 200:
-                            self.versions[r.headers["x-distillery-model-version"]] += 1
-                except httpx.HTTPError as exc:
-                    with self._lock:
-                        self.errors.append(repr(exc))
-
-    def __enter__(self) -> Traffic:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(60)
-
-
 class VLLMApp:
     def __init__(self, url: str, registry: Any, settings: Any) -> None:
         self.url = url
@@ -370,7 +331,7 @@ def test_hot_swap_under_traffic_drops_nothing_and_shuts_the_old_engine_down(vllm
     v2 = registry.register(
         registry.get("student-vllm-v1").path, "student-vllm-v2", {"parent": "student-vllm-v1"}
     )
-    with Traffic(vllm_app.url) as traffic:
+    with Traffic(vllm_app.url, timeout_s=60) as traffic:
         time.sleep(2)
         registry.promote(v2.version, reason="vllm hot-swap test")
         deadline = time.monotonic() + 180
@@ -380,15 +341,16 @@ def test_hot_swap_under_traffic_drops_nothing_and_shuts_the_old_engine_down(vllm
                 break
             time.sleep(1)
         time.sleep(2)  # traffic on the new engine
+    versions = Counter(v for _, v in traffic.versions)
     sent = sum(traffic.statuses.values()) + len(traffic.errors)
     print(
         f"\nvLLM hot-swap under traffic: {sent} requests, statuses {dict(traffic.statuses)}, "
-        f"versions {dict(traffic.versions)}, errors {len(traffic.errors)}"
+        f"versions {dict(versions)}, errors {len(traffic.errors)}"
     )
     assert info["version"] == "student-vllm-v2"
     assert "student-vllm-v1" in info["retired_versions"]
     assert traffic.errors == [] and set(traffic.statuses) == {200}
-    assert traffic.versions["student-vllm-v1"] > 0 and traffic.versions["student-vllm-v2"] > 0
+    assert versions["student-vllm-v1"] > 0 and versions["student-vllm-v2"] > 0
     # The old engine's process is gone and the new engine runs in its own (as many as before).
     new = engines()
     assert len(new) == 1 and not set(old) & set(new), (old, new)

@@ -1,0 +1,71 @@
+"""Closed-loop background traffic from threads of this process (a canary or a swap needs
+live requests while it runs); the benchmarks and the integration tests share it. For
+measured load, ``bench._load`` (a separate process) instead."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import httpx
+
+__all__ = ["Traffic"]
+
+
+class Traffic:
+    """Closed-loop clients sending prompts until stopped (``prompt(rng)``; by default one
+    student-skill prompt)."""
+
+    def __init__(
+        self,
+        url: str,
+        workers: int = 3,
+        model: str = "distillery-student",
+        prompt: Callable[[random.Random], str] = lambda rng: "reverse: abc =",
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._timeout_s = timeout_s
+        self.url = url
+        self.model = model
+        self._prompt = prompt
+        self.statuses: Counter[int] = Counter()
+        self.versions: list[tuple[float, str]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, args=(random.Random(i),), daemon=True) for i in range(workers)
+        ]
+        self._lock = threading.Lock()
+
+    def _loop(self, rng: random.Random) -> None:
+        with httpx.Client(timeout=self._timeout_s) as client:
+            while not self._stop.is_set():
+                try:
+                    r = client.post(
+                        f"{self.url}/v1/completions",
+                        json={"model": self.model, "prompt": self._prompt(rng), "max_tokens": 8},
+                    )
+                    with self._lock:
+                        self.statuses[r.status_code] += 1
+                        if r.status_code == 200:
+                            self.versions.append((time.monotonic(), r.headers["x-distillery-model-version"]))
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.errors.append(repr(exc))
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def seen_since(self, t0: float) -> set[str]:
+        with self._lock:
+            return {v for t, v in self.versions if t >= t0}
