@@ -177,17 +177,25 @@ class Supervisor:
 
 
 class ShutdownSignal:
-    """SIGTERM, SIGINT and SIGHUP become one event the main thread waits on.
+    """SIGTERM, SIGINT and SIGHUP become one flag the main thread waits on.
 
     SIGHUP: the terminal ``distillery run`` was started from went away. Its default action
     ends the process without the ordered stop, and a replica's engine subprocess can
     outlive it (seen: a vLLM EngineCore, 1.8 GB resident, orphaned under init).
 
+    The handler only assigns an attribute: it runs in the main thread between two bytecodes,
+    possibly while that thread holds a lock, so it must take none. It once called
+    ``threading.Event.set``: two SIGINTs close together (a shell's Ctrl-C reaching both
+    ``timeout`` and ``distillery``, which ``timeout`` forwards) ran the second handler inside
+    the first one's ``Event.set``, which waited forever on the lock its own thread held: the
+    process hung and never stopped. The main thread polls the flag instead.
+
     Installed after ``ray.init``, which sets its own SIGTERM handler (it aborted the
     process and left the embedded broker running as an orphan)."""
 
+    POLL_S = 0.2
+
     def __init__(self) -> None:
-        self.event = threading.Event()
         self.received: str | None = None
 
     def install(self) -> ShutdownSignal:
@@ -196,10 +204,14 @@ class ShutdownSignal:
         return self
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signal.Signals(signum).name
-        self.event.set()
+        if self.received is None:  # the first signal names the stop; repeats change nothing
+            self.received = signal.Signals(signum).name
 
-    def wait(self) -> str:
-        while not self.event.wait(3600):
-            pass
-        return self.received or "signal"
+    def wait(self, timeout_s: float | None = None) -> str | None:
+        """The signal's name once one arrived (None if ``timeout_s`` ran out first)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.received is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(self.POLL_S)
+        return self.received

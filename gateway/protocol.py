@@ -249,6 +249,15 @@ class FeedbackRequest(BaseModel):
     correction: Annotated[Text, StringConstraints(max_length=32_768)] | None = None
     comment: Annotated[Text, StringConstraints(max_length=4_096)] | None = None
 
+    @field_validator("rating", mode="before")
+    @classmethod
+    def _bool_or_number(cls, value: object) -> object:
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:  # NaN fails too
+            raise ValueError("rating must be true, false or a number between 0 and 1")
+        return value
+
     @field_validator("correction")
     @classmethod
     def _not_blank(cls, value: str | None) -> str | None:

@@ -73,7 +73,27 @@ def test_sigterm_sigint_and_sighup_each_start_the_ordered_stop():
         for sig in before:
             stop = ShutdownSignal().install()
             os.kill(os.getpid(), sig)
-            assert stop.event.wait(5) and stop.wait() == sig.name
+            assert stop.wait(5) == sig.name
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_a_burst_of_signals_still_stops_once_and_never_hangs():
+    """Signals delivered while the handler itself runs (a Ctrl-C forwarded by ``timeout``
+    arrives twice at once) once deadlocked the handler on a lock its own thread held."""
+    import os
+    import signal
+
+    from distillery._local import ShutdownSignal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        stop = ShutdownSignal().install()
+        for _ in range(50):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(5) == "SIGINT"  # the first names the stop
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)

@@ -247,3 +247,12 @@ def test_a_bad_rating_is_never_counted_against_a_tier():
     text = stack.metrics.render().decode()
     assert 'outcome="client_error"' not in text and "teacher_errors_total{reason" in text
     assert stack.teacher.calls == []
+
+
+@pytest.mark.parametrize("rating", ["great", 1.5, None])
+def test_a_bad_rating_says_what_a_rating_is(rating):
+    resp = Stack().rate(id="x", rating=rating)
+    assert resp.status_code == 400
+    error = resp.json()["error"]
+    assert error["param"] == "rating"
+    assert error["message"] == "rating: rating must be true, false or a number between 0 and 1"
