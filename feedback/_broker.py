@@ -72,6 +72,11 @@ class TansuBroker:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C goes to the whole foreground process
+            # group, and the broker died at once, before the ordered stop had flushed the
+            # producers into it (the supervisor then restarted an empty one mid-stop). The
+            # owner stops it (``stop``), last.
+            start_new_session=True,
         )
         wait_for_port("127.0.0.1", self.port, timeout_s)
         logger.info("tansu broker on %s (pid %d)", self.bootstrap, self._proc.pid)
