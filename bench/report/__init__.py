@@ -97,6 +97,19 @@ def _summary() -> list[str]:
             f"| real pair: refresh cycle | <= 900 s | {'n/a' if cycle is None else f'{cycle:.0f} s'} "
             f"| {'met' if cycle_ok else '**missed**'} |"
         )
+    lq = RESULTS / "live_quality.json"
+    if lq.is_file():
+        s = json.loads(lq.read_text())["summary"]
+        cost, share = s["audit_cost_vs_teacher_only"], s["audit_share"]
+        rows.append(
+            f"| live quality: audit cost vs teacher-only at a {share:.0%} share (demo) | <= 3% "
+            f"| {cost:.2%} | {'met' if cost <= 0.03 else '**missed**'} |"
+        )
+        caught = s["confidently_wrong_candidate_rolled_back"]
+        rows.append(
+            "| live quality: a confidently wrong canary (escalates less) is rolled back | caught "
+            f"| {'rolled back' if caught else 'promoted'} | {'met' if caught else '**missed**'} |"
+        )
     if not rows:
         return []
     return [
