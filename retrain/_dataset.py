@@ -183,12 +183,7 @@ class _Labeller:
                 source = "teacher_agreed"
             pair = Pair.from_event(event, event.teacher_answer.strip(), source)
             failed = next(
-                (
-                    v
-                    for v in self.verifiers
-                    if v.covers(pair.skill) and not v.check(pair.completion, pair.prompt)
-                ),
-                None,
+                (v for v in self.verifiers if v.rejects(pair.completion, pair.prompt, pair.skill)), None
             )
             if failed is not None:
                 self.rejected[failed.reason] += 1
@@ -196,24 +191,19 @@ class _Labeller:
             out.append((pair, event.created_at))
         return out
 
-    @staticmethod
-    def _passes(verifier: Verifier, pair: Pair) -> bool:
-        return not verifier.covers(pair.skill) or verifier.check(pair.completion, pair.prompt)
-
     def _confirmed(self, labels: list[tuple[Pair, float]]) -> list[tuple[Pair, float]]:
         """With a second teacher: the labels it agrees with, as ``teacher_agreed``."""
         if self.second_teacher is None:
             return labels
-        open_ = [i for i, (pair, _) in enumerate(labels) if pair.source != "teacher_agreed"]
-        verdicts = second_opinions(self.second_teacher, [labels[i][0] for i in open_], self.agreement)
-        out = [labels[i] for i in range(len(labels)) if i not in set(open_)]
-        for i, agreed in zip(open_, verdicts, strict=True):
+        confirmed = [label for label in labels if label[0].source == "teacher_agreed"]
+        unconfirmed = [label for label in labels if label[0].source != "teacher_agreed"]
+        verdicts = second_opinions(self.second_teacher, [pair for pair, _ in unconfirmed], self.agreement)
+        for (pair, created_at), agreed in zip(unconfirmed, verdicts, strict=True):
             if agreed:
-                pair, created_at = labels[i]
-                out.append((replace(pair, source="teacher_agreed"), created_at))
+                confirmed.append((replace(pair, source="teacher_agreed"), created_at))
             else:
                 self.rejected["second_teacher_disagreed"] += 1
-        return out
+        return confirmed
 
 
 def build_dataset(

@@ -96,6 +96,10 @@ class Verifier:
     def covers(self, route: str | None) -> bool:
         return self.routes is None or (route is not None and route in self.routes)
 
+    def rejects(self, answer: str, prompt: str, route: str | None) -> bool:
+        """The answer is on a route this verifier covers and fails its check."""
+        return self.covers(route) and not self.check(answer, prompt)
+
     @property
     def reason(self) -> str:
         return f"verifier:{self.name}"
