@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from feedback import EscalationEvent, EscalationProducer, EventMessage
 from gateway._ledger import IssuedAnswer
@@ -59,15 +59,12 @@ class FeedbackSink:
             kind = "sample"
         else:
             return
-        student = result.student if result.escalated else result.generation
-        teacher = result.generation if result.tier == "teacher" else None
-        messages, skill = self._context(request, label)
+        student, teacher = result.student_answer, result.teacher_answer
         decision = result.decision
         event = EscalationEvent(
+            **self._context(request, label, route),
             kind=kind,
             request_id=request.request_id,
-            prompt=request.prompt,
-            messages=messages,
             student_answer=student.text if student else None,
             student_confidence=decision.confidence if decision else None,
             student_scores=dict(decision.scores) if decision else {},
@@ -76,8 +73,6 @@ class FeedbackSink:
             teacher_version=teacher.model_version if teacher else None,
             student_latency_s=result.student_latency_s or None,
             teacher_latency_s=result.teacher_latency_s or None,
-            route=route,
-            skill=skill,
             threshold=threshold,
             scorer=scorer,
             prompt_tokens=result.generation.prompt_tokens,
@@ -87,40 +82,39 @@ class FeedbackSink:
         self._producer.submit(event)
 
     def _context(
-        self, request: GenerationRequest, label: str | None
-    ) -> tuple[tuple[EventMessage, ...] | None, str | None]:
-        """The request's turns as event messages, and its route label."""
+        self, request: GenerationRequest, label: str | None, route: str | None = None
+    ) -> dict[str, Any]:
+        """The event fields every kind takes from the request: prompt or turns, the endpoint
+        (``route``, from the request's shape unless given) and the route label (``skill``)."""
         messages = None
         if request.messages is not None:
             messages = tuple(EventMessage(role=t.role, content=t.content) for t in request.messages)
-        if label is not None or self._label is None:
-            return messages, label
-        text = (
-            request.prompt
-            if request.prompt is not None
-            else next((t.content for t in reversed(request.messages or ()) if t.role == "user"), "")
-        )
-        return messages, self._label(text)
+        route = route or ("chat" if request.messages is not None else "completions")
+        fields = {"prompt": request.prompt, "messages": messages, "route": route, "skill": label}
+        if label is None and self._label is not None:
+            text = (
+                request.prompt
+                if request.prompt is not None
+                else next((t.content for t in reversed(request.messages or ()) if t.role == "user"), "")
+            )
+            fields["skill"] = self._label(text)
+        return fields
 
     def record_audit(self, verdict: AuditVerdict) -> None:
         """A disagreeing audit: a missed escalation, with the teacher's answer to learn from."""
         if verdict.agreed:
             return
         request, student, teacher = verdict.request, verdict.student, verdict.teacher
-        messages, skill = self._context(request, verdict.label)
         self._producer.submit(
             EscalationEvent(
+                **self._context(request, verdict.label),
                 kind="audit",
                 request_id=f"{request.request_id}:audit",
-                prompt=request.prompt,
-                messages=messages,
                 student_answer=student.text,
                 teacher_answer=teacher.text,
                 student_version=student.model_version,
                 teacher_version=teacher.model_version,
                 teacher_latency_s=verdict.teacher_latency_s,
-                route="chat" if request.messages is not None else "completions",
-                skill=skill,
                 threshold=student.calibrated_threshold,
                 prompt_tokens=teacher.prompt_tokens,
                 student_tokens=student.completion_tokens,
@@ -133,20 +127,16 @@ class FeedbackSink:
     ) -> None:
         """The application's rating of one answer, with the request and answers it rates."""
         request = issued.request
-        messages, skill = self._context(request, issued.label)
         self._producer.submit(
             EscalationEvent(
+                **self._context(request, issued.label),
                 kind="feedback",
                 request_id=request.request_id,
                 created_at=time.time(),
-                prompt=request.prompt,
-                messages=messages,
                 student_answer=issued.student_answer,
                 teacher_answer=issued.teacher_answer,
                 student_version=issued.student_version,
                 teacher_version=issued.teacher_version,
-                route="chat" if request.messages is not None else "completions",
-                skill=skill,
                 tier=issued.tier,
                 rating=rating,
                 correction=correction,

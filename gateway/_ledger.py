@@ -48,8 +48,6 @@ class RatingsConfig(BaseModel):
 class IssuedAnswer:
     request: GenerationRequest
     tier: Tier
-    answer: str
-    model_version: str
     student_answer: str | None
     student_version: str | None
     teacher_answer: str | None
@@ -62,9 +60,13 @@ class IssuedAnswer:
     """Fingerprint of the feedback last recorded for this answer (a repeat is a no-op)."""
 
 
-def feedback_fingerprint(rating: float, correction: str | None, comment: str | None) -> str:
-    blob = f"{rating!r}\x00{correction or ''}\x00{comment or ''}"
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+def feedback_fingerprint(
+    response_id: str, index: int, rating: float, correction: str | None, comment: str | None
+) -> str:
+    """One feedback on one answer, as 32 hex digits: its id (``fb-<this>``), the same for an
+    identical repeat, and what ``last_rating`` compares."""
+    blob = f"{response_id}\x00{index}\x00{rating!r}\x00{correction or ''}\x00{comment or ''}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 class ResponseLedger:
@@ -72,9 +74,6 @@ class ResponseLedger:
         self._config = config
         self._clock = clock
         self._answers: OrderedDict[tuple[str, int], IssuedAnswer] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._answers)
 
     def record(self, response_id: str, index: int, answer: IssuedAnswer) -> None:
         answer.issued_at = self._clock()

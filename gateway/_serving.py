@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 import uuid
@@ -188,14 +187,10 @@ class OpenAIServing:
         """Records the answers in the ledger; returns the audit offer to run after the send."""
         if self._ledger is not None:
             for index, (request, result) in enumerate(routed):
-                gen = result.generation
-                student = result.student if result.escalated else (gen if result.tier == "student" else None)
-                teacher = gen if result.tier == "teacher" else None
+                student, teacher = result.student_answer, result.teacher_answer
                 answer = IssuedAnswer(
                     request=request,
                     tier=result.tier,
-                    answer=gen.text,
-                    model_version=gen.model_version,
                     student_answer=student.text if student else None,
                     student_version=student.model_version if student else None,
                     teacher_answer=teacher.text if teacher else None,
@@ -230,20 +225,21 @@ class OpenAIServing:
                 "no answer with this id and index can be rated: it was never issued to this API key,"
                 " or it is older than the feedback window"
             )
-        fingerprint = feedback_fingerprint(body.score, body.correction, body.comment)
-        digest = hashlib.sha256(f"{body.id}\x00{body.index}\x00{fingerprint}".encode()).hexdigest()
-        ack = FeedbackResponse(
-            id=f"fb-{digest[:32]}", response_id=body.id, index=body.index, status="recorded"
+        fingerprint = feedback_fingerprint(body.id, body.index, body.score, body.correction, body.comment)
+        repeat = issued.last_rating == fingerprint
+        if not repeat:
+            try:
+                self._feedback.record_rating(issued, body.score, body.correction, body.comment)
+            except SpoolWriteError as exc:
+                raise FeedbackDisabled("the feedback could not be recorded right now; retry shortly") from exc
+            issued.last_rating = fingerprint
+            self._metrics.observe_rating(issued.tier, body.score, body.correction is not None)
+        return FeedbackResponse(
+            id=f"fb-{fingerprint}",
+            response_id=body.id,
+            index=body.index,
+            status="unchanged" if repeat else "recorded",
         )
-        if issued.last_rating == fingerprint:
-            return ack.model_copy(update={"status": "unchanged"})
-        try:
-            self._feedback.record_rating(issued, body.score, body.correction, body.comment)
-        except SpoolWriteError as exc:
-            raise FeedbackDisabled("the feedback could not be recorded right now; retry shortly") from exc
-        issued.last_rating = fingerprint
-        self._metrics.observe_rating(issued.tier, body.score, body.correction is not None)
-        return ack
 
     # ---- /v1/completions ------------------------------------------------------------
     async def completion(self, req: CompletionRequest, principal: str = "anonymous") -> Served:

@@ -279,7 +279,7 @@ class GatewayMetrics:
         if result.decision is not None:
             self.confidence.observe(result.decision.confidence)
             self.threshold.set(result.threshold)
-            student = result.student if result.escalated else result.generation
+            student = result.student_answer
             if student is not None:
                 self.student_answers.labels(student.model_version, str(result.escalated).lower()).inc()
                 self._saw_student(student.model_id, student.model_version)
@@ -302,7 +302,7 @@ class GatewayMetrics:
         """The student pays for every answer it produced (kept or escalated); the teacher for
         the answers it served. The teacher-only baseline prices the served answer's tokens."""
         gen, prices = result.generation, self._pricing
-        student = result.student or (gen if result.tier == "student" else None)
+        student = result.student_answer
         if student is not None:
             spent = prices.student.cost(student.prompt_tokens, student.completion_tokens)
             self.cost.labels("student").inc(spent)

@@ -56,6 +56,18 @@ class CascadeResult:
     threshold: float = 0.0
     """The threshold this request was judged against (0.0 when no student decision)."""
 
+    @property
+    def student_answer(self) -> Generation | None:
+        """The student's answer, kept or escalated (None when it gave none: it failed, or
+        the teacher was asked for by name)."""
+        if self.escalated:
+            return self.student
+        return self.generation if self.tier == "student" else None
+
+    @property
+    def teacher_answer(self) -> Generation | None:
+        return self.generation if self.tier == "teacher" else None
+
 
 # A retry is only worth making with at least this share of the teacher deadline left.
 MIN_ATTEMPT_SHARE = 0.1
