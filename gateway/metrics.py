@@ -219,11 +219,8 @@ class GatewayMetrics:
     def audit_verdict(self, verdict: AuditVerdict) -> None:
         version = verdict.student.model_version
         self.audits.labels(version, "agreed" if verdict.agreed else "disagreed").inc()
-        if verdict.student.calibrated_agreement is not None:
+        if version in self._student_versions:  # not one retired while its audit ran
             self.set_gate_agreement(version, verdict.student.calibrated_agreement)
-            for (labelled,) in list(self.gate_agreement._metrics):
-                if labelled not in self._student_versions and labelled != version:
-                    self.gate_agreement.remove(labelled)
         teacher = verdict.teacher
         self.audit_cost.inc(self._pricing.teacher.cost(teacher.prompt_tokens, teacher.completion_tokens))
 
@@ -271,6 +268,8 @@ class GatewayMetrics:
             for labels in list(self.model_info._metrics):
                 if labels[0] == "student" and labels[2] == old:
                     self.model_info.remove(*labels)
+            if (old,) in self.gate_agreement._metrics:
+                self.gate_agreement.remove(old)
 
     def observe(self, endpoint: str, result: CascadeResult, elapsed_s: float) -> None:
         tier = result.tier

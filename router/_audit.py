@@ -153,9 +153,7 @@ class ShadowAuditor:
         self._bucket = TokenBucket(config.max_per_s, config.burst, clock=clock)
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=config.queue_size)
         self._workers: list[asyncio.Task[None]] = []
-        self._busy = 0
         self._closed = False
-        self.teacher_calls = 0
 
     @property
     def queued(self) -> int:
@@ -192,13 +190,11 @@ class ShadowAuditor:
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
-            self._busy += 1
             try:
                 await self._audit(job)
             except Exception:  # an observer's bug must not stop the worker
                 logger.exception("audit of %s failed", job.request.request_id)
             finally:
-                self._busy -= 1
                 self._queue.task_done()
 
     async def _audit(self, job: _Job) -> None:
@@ -207,7 +203,6 @@ class ShadowAuditor:
             return
         reference = job.request.model_copy(update={"temperature": 0.0, "top_p": 1.0})
         started = time.monotonic()
-        self.teacher_calls += 1
         try:
             async with asyncio.timeout(self._config.timeout_s):
                 teacher = await self._teacher.generate(reference)
