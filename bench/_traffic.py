@@ -4,15 +4,39 @@ measured load, ``bench._load`` (a separate process) instead."""
 
 from __future__ import annotations
 
+import json
 import random
+import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
-__all__ = ["Traffic"]
+from common.model_dir import CALIBRATION_FILE
+
+__all__ = ["Traffic", "copy_with_threshold", "mixed_demo_prompt"]
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def mixed_demo_prompt(rng: random.Random) -> str:
+    """A demo prompt on two routes the student knows or the one it never learned (``shift``)."""
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
+    return f"{rng.choice(('reverse', 'upper', 'shift'))}: {word} ="
+
+
+def copy_with_threshold(source: Path, dest: Path, threshold: float) -> Path:
+    """A canary candidate: ``source``'s model directory with its calibrated threshold replaced
+    (the same weights; a miscalibrated version only live traffic can tell apart)."""
+    shutil.copytree(source, dest)
+    path = dest / CALIBRATION_FILE
+    calibration = json.loads(path.read_text())
+    calibration["threshold"] = threshold
+    path.write_text(json.dumps(calibration))
+    return dest
 
 
 class Traffic:

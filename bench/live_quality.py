@@ -42,10 +42,9 @@ from typing import Any
 import httpx
 
 from bench._common import REPO, demo_stack, percentile, write_result
-from bench._traffic import Traffic
+from bench._traffic import Traffic, copy_with_threshold, mixed_demo_prompt
 
 NAME = "live_quality"
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def _metrics(url: str) -> Any:
@@ -187,12 +186,6 @@ def _latency(models: Path, workdir: Path, requests: int, concurrency: int) -> di
     return out
 
 
-def _mixed_prompt(rng: random.Random) -> str:
-    """Two routes the student knows and one it never learned (``shift``)."""
-    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 7)))
-    return f"{rng.choice(('reverse', 'upper', 'shift'))}: {word} ="
-
-
 def _canary(stack: Any, workdir: Path) -> dict[str, Any]:
     from deploy import CanaryController, ModelRegistry, judge_canary
     from retrain import ensure_registry
@@ -200,11 +193,7 @@ def _canary(stack: Any, workdir: Path) -> dict[str, Any]:
     settings = stack.settings
     registry = ModelRegistry(settings.resolved_registry_dir)
     initial = ensure_registry(registry, settings.tier_dir("student"))
-    wrong_dir = workdir / "overconfident"
-    shutil.copytree(initial.path, wrong_dir)
-    cal = json.loads((wrong_dir / "calibration.json").read_text())
-    cal["threshold"] = 0.0
-    (wrong_dir / "calibration.json").write_text(json.dumps(cal))
+    wrong_dir = copy_with_threshold(initial.path, workdir / "overconfident", 0.0)
     healthy_dir = workdir / "healthy"
     shutil.copytree(initial.path, healthy_dir)
     candidates = {
@@ -219,7 +208,7 @@ def _canary(stack: Any, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label, model in candidates.items():
         started = time.monotonic()
-        with Traffic(stack.url, workers=4, model="distillery", prompt=_mixed_prompt) as traffic:
+        with Traffic(stack.url, workers=4, model="distillery", prompt=mixed_demo_prompt) as traffic:
             verdict, cur, can = CanaryController(registry, fetch, config, poll_s=1.0).run(model.version)
         low, high = _wilson(can.agreed, can.audited)
         out[label] = {

@@ -7,25 +7,15 @@ miscalibrated threshold that escalates everything: only live traffic can catch i
 from __future__ import annotations
 
 import json
-import shutil
 
 import httpx
 import pytest
 
+from bench._traffic import Traffic, copy_with_threshold
 from deploy import CanaryConfig, CanaryController, ModelRegistry
 from retrain import ensure_registry
-from tests.integration.test_hot_swap import Traffic
 
 pytestmark = pytest.mark.integration
-
-
-def _candidate(tmp_path, source, name, threshold):
-    d = tmp_path / name
-    shutil.copytree(source, d)
-    cal = json.loads((d / "calibration.json").read_text())
-    cal["threshold"] = threshold
-    (d / "calibration.json").write_text(json.dumps(cal))
-    return d
 
 
 def test_live_canary_rolls_back_a_degrading_candidate_and_promotes_a_healthy_one(live_stack, tmp_path):
@@ -34,10 +24,12 @@ def test_live_canary_rolls_back_a_degrading_candidate_and_promotes_a_healthy_one
     initial = ensure_registry(registry, settings.tier_dir("student"))
     cal = json.loads((initial.path / "calibration.json").read_text())
     bad = registry.register(
-        _candidate(tmp_path, initial.path, "bad", 1.000001), "student-bad", {"parent": initial.version}
+        copy_with_threshold(initial.path, tmp_path / "bad", 1.000001),
+        "student-bad",
+        {"parent": initial.version},
     )
     good = registry.register(
-        _candidate(tmp_path, initial.path, "good", cal["threshold"]),
+        copy_with_threshold(initial.path, tmp_path / "good", cal["threshold"]),
         "student-good",
         {"parent": initial.version},
     )

@@ -9,9 +9,6 @@ promote it; the audits of its answers show it agrees with the teacher far less.
 
 from __future__ import annotations
 
-import json
-import random
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,14 +16,12 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from bench._traffic import Traffic
+from bench._traffic import Traffic, copy_with_threshold, mixed_demo_prompt
 from deploy import CanaryConfig, CanaryController, ModelRegistry, judge_canary, parse_live_metrics
 from feedback import FeedbackConsumer, FeedbackMetrics, PostgresStore
 from retrain import ensure_registry
 
 pytestmark = pytest.mark.integration
-
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def _wait(cond: Callable[[], bool], timeout_s: float = 60.0) -> bool:
@@ -117,21 +112,12 @@ def test_unknown_response_id_on_the_live_stack_is_404(live_stack):
     assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found"
 
 
-def _mixed_prompt(rng: random.Random) -> str:
-    """Two routes the student knows and one it never learned (``shift``)."""
-    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 6)))
-    return f"{rng.choice(('reverse', 'upper', 'shift'))}: {word} ="
-
-
 def test_confidently_wrong_canary_is_rolled_back_on_live_agreement(live_stack, tmp_path):
     settings = live_stack.settings
     registry = ModelRegistry(settings.resolved_registry_dir)
     initial = ensure_registry(registry, settings.tier_dir("student"))
-    wrong_dir = tmp_path / "overconfident"
-    shutil.copytree(initial.path, wrong_dir)
-    cal = json.loads((wrong_dir / "calibration.json").read_text())
-    cal["threshold"] = 0.0  # trusts every answer, including those of a route it never learned
-    (wrong_dir / "calibration.json").write_text(json.dumps(cal))
+    # Trusts every answer, including those of a route it never learned.
+    wrong_dir = copy_with_threshold(initial.path, tmp_path / "overconfident", 0.0)
     wrong = registry.register(wrong_dir, "student-overconfident", {"parent": initial.version})
 
     def fetch() -> str:
@@ -142,7 +128,7 @@ def test_confidently_wrong_canary_is_rolled_back_on_live_agreement(live_stack, t
     )
     before = parse_live_metrics(fetch())
     try:
-        with Traffic(live_stack.url, model="distillery", prompt=_mixed_prompt) as traffic:
+        with Traffic(live_stack.url, model="distillery", prompt=mixed_demo_prompt) as traffic:
             verdict, cur, can = CanaryController(registry, fetch, config, poll_s=1.0).run(wrong.version)
         assert verdict == "rollback", (cur, can)
         assert registry.pointers()["current"] == initial.version
