@@ -57,7 +57,9 @@ class EscalationProducer:
         self._queue: queue.Queue[Record] = queue.Queue(maxsize=config.queue_size)
         self._spool_lock = threading.Lock()  # submit() may spool from the caller's thread
         self._retained: deque[tuple[int, int, Record]] = deque()
-        self._last_offset: dict[int, int] = {}
+        self._last_offset: dict[tuple[str, int], int] = {}
+        """The last acknowledged offset per (topic, partition): partition numbers repeat
+        across topics, and a samples record must not stand for the escalation topic's log."""
         self._replay = False
         self._producer: Any = None
         self._admin: Any = None
@@ -226,9 +228,10 @@ class EscalationProducer:
             if not (fut.is_done and fut.succeeded()):
                 break
             md = fut.value
-            if md.offset <= self._last_offset.get(md.partition, -1) and md.topic == self._kafka.topic:
+            where = (md.topic, md.partition)
+            if md.offset <= self._last_offset.get(where, -1) and md.topic == self._kafka.topic:
                 self._replay = True  # the log went backwards: the broker lost it (restart)
-            self._last_offset[md.partition] = md.offset
+            self._last_offset[where] = md.offset
             if self._config.retain_until_consumed and record[0] == self._kafka.topic:
                 self._retained.append((md.partition, md.offset, record))
                 if len(self._retained) > self._config.retain_until_consumed:
