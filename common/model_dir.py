@@ -35,6 +35,7 @@ __all__ = [
     "ModelManifest",
     "ModelSource",
     "QuantizationRecord",
+    "ToolFormat",
     "TrainingDefaults",
     "read_model_version",
     "write_json_atomic",
@@ -79,6 +80,42 @@ class TrainingDefaults(BaseModel):
     warmup_steps: int | None = Field(default=None, ge=0)
 
 
+SMOLLM2_TOOL_PROMPT = (
+    "You are an expert in composing functions. You are given a question and a set of possible"
+    " functions. Based on the question, you will need to make one or more function/tool calls to"
+    " achieve the purpose. If none of the functions can be used, point it out and refuse to answer."
+    " If the given question lacks the parameters required by the function, also point it out.\n\n"
+    "You have access to the following tools:\n<tools>{tools}</tools>\n\n"
+    "The output MUST strictly adhere to the following format, and NO other text MUST be included.\n"
+    "The example format is as follows. Please make sure the parameter type is correct. If no"
+    " function call is needed, please make the tool calls an empty list '[]'.\n"
+    '<tool_call>[\n{{"name": "func_name1", "arguments": {{"argument1": "value1", "argument2":'
+    ' "value2"}}}},\n... (more tool calls as required)\n]</tool_call>'
+)
+"""SmolLM2-Instruct's tool-calling system prompt (the format it was trained on)."""
+
+
+class ToolFormat(BaseModel):
+    """How ``tools``, tool calls and tool results are rendered for this model.
+
+    ``style``: ``native`` hands them to the chat template (``apply_chat_template(tools=...)``;
+    for templates with a tool section), ``prompt`` renders them as plain turns the template
+    already knows (the tools in the system turn, calls as ``call_open`` + JSON list +
+    ``call_close`` in the assistant turn, results as ``response_role`` turns), ``auto``
+    picks ``native`` when the template mentions ``tools``. Kept in the manifest, so each
+    model directory says how it was trained to call tools."""
+
+    style: Literal["auto", "native", "prompt"] = "auto"
+    system_prompt: str = SMOLLM2_TOOL_PROMPT
+    """``{tools}`` is replaced by the tools' JSON list; the request's own system turn, if
+    any, comes first."""
+    call_open: str = "<tool_call>"
+    call_close: str = "</tool_call>"
+    response_role: Literal["user", "tool"] = "user"
+    response_open: str = "<tool_response>"
+    response_close: str = "</tool_response>"
+
+
 class QuantizationRecord(BaseModel):
     """How a quantized version differs from its parent (``router._quantize`` applies it).
 
@@ -117,6 +154,8 @@ class ModelManifest(BaseModel):
     replay) of the dataset this version was distilled on (``retrain._labels``)."""
     label_rejections: dict[str, int] = Field(default_factory=dict)
     """Labels that dataset did not use, by reason."""
+    tool_format: ToolFormat | None = None
+    """How tools are rendered for this model (``None``: the defaults, ``style: auto``)."""
     created: float = Field(default_factory=time.time)
 
     @classmethod
@@ -151,7 +190,14 @@ class CalibrationRecord(BaseModel):
     teacher_accuracy: float | None = None
     auroc: dict[str, float | None] = Field(default_factory=dict)
     curve: list[dict[str, float]] = Field(default_factory=list)
+    by_kind: dict[str, float] = Field(default_factory=dict)
+    """Thresholds calibrated for one output kind (``json``, ``tool_call``): constrained
+    decoding moves log-probs, so a kind with enough calibration answers gets its own bar;
+    a kind without one uses ``threshold``."""
     created: float = Field(default_factory=time.time)
+
+    def threshold_for(self, kind: str) -> float:
+        return self.by_kind.get(kind, self.threshold)
 
     @classmethod
     def load(cls, model_dir: Path) -> CalibrationRecord | None:

@@ -10,7 +10,57 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["ChatTurn", "Generation", "GenerationRequest"]
+__all__ = [
+    "ChatTurn",
+    "Generation",
+    "GenerationRequest",
+    "OutputKind",
+    "ResponseFormat",
+    "ToolCall",
+    "ToolChoice",
+    "ToolSpec",
+]
+
+OutputKind = Literal["text", "json", "tool_call"]
+"""What an answer must be: free text, a JSON value (``response_format``), or tool calls.
+Thresholds are calibrated per kind (constrained decoding changes what log-probs mean)."""
+
+ToolChoice = Literal["none", "auto", "required"] | str
+"""``none`` / ``auto`` / ``required``, or the name of the one function that must be called."""
+
+
+class ToolCall(BaseModel):
+    """One function call, as the assistant made it (``arguments``: a JSON object's text)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = ""
+    name: str
+    arguments: str = "{}"
+
+
+class ToolSpec(BaseModel):
+    """A function the model may call; ``parameters`` is a JSON Schema's canonical text
+    (a string, so the request stays hashable and pickles small)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    description: str = ""
+    parameters: str = '{"type": "object", "properties": {}}'
+    strict: bool = False
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``json_object`` (any JSON object) or ``json_schema`` (``schema``:
+    the schema's canonical JSON text)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: Literal["json_object", "json_schema"]
+    schema_text: str | None = None
+    name: str = "response"
+    strict: bool = False
 
 
 class ChatTurn(BaseModel):
@@ -18,6 +68,16 @@ class ChatTurn(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant turn's calls (its ``content`` is then usually empty)."""
+    tool_call_id: str | None = None
+    """A ``tool`` turn: the call it answers."""
+
+    @property
+    def plain(self) -> bool:
+        """Role and content only: rendered exactly as before tools existed."""
+        return self.name is None and not self.tool_calls and self.tool_call_id is None
 
 
 class GenerationRequest(BaseModel):
@@ -32,13 +92,47 @@ class GenerationRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()
     request_id: str = ""
+    response_format: ResponseFormat | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True
+    seed: int | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias in [-100, 100]) pairs, in the answering model's vocabulary."""
+    top_logprobs: int = Field(default=0, ge=0, le=20)
+    """Alternatives to report per token (``Generation.alternatives``)."""
 
     @property
     def sampled(self) -> bool:
         return self.temperature > 0.0
 
+    @property
+    def offers_tools(self) -> bool:
+        return bool(self.tools) and self.tool_choice != "none"
+
+    @property
+    def output_kind(self) -> OutputKind:
+        if self.response_format is not None:
+            return "json"
+        return "tool_call" if self.offers_tools else "text"
+
+    @property
+    def plain_decoding(self) -> bool:
+        """Nothing beyond temperature/top_p shapes the logits: any batch can take it."""
+        return (
+            self.response_format is None
+            and self.tool_choice in ("none", "auto")
+            and self.seed is None
+            and not self.presence_penalty
+            and not self.frequency_penalty
+            and not self.logit_bias
+        )
+
     def sampling_key(self) -> tuple[bool, float, float]:
-        """Requests with equal keys can share one batched ``generate`` call."""
+        """Requests with equal keys can share one batched ``generate`` call (plain decoding;
+        a backend batches a constrained, seeded or penalised request on its own)."""
         greedy = self.temperature == 0.0
         return (greedy, 0.0 if greedy else self.temperature, 1.0 if greedy else self.top_p)
 
@@ -54,6 +148,9 @@ class Generation(BaseModel):
     ``token_logprobs``; equal to it under greedy decoding). Sampled requests are scored
     on it, so the randomness of the draw does not decide the tier; empty where the
     backend cannot report it."""
+    alternatives: list[dict[str, float]] = Field(default_factory=list)
+    """Per emitted token, the ``top_logprobs`` most likely tokens and their log-probs (only
+    when the request asked for them)."""
     finish_reason: Literal["stop", "length"]
     prompt_tokens: int
     completion_tokens: int
