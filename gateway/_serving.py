@@ -20,10 +20,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from feedback import SpoolWriteError
 from gateway._feedback_sink import FeedbackSink
 from gateway._ledger import IssuedAnswer, ResponseLedger, feedback_fingerprint
+from gateway._structured import answer_message, chat_fields, response_format, sampling_fields
 from gateway.errors import BadRequest, FeedbackDisabled, ModelNotFound, ResponseNotFound
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import (
@@ -33,7 +35,6 @@ from gateway.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
-    ChatResponseMessage,
     CompletionChoice,
     CompletionChunk,
     CompletionLogprobs,
@@ -41,13 +42,15 @@ from gateway.protocol import (
     CompletionResponse,
     FeedbackRequest,
     FeedbackResponse,
+    FinishReason,
     ModelCard,
     ModelList,
     RoutingInfo,
+    ToolCallDelta,
     UsageInfo,
 )
 from gateway.settings import ServerConfig
-from router import CascadeResult, CascadeRouter, ChatTurn, GenerationRequest, ShadowAuditor, Tier
+from router import CascadeResult, CascadeRouter, Generation, GenerationRequest, ShadowAuditor, Tier
 from router.errors import EmptyPrompt, InvalidRequest, TeacherUnavailable
 
 __all__ = ["OpenAIServing", "Served"]
@@ -259,25 +262,47 @@ class OpenAIServing:
             if not p.strip():
                 raise EmptyPrompt("the prompt is empty")
         max_tokens = self._max_tokens(req.max_tokens, 16)
-        request_id = f"cmpl-{uuid.uuid4().hex}"
-        gen_reqs = [
-            GenerationRequest(
-                prompt=p,
-                max_tokens=max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                stop=self._stops(req.stop),
-                request_id=f"{request_id}-{i}",
+        n = self._choices(req.n)
+        if req.stream and n > 1:
+            raise BadRequest("stream=true takes n=1 on /v1/completions", "invalid_value", "n")
+        if len(prompts) * n > self._server.max_prompts_per_request:
+            raise BadRequest(
+                f"at most {self._server.max_prompts_per_request} answers per request (prompts x n)",
+                "invalid_value",
+                "n",
             )
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        fmt = response_format(req.response_format)
+        shaping = sampling_fields(req)
+        gen_reqs = [
+            choice
             for i, p in enumerate(prompts)
+            for choice in self._fan_out(
+                GenerationRequest(
+                    prompt=p,
+                    max_tokens=max_tokens,
+                    temperature=req.temperature,
+                    top_p=req.top_p,
+                    stop=self._stops(req.stop),
+                    request_id=f"{request_id}-{i}",
+                    response_format=fmt,
+                    top_logprobs=req.logprobs or 0,
+                    **shaping,
+                ),
+                n,
+            )
         ]
         label = (req.metadata or {}).get("route")
         results = await asyncio.gather(*(self._route("completions", g, tier, label) for g in gen_reqs))
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
+        usage = self._usage(results, shared_prompt=False)
         if req.stream:
-            stream = self._completion_stream(request_id, req.model, results[0], infos[0])
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            stream = self._completion_stream(
+                request_id, req.model, results[0], infos[0], usage if include_usage else None
+            )
             return Served(None, stream, headers, after)
         choices = [
             CompletionChoice(
@@ -288,18 +313,8 @@ class OpenAIServing:
             )
             for i, r in enumerate(results)
         ]
-        prompt_tokens = sum(r.generation.prompt_tokens for r in results)
-        completion_tokens = sum(r.generation.completion_tokens for r in results)
         body = CompletionResponse(
-            id=request_id,
-            model=req.model,
-            choices=choices,
-            usage=UsageInfo(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            ),
-            distillery=infos,
+            id=request_id, model=req.model, choices=choices, usage=usage, distillery=infos
         )
         return Served(body, None, headers, after)
 
@@ -313,11 +328,12 @@ class OpenAIServing:
         return CompletionLogprobs(
             tokens=gen.tokens,
             token_logprobs=gen.token_logprobs[: len(gen.tokens)],
+            top_logprobs=gen.alternatives[: len(gen.tokens)] or None,
             text_offset=offsets,
         )
 
     async def _completion_stream(
-        self, request_id: str, model: str, result: CascadeResult, info: RoutingInfo
+        self, request_id: str, model: str, result: CascadeResult, info: RoutingInfo, usage: UsageInfo | None
     ) -> AsyncIterator[str]:
         created = int(time.time())
         gen = result.generation
@@ -339,79 +355,157 @@ class OpenAIServing:
             distillery=None if pieces else info,
         )
         yield _sse(final.model_dump_json(exclude_none=True))
+        if usage is not None:
+            last = CompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage)
+            yield _sse(last.model_dump_json(exclude_none=True))
         yield _sse("[DONE]")
 
     # ---- /v1/chat/completions -------------------------------------------------------
+    def _choices(self, n: int) -> int:
+        if n > self._server.max_n:
+            raise BadRequest(
+                f"n={n} exceeds this server's limit of {self._server.max_n}", "invalid_value", "n"
+            )
+        return n
+
+    @staticmethod
+    def _fan_out(base: GenerationRequest, n: int) -> list[GenerationRequest]:
+        """``n`` choices of one request, each routed on its own (choice ``i`` samples with
+        ``seed + i``, so a seeded request is reproducible choice by choice)."""
+        if n == 1:
+            return [base]
+        return [
+            base.model_copy(
+                update={
+                    "request_id": f"{base.request_id}-{i}",
+                    "seed": None if base.seed is None else base.seed + i,
+                }
+            )
+            for i in range(n)
+        ]
+
     async def chat(self, req: ChatCompletionRequest, principal: str = "anonymous") -> Served:
         tier = self._tier_for(req.model)
-        if not any(m.role == "user" and m.content.strip() for m in req.messages):
+        if not any(m.role == "user" and m.text.strip() for m in req.messages):
             raise EmptyPrompt("messages must contain a non-empty user message")
         max_tokens = self._max_tokens(
             req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens, 16
         )
+        n = self._choices(req.n)
+        fields = chat_fields(req)
+        ignored = sorted(set(req.model_extra or {}))
+        if ignored:
+            logger.info("chat request fields present but ignored: %s", ", ".join(ignored))
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        gen_req = GenerationRequest(
-            messages=tuple(ChatTurn(role=m.role, content=m.content) for m in req.messages),
+        base = GenerationRequest(
             max_tokens=max_tokens,
             temperature=req.temperature,
             top_p=req.top_p,
             stop=self._stops(req.stop),
             request_id=request_id,
+            **fields,
         )
+        gen_reqs = self._fan_out(base, n)
         label = (req.metadata or {}).get("route")
-        result = await self._route("chat", gen_req, tier, label)
-        info = self._routing(result)
-        headers = self._headers([info])
-        after = self._issued(request_id, [(gen_req, result)], label, principal)
+        results = await asyncio.gather(*(self._route("chat", g, tier, label) for g in gen_reqs))
+        infos = [self._routing(r) for r in results]
+        headers = self._headers(infos)
+        after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
+        usage = self._usage(results, shared_prompt=True)
         if req.stream:
-            return Served(None, self._chat_stream(request_id, req.model, result, info), headers, after)
-        gen = result.generation
-        logprobs = None
-        if req.logprobs:
-            logprobs = {
-                "content": [
-                    {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                    for t, lp in zip(gen.tokens, gen.token_logprobs, strict=False)
-                ]
-            }
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            stream = self._chat_stream(
+                request_id, req.model, gen_reqs, results, infos, usage if include_usage else None
+            )
+            return Served(None, stream, headers, after)
+        choices = []
+        for i, (g, r) in enumerate(zip(gen_reqs, results, strict=True)):
+            message, finish = answer_message(g, r.generation)
+            logprobs = self._chat_logprobs(r.generation) if req.logprobs else None
+            choices.append(ChatChoice(index=i, message=message, logprobs=logprobs, finish_reason=finish))
         body = ChatCompletionResponse(
             id=request_id,
             model=req.model,
-            choices=[
-                ChatChoice(
-                    index=0,
-                    message=ChatResponseMessage(content=gen.text),
-                    logprobs=logprobs,
-                    finish_reason=gen.finish_reason,
-                )
-            ],
-            usage=UsageInfo(
-                prompt_tokens=gen.prompt_tokens,
-                completion_tokens=gen.completion_tokens,
-                total_tokens=gen.prompt_tokens + gen.completion_tokens,
-            ),
-            distillery=info,
+            choices=choices,
+            usage=usage,
+            distillery=infos[0],
+            distillery_choices=infos if n > 1 else None,
         )
         return Served(body, None, headers, after)
 
+    @staticmethod
+    def _usage(results: Sequence[CascadeResult], *, shared_prompt: bool) -> UsageInfo:
+        """Token usage; the ``n`` choices of one chat prompt count its prompt once."""
+        gens = [r.generation for r in results]
+        prompt = gens[0].prompt_tokens if shared_prompt else sum(g.prompt_tokens for g in gens)
+        completion = sum(g.completion_tokens for g in gens)
+        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    @staticmethod
+    def _chat_logprobs(gen: Generation) -> dict[str, Any]:
+        content = []
+        for i, (t, lp) in enumerate(zip(gen.tokens, gen.token_logprobs, strict=False)):
+            alts = gen.alternatives[i] if i < len(gen.alternatives) else {}
+            content.append(
+                {
+                    "token": t,
+                    "logprob": lp,
+                    "bytes": list(t.encode()),
+                    "top_logprobs": [
+                        {"token": a, "logprob": alp, "bytes": list(a.encode())} for a, alp in alts.items()
+                    ],
+                }
+            )
+        return {"content": content}
+
     async def _chat_stream(
-        self, request_id: str, model: str, result: CascadeResult, info: RoutingInfo
+        self,
+        request_id: str,
+        model: str,
+        requests: Sequence[GenerationRequest],
+        results: Sequence[CascadeResult],
+        infos: Sequence[RoutingInfo],
+        usage: UsageInfo | None,
     ) -> AsyncIterator[str]:
         created = int(time.time())
-        gen = result.generation
 
-        def chunk(delta: ChatDelta, finish: str | None = None, routing: RoutingInfo | None = None) -> str:
+        def chunk(
+            index: int,
+            delta: ChatDelta,
+            finish: FinishReason | None = None,
+            routing: RoutingInfo | None = None,
+        ) -> str:
             body = ChatCompletionChunk(
                 id=request_id,
                 created=created,
                 model=model,
-                choices=[ChatChunkChoice(index=0, delta=delta, finish_reason=finish)],  # type: ignore[arg-type]
+                choices=[ChatChunkChoice(index=index, delta=delta, finish_reason=finish)],
                 distillery=routing,
             )
             return _sse(body.model_dump_json(exclude_none=True))
 
-        yield chunk(ChatDelta(role="assistant", content=""), routing=info)
-        for piece in gen.tokens or ([gen.text] if gen.text else []):
-            yield chunk(ChatDelta(content=piece))
-        yield chunk(ChatDelta(), gen.finish_reason)
+        for index, (request, result, info) in enumerate(zip(requests, results, infos, strict=True)):
+            gen = result.generation
+            message, finish = answer_message(request, gen)
+            yield chunk(index, ChatDelta(role="assistant", content=""), routing=info)
+            if message.tool_calls:
+                if message.content:
+                    yield chunk(index, ChatDelta(content=message.content))
+                for k, call in enumerate(message.tool_calls):
+                    delta = ToolCallDelta(
+                        index=k,
+                        id=call.id,
+                        type="function",
+                        function={"name": call.function.name, "arguments": call.function.arguments},
+                    )
+                    yield chunk(index, ChatDelta(tool_calls=[delta]))
+            elif message.content == gen.text:
+                for piece in gen.tokens or ([gen.text] if gen.text else []):
+                    yield chunk(index, ChatDelta(content=piece))
+            elif message.content:
+                yield chunk(index, ChatDelta(content=message.content))
+            yield chunk(index, ChatDelta(), finish)
+        if usage is not None:
+            final = ChatCompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage)
+            yield _sse(final.model_dump_json(exclude_none=True))
         yield _sse("[DONE]")

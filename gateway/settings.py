@@ -33,6 +33,8 @@ class ServerConfig(BaseModel):
             ``<name>-student`` and ``<name>-teacher`` pin a tier.
         max_tokens_limit (`int`, defaults to 256): largest ``max_tokens`` accepted.
         max_prompts_per_request (`int`, defaults to 16): largest ``prompt`` list.
+        max_n (`int`, defaults to 8): largest ``n`` (choices per prompt); each choice is
+            routed through the cascade on its own.
         request_timeout_s (`float`, defaults to 60): Serve's end-to-end bound per request.
         ingress_same_loop (`bool`, defaults to True): run the ingress's code and its
             handle router on the replica's main event loop (Ray Serve's
@@ -62,6 +64,7 @@ class ServerConfig(BaseModel):
     served_model_name: str = "distillery"
     max_tokens_limit: int = Field(default=256, ge=1)
     max_prompts_per_request: int = Field(default=16, ge=1)
+    max_n: int = Field(default=8, ge=1)
     request_timeout_s: float = Field(default=60.0, gt=0)
     ingress_same_loop: bool = True
     fast_path: bool = True

@@ -7,9 +7,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
+from router._contract import check_answer
 from router._policy import Decision, ThresholdPolicy, resolve_threshold
 from router._resilience import (
     BreakerState,
@@ -148,6 +149,10 @@ class CascadeRouter:
         # it scores as "no evidence" (0.0) and escalates.
         evidence = confidence_logprobs(student, sampled=request.sampled, mode=self._config.sampled_confidence)
         decision = policy.decide(evidence)
+        if request.output_kind != "text":
+            check = check_answer(request, student.text, student.finish_reason)
+            if not check.valid:  # never served by the cascade, however confident
+                decision = replace(decision, escalate=True, invalid=check.reason)
         if force == "student" or not decision.escalate:
             return CascadeResult(
                 student, "student", decision, False, False, None, s_lat, 0.0, "ok", policy.threshold
@@ -155,7 +160,7 @@ class CascadeRouter:
         try:
             gen, t_lat = await self._call_teacher(request)
         except TeacherUnavailable:
-            if self._config.teacher_failure_policy != "serve_student":
+            if self._config.teacher_failure_policy != "serve_student" or decision.invalid is not None:
                 raise
             return CascadeResult(
                 student,

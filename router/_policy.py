@@ -15,6 +15,9 @@ class Decision:
     confidence: float
     escalate: bool
     scores: dict[str, float] = field(default_factory=dict)
+    invalid: str | None = None
+    """Why the answer breaks its request's output contract (``router._contract``): such an
+    answer escalates whatever its confidence."""
 
 
 @dataclass(frozen=True)

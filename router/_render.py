@@ -104,7 +104,9 @@ def render_prompt(tokenizer: Any, request: GenerationRequest, tool_format: ToolF
             )
         else:
             prompt_turns = _prompt_turns(request, fmt)
-            text = str(tokenizer.apply_chat_template(prompt_turns, tokenize=False, add_generation_prompt=True))
+            text = str(
+                tokenizer.apply_chat_template(prompt_turns, tokenize=False, add_generation_prompt=True)
+            )
             if forced_tool(request):
                 text += fmt.call_open
     else:
