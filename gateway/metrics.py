@@ -42,9 +42,17 @@ class GatewayMetrics:
             ["endpoint", "tier", "outcome"],
             registry=r,
         )
+        self.structured_requests = Counter(
+            "distillery_structured_requests_total",
+            "Requests with an output contract (json: response_format; tool_call: tools offered),"
+            " by the tier that answered.",
+            ["kind", "tier"],
+            registry=r,
+        )
         self.escalations = Counter(
             "distillery_escalations_total",
-            "Requests sent on to the teacher, by reason.",
+            "Requests sent on to the teacher, by reason (invalid_answer: the student's answer"
+            " broke the request's output contract: unparsable JSON, schema, unknown tool).",
             ["reason"],
             registry=r,
         )
@@ -110,7 +118,7 @@ class GatewayMetrics:
         )
         for tier_name in ("student", "teacher"):
             self.cost.labels(tier_name)
-        for reason in ("low_confidence", "student_error"):
+        for reason in ("low_confidence", "student_error", "invalid_answer"):
             self.escalations.labels(reason)  # exported from 0, so rate() sees the first one
         for endpoint in ("completions", "chat"):  # likewise the escalation rate's denominator
             for tier_name in ("student", "teacher"):
@@ -288,7 +296,12 @@ class GatewayMetrics:
             self.tier_latency.labels("teacher").observe(result.teacher_latency_s)
         if result.escalated:
             reason = "student_error" if result.outcome == "student_failed" else "low_confidence"
+            if result.decision is not None and result.decision.invalid is not None:
+                reason = "invalid_answer"
             self.escalations.labels(reason).inc()
+        kind = result.output_kind
+        if kind != "text":
+            self.structured_requests.labels(kind, tier).inc()
         gen = result.generation
         self.tokens.labels(tier, "prompt").inc(gen.prompt_tokens)
         self.tokens.labels(tier, "completion").inc(gen.completion_tokens)

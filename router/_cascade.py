@@ -20,7 +20,7 @@ from router._resilience import (
     classify_teacher_error,
 )
 from router._scoring import confidence_logprobs
-from router._types import Generation, GenerationRequest
+from router._types import Generation, GenerationRequest, OutputKind
 from router.config import CascadeConfig
 from router.errors import (
     InvalidRequest,
@@ -56,6 +56,7 @@ class CascadeResult:
     outcome: Literal["ok", "teacher_failed_served_student", "student_failed"]
     threshold: float = 0.0
     """The threshold this request was judged against (0.0 when no student decision)."""
+    output_kind: OutputKind = "text"
 
     @property
     def student_answer(self) -> Generation | None:
@@ -121,6 +122,11 @@ class CascadeRouter:
         )
 
     async def route(self, request: GenerationRequest, force: Tier | None = None) -> CascadeResult:
+        result = await self._route(request, force)
+        kind = request.output_kind
+        return result if kind == "text" else replace(result, output_kind=kind)
+
+    async def _route(self, request: GenerationRequest, force: Tier | None) -> CascadeResult:
         if force == "teacher":
             gen, t_lat = await self._call_teacher(request)
             return CascadeResult(gen, "teacher", None, False, False, None, 0.0, t_lat, "ok")

@@ -94,12 +94,44 @@ def test_a_valid_confident_json_answer_is_served_by_the_student_and_the_schema_r
     ],
 )
 def test_a_confident_student_answer_that_breaks_the_schema_escalates_and_never_reaches_the_client(answer):
-    client, _, teacher, _ = _client(answer, prob=0.9999)
+    client, _, teacher, metrics = _client(answer, prob=0.9999)
     resp = _chat(client, response_format=_json_format())
     assert resp.status_code == 200
     assert resp.json()["distillery"]["tier"] == "teacher"
     assert json.loads(resp.json()["choices"][0]["message"]["content"])["urgency"] == "high"
     assert teacher.calls[0].response_format is not None
+    text = metrics.render().decode()
+    assert 'distillery_escalations_total{reason="invalid_answer"} 1.0' in text
+    assert 'distillery_structured_requests_total{kind="json",tier="teacher"} 1.0' in text
+
+
+def test_an_invalid_student_answer_is_not_served_even_when_the_teacher_fails_and_the_policy_serves_the_student():
+    from router.errors import TeacherConnectionError
+
+    student = FakeTier(lambda r: make_generation('{"order_number": 12}', 0.9999))
+    teacher = FakeTier(lambda r: make_generation("unused"), fail=TeacherConnectionError("down"))
+    router = CascadeRouter(
+        student,
+        teacher,
+        ThresholdPolicy("mean_logprob", 0.9),
+        CascadeConfig(teacher_failure_policy="serve_student", teacher_retries=0),
+    )
+    metrics = GatewayMetrics()
+    serving = OpenAIServing(router, metrics, ServerConfig(), lambda: {})
+
+    async def health():
+        return {}
+
+    client = TestClient(build_api(serving, metrics, health), raise_server_exceptions=False)
+    resp = _chat(client, response_format=_json_format())
+    assert resp.status_code == 503, resp.text
+    assert "order_number" not in resp.text
+    # A free-text request under the same policy still gets the student's answer.
+    plain = _chat(client)
+    assert (
+        plain.status_code == 200
+        and plain.json()["choices"][0]["message"]["content"] == '{"order_number": 12}'
+    )
 
 
 def test_json_object_mode_refuses_a_non_object_answer_from_the_student():
