@@ -36,6 +36,7 @@ BENCHMARKS: list[str] = [
     "real_loop",
     "quantize",
     "live_quality",
+    "structured",
 ]
 
 
