@@ -82,11 +82,13 @@ class DistillerySettings(GatewaySettings):
 
     ``workload`` names the bundled workload the demo commands (calibration sample,
     bootstrap seeds, ``distillery demo scenario``) draw from: ``toy`` (string skills,
-    completions) or ``support`` (chat); bring your own with ``--prompts-file``.
+    completions), ``support`` (chat) or ``structured`` (chat drifting onto JSON answers
+    and tool calls; with the real preset: ``DISTILLERY_WORKLOAD=structured``); bring your
+    own with ``--prompts-file``.
     """
 
     preset: str = "demo"
-    workload: Literal["toy", "support"] = "toy"
+    workload: Literal["toy", "support", "structured"] = "toy"
     retrain: DistillConfig = DistillConfig()
     gate: GateConfig = GateConfig()
     loop: LoopConfig = LoopConfig()
