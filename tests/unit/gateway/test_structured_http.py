@@ -105,7 +105,7 @@ def test_a_confident_student_answer_that_breaks_the_schema_escalates_and_never_r
     assert 'distillery_structured_requests_total{kind="json",tier="teacher"} 1.0' in text
 
 
-def test_an_invalid_student_answer_is_not_served_even_when_the_teacher_fails_and_the_policy_serves_the_student():
+def test_an_invalid_student_answer_is_not_served_when_the_teacher_fails_under_serve_student():
     from router.errors import TeacherConnectionError
 
     student = FakeTier(lambda r: make_generation('{"order_number": 12}', 0.9999))
