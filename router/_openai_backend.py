@@ -1,14 +1,24 @@
-"""Backend for any OpenAI-compatible server (an external teacher: vLLM, a hosted API...)."""
+"""Backend for any OpenAI-compatible server (an external teacher: vLLM, a hosted API...).
+
+The request goes out as the client sent it: ``response_format``, ``tools`` /
+``tool_choice`` / ``parallel_tool_calls``, ``seed``, penalties, ``logit_bias`` and
+``top_logprobs`` are forwarded (the remote server enforces them, or refuses with a 400
+that comes back as ``TeacherHTTPError``). Tool calls in the answer become the canonical
+tool-call text (``router._contract.tool_calls_text``), so a teacher's calls are stored,
+compared and trained on in the one format the student writes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import httpx
 
-from router._types import Generation, GenerationRequest
+from router._contract import forced_tool, tool_calls_text
+from router._types import ChatTurn, Generation, GenerationRequest, ToolCall, ToolSpec
 from router.errors import (
     EmptyPrompt,
     TeacherConnectionError,
@@ -57,34 +67,51 @@ class OpenAIHTTPBackend:
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         if request.messages is not None:
-            return sum(len(t.content) for t in request.messages)
+            calls = sum(len(c.arguments) for t in request.messages for c in t.tool_calls)
+            turns = sum(len(t.content) for t in request.messages) + calls
+            return turns + sum(len(t.parameters) + len(t.description) for t in request.tools)
         return len(request.prompt or "")
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
 
-    async def _one(self, req: GenerationRequest) -> Generation:
-        common: dict[str, Any] = {
+    def _request_body(self, req: GenerationRequest) -> tuple[str, dict[str, Any]]:
+        """The endpoint path and JSON body for ``req`` (every answer-shaping field the
+        client set, and none it did not: a server that does not know a field is not sent it)."""
+        body: dict[str, Any] = {
             "model": self.model_id,
             "max_tokens": req.max_tokens,
             "temperature": req.temperature,
             "top_p": req.top_p,
         }
         if req.stop:
-            common["stop"] = list(req.stop)
-        if req.messages is not None:
-            body = {
-                **common,
-                "messages": [t.model_dump() for t in req.messages],
-                "logprobs": True,
-                "top_logprobs": 1,
-            }
-            path = "/v1/chat/completions"
-        else:
+            body["stop"] = list(req.stop)
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if req.presence_penalty:
+            body["presence_penalty"] = req.presence_penalty
+        if req.frequency_penalty:
+            body["frequency_penalty"] = req.frequency_penalty
+        if req.logit_bias:
+            body["logit_bias"] = {str(token): bias for token, bias in req.logit_bias}
+        fmt = _response_format(req)
+        if fmt is not None:
+            body["response_format"] = fmt
+        if req.messages is None:
             if not (req.prompt or "").strip():
                 raise EmptyPrompt("the prompt is empty")
-            body = {**common, "prompt": req.prompt, "logprobs": 1}
-            path = "/v1/completions"
+            body.update(prompt=req.prompt, logprobs=max(1, req.top_logprobs))
+            return "/v1/completions", body
+        body["messages"] = [_message(t) for t in req.messages]
+        if req.tools:
+            body["tools"] = [_tool(t) for t in req.tools]
+            body["tool_choice"] = _tool_choice(req.tool_choice)
+            body["parallel_tool_calls"] = req.parallel_tool_calls
+        body.update(logprobs=True, top_logprobs=max(1, req.top_logprobs))
+        return "/v1/chat/completions", body
+
+    async def _one(self, req: GenerationRequest) -> Generation:
+        path, body = self._request_body(req)
         try:
             resp = await self._client.post(path, json=body)
         except httpx.TimeoutException as exc:
@@ -100,15 +127,17 @@ class OpenAIHTTPBackend:
                 f"teacher answered HTTP {resp.status_code}: {resp.text[:300]}", resp.status_code
             )
         try:
-            return self._parse(resp.json(), chat=req.messages is not None)
+            return self._parse(resp.json(), req)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise TeacherUnavailable(f"teacher sent a malformed response: {exc}") from exc
 
-    def _parse(self, payload: dict[str, Any], *, chat: bool) -> Generation:
+    def _parse(self, payload: dict[str, Any], req: GenerationRequest) -> Generation:
         choice = payload["choices"][0]
         usage = payload.get("usage") or {}
-        if chat:
-            text = choice["message"]["content"] or ""
+        alternatives: list[dict[str, float]] = []
+        if req.messages is not None:
+            message = choice["message"]
+            text = _answer_text(message, req)
             content = (choice.get("logprobs") or {}).get("content") or []
             tokens = [str(c["token"]) for c in content]
             logprobs = [float(c["logprob"]) for c in content]
@@ -116,6 +145,11 @@ class OpenAIHTTPBackend:
                 max([float(c["logprob"]), *(float(t["logprob"]) for t in c.get("top_logprobs") or [])])
                 for c in content
             ]
+            if req.top_logprobs:
+                alternatives = [
+                    _ranked({str(t["token"]): float(t["logprob"]) for t in c.get("top_logprobs") or []}, req)
+                    for c in content
+                ]
         else:
             text = choice["text"]
             lp = choice.get("logprobs") or {}
@@ -126,12 +160,17 @@ class OpenAIHTTPBackend:
                 max([chosen, *(float(v) for v in (alts or {}).values())])
                 for chosen, alts in zip(logprobs, tops, strict=False)
             ]
+            if req.top_logprobs:
+                alternatives = [
+                    _ranked({str(k): float(v) for k, v in (alts or {}).items()}, req) for alts in tops
+                ]
         finish: Literal["stop", "length"] = "length" if choice.get("finish_reason") == "length" else "stop"
         return Generation(
             text=text,
             tokens=tokens,
             token_logprobs=logprobs,
             top_logprobs=top if len(top) == len(logprobs) else [],
+            alternatives=alternatives if len(alternatives) == len(tokens) else [],
             finish_reason=finish,
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", len(tokens))),
@@ -141,3 +180,73 @@ class OpenAIHTTPBackend:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _response_format(req: GenerationRequest) -> dict[str, Any] | None:
+    fmt = req.response_format
+    if fmt is None:
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": fmt.name, "strict": fmt.strict}
+    if fmt.schema_text is not None:
+        spec["schema"] = json.loads(fmt.schema_text)
+    return {"type": "json_schema", "json_schema": spec}
+
+
+def _tool(tool: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name, "parameters": json.loads(tool.parameters)}
+    if tool.description:
+        function["description"] = tool.description
+    if tool.strict:
+        function["strict"] = True
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: str) -> str | dict[str, Any]:
+    if choice in ("none", "auto", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def _message(turn: ChatTurn) -> dict[str, Any]:
+    """One turn in OpenAI's format (an assistant's calls with their arguments as JSON text,
+    and ``content: null`` when the turn says nothing else, as OpenAI's own clients send it)."""
+    out: dict[str, Any] = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in turn.tool_calls
+        ]
+        if not turn.content:
+            out["content"] = None
+    if turn.tool_call_id is not None:
+        out["tool_call_id"] = turn.tool_call_id
+    if turn.name is not None:
+        out["name"] = turn.name
+    return out
+
+
+def _answer_text(message: dict[str, Any], req: GenerationRequest) -> str:
+    """A chat answer as one text: its content, or its tool calls in the canonical text (the
+    list alone for a forced call; after any content between the call tags otherwise)."""
+    content = message.get("content") or ""
+    raw_calls = message.get("tool_calls") or []
+    if not raw_calls:
+        return str(content)
+    calls = []
+    for raw in raw_calls:
+        function = raw["function"]
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):  # some servers send the object itself
+            arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+        calls.append(ToolCall(id=str(raw.get("id") or ""), name=str(function["name"]), arguments=arguments))
+    if forced_tool(req):
+        return tool_calls_text(calls, forced=True)
+    return str(content) + tool_calls_text(calls, forced=False)
+
+
+def _ranked(alternatives: dict[str, float], req: GenerationRequest) -> dict[str, float]:
+    """The ``top_logprobs`` most likely alternatives, most likely first."""
+    ranked = sorted(alternatives.items(), key=lambda kv: kv[1], reverse=True)
+    return dict(ranked[: req.top_logprobs])

@@ -39,7 +39,11 @@ def to_generation(
     model_id: str,
     model_version: str,
     top_logprobs: list[float] | None = None,
+    alternatives: Sequence[Sequence[tuple[int, float]]] | None = None,
 ) -> Generation:
+    """``alternatives``: per generated step, the (token id, log-prob) pairs to report,
+    most likely first; kept for the emitted tokens (decoded; a text two ids share keeps
+    the likelier one)."""
     eos = tokenizer.eos_token_id
     limit = min(req.max_tokens, len(ids))
     stopped_on_eos = False
@@ -59,9 +63,17 @@ def to_generation(
         tokens=token_strs,
         token_logprobs=[float(x) for x in scored],
         top_logprobs=[float(x) for x in (top_logprobs or [])[:n_scored]],
+        alternatives=[_decoded(tokenizer, step) for step in (alternatives or [])[:cut]],
         finish_reason="stop" if (stopped_on_eos or stopped_on_string) else "length",
         prompt_tokens=prompt_tokens,
         completion_tokens=len(text_ids),
         model_id=model_id,
         model_version=model_version,
     )
+
+
+def _decoded(tokenizer: Any, step: Sequence[tuple[int, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for token_id, logprob in step:
+        out.setdefault(tokenizer.decode([token_id]), float(logprob))
+    return out

@@ -7,6 +7,15 @@ semantics so the cascade cannot tell them apart: the same rendered prompt and to
 unprocessed distribution (``logprobs_mode="raw_logprobs"``) including the end-of-text
 token, token-granular stop-string truncation (``router._stop``).
 
+Answer shaping goes to vLLM's sampler: the JSON grammar of ``decoding_schema`` (or any
+object for ``json_object``) as the EBNF the transformers backend compiles too
+(``router._logits.json_grammar``, xgrammar), ``seed``, OpenAI's penalties, ``logit_bias``
+(ids checked against the model's vocabulary before anything is submitted) and up to 20
+alternatives per token. Scores stay those of the model's unprocessed distribution:
+penalties and bias never reach vLLM's raw log-probs, and a grammar-constrained answer is
+rescored without its grammar (``_unmasked``: vLLM masks before it computes them). The
+token stream (``stream``) reports the engine's own scores.
+
 Batching is the engine's own: every request is submitted at once and vLLM's scheduler
 batches whatever is running at each step (``ModelServer`` skips ``@serve.batch`` for this
 backend, see ``continuous_batching``).
@@ -32,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from common.model_dir import read_model_version
+from common.model_dir import ModelManifest, read_model_version
+from router._logits import check_logit_bias, grammar_key, json_grammar
 from router._quantize import scheme_of
 from router._render import prompt_token_ids, render_prompt
 from router._stop import to_generation
 from router._types import Generation, GenerationRequest
 from router.config import VLLMEngineConfig
+from router.errors import InvalidRequest
 
 __all__ = ["EngineStats", "TokenDelta", "VLLMBackend", "prepare_vllm_env"]
 
@@ -45,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 _GIB = 1 << 30
 _ids = itertools.count()
+MAX_LOGPROBS = 20
+"""Alternatives per token a request may ask for (OpenAI's ``top_logprobs`` limit)."""
 
 
 def prepare_vllm_env(cache_dir: Path) -> None:
@@ -144,12 +157,16 @@ class VLLMBackend:
         cfg = engine or VLLMEngineConfig()
         prepare_vllm_env(cfg.cache_dir)
         from transformers import AutoTokenizer
+        from vllm.config import StructuredOutputsConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.model_id = model_id or path.name
         self.version = version or read_model_version(path)
         self._path = path
+        manifest = ModelManifest.load(path)
+        self._tool_format = manifest.tool_format if manifest is not None else None
+        """How this model directory renders tools (``None``: the defaults)."""
         self._tokenizer: Any = AutoTokenizer.from_pretrained(str(path))
         # Used on the event loop only (no padding state is touched), so one instance suffices.
         options: dict[str, Any] = {} if cfg.max_model_len is None else {"max_model_len": cfg.max_model_len}
@@ -171,7 +188,9 @@ class VLLMBackend:
             max_num_seqs=cfg.max_num_seqs,
             seed=cfg.seed,
             logprobs_mode="raw_logprobs",
-            max_logprobs=1,
+            max_logprobs=MAX_LOGPROBS,
+            # The grammars are xgrammar's EBNF (router._logits): no fallback to another engine.
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar"),
             disable_log_stats=True,  # no default loggers; our recorder still gets stats
             **options,
         )
@@ -183,6 +202,8 @@ class VLLMBackend:
         self._engine: Any = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
         model_len = self._engine.model_config.max_model_len
         self.max_context = int(model_len)
+        self.vocab_size = int(self._engine.model_config.get_vocab_size())
+        """The width of the model's logits: the ids ``logit_bias`` may name."""
         self._in_flight = 0
         self._closed = threading.Event()
         self._counted: OrderedDict[int, tuple[GenerationRequest, list[int]]] = OrderedDict()
@@ -207,16 +228,27 @@ class VLLMBackend:
         return self._closed.is_set()
 
     def render(self, request: GenerationRequest) -> str:
-        return render_prompt(self._tokenizer, request)
+        return render_prompt(self._tokenizer, request, self._tool_format)
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
-        return prompt_token_ids(self._tokenizer, request)
+        return prompt_token_ids(self._tokenizer, request, self._tool_format)
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Refuses (``InvalidRequest``) what the engine cannot honour, before it is
+        submitted: ``logit_bias`` ids outside the vocabulary, a schema xgrammar cannot
+        turn into a grammar."""
+        check_logit_bias(request, self.vocab_size)
+        schema = grammar_key(request)
+        if schema is not None:
+            json_grammar(schema)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """Counts, and keeps the ids for the ``generate`` that follows on the same request
         object (``ModelServer`` checks the context first): rendering and tokenizing a chat
         prompt was done twice per request, the ingress's largest item after HTTP. Bounded:
         a request refused after counting is forgotten once 256 newer ones were counted."""
+        if not request.plain_decoding:
+            self.check_request(request)
         ids = self.prompt_ids(request)
         self._counted[id(request)] = (request, ids)
         if len(self._counted) > 256:
@@ -231,20 +263,33 @@ class VLLMBackend:
 
     def _sampling(self, request: GenerationRequest, *, stream: bool) -> Any:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         greedy, temperature, top_p = request.sampling_key()
+        schema = grammar_key(request)
+        shaping: dict[str, Any] = {}
+        if schema is not None:
+            shaping["structured_outputs"] = StructuredOutputsParams(grammar=json_grammar(schema))
+        if request.presence_penalty:
+            shaping["presence_penalty"] = request.presence_penalty
+        if request.frequency_penalty:
+            shaping["frequency_penalty"] = request.frequency_penalty
+        if request.logit_bias:
+            shaping["logit_bias"] = dict(request.logit_bias)
         return SamplingParams(
             max_tokens=request.max_tokens,
             temperature=0.0 if greedy else temperature,
             top_p=top_p,
             top_k=0,
-            logprobs=1,  # the chosen token's log-prob and the most likely token's
+            seed=request.seed,
+            # The chosen token's log-prob and the most likely ones (at least the top one).
+            logprobs=max(1, request.top_logprobs),
             stop=list(request.stop) or None,
             # Keep the tokens that spell the stop string: the cut is made per token below,
             # exactly as the transformers backend makes it.
             include_stop_str_in_output=True,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+            **shaping,
         )
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
@@ -253,13 +298,26 @@ class VLLMBackend:
     async def _generate_one(self, request: GenerationRequest) -> Generation:
         ids = self._ids(request)
         final: Any = None
-        async for out in self._submit(ids, request, stream=False):
+        async for out in self._submit(ids, request, self._sampling(request, stream=False)):
             final = out
         completion = final.outputs[0]
         token_ids = [int(t) for t in completion.token_ids]
-        steps = list(zip(completion.logprobs, token_ids, strict=True))
-        logprobs = [float(step[tid].logprob) for step, tid in steps]
-        top = [max(float(lp.logprob) for lp in step.values()) for step, _ in steps]
+        steps: list[dict[int, Any]] = list(completion.logprobs)
+        if grammar_key(request) is not None:
+            steps = await self._unmasked(ids, token_ids, steps, request)
+        logprobs = [float(step[tid].logprob) for step, tid in zip(steps, token_ids, strict=True)]
+        top = [max(float(lp.logprob) for lp in step.values()) for step in steps]
+        alternatives = None
+        if request.top_logprobs:
+            n = request.top_logprobs
+            alternatives = [
+                [
+                    (int(t), float(lp.logprob))
+                    for t, lp in sorted(step.items(), key=lambda kv: kv[1].rank or 0)
+                    if lp.rank is not None and lp.rank <= n
+                ]
+                for step in steps
+            ]
         return to_generation(
             self._tokenizer,
             request,
@@ -269,23 +327,58 @@ class VLLMBackend:
             model_id=self.model_id,
             model_version=self.version,
             top_logprobs=top,
+            alternatives=alternatives,
         )
 
-    async def _submit(
-        self, ids: list[int], request: GenerationRequest, *, stream: bool
-    ) -> AsyncIterator[Any]:
+    async def _unmasked(
+        self, ids: list[int], token_ids: list[int], steps: list[dict[int, Any]], request: GenerationRequest
+    ) -> list[dict[int, Any]]:
+        """The steps of a grammar-constrained answer scored on the model's own distribution.
+
+        vLLM masks the logits with the grammar's bitmask before its sampler computes the
+        "raw" log-probs, so every token the grammar forces scores 0.0 and a model that
+        would never have written the structure looks certain of it. A second, unconstrained
+        pass over prompt + answer (``prompt_logprobs``: computed from the unmasked logits)
+        gives each answer token the log-prob the model itself gave it, as the transformers
+        backend reports. The prompt must leave room for one token: an answer that filled
+        the context keeps its last step's masked scores."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        fits = max(0, min(len(token_ids), self.max_context - 1 - len(ids)))
+        if not fits:
+            return steps
+        rescore = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=max(1, request.top_logprobs),
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        final: Any = None
+        async for out in self._submit(ids + token_ids[:fits], request, rescore):
+            final = out
+        scored = list((final.prompt_logprobs or [])[len(ids) :])
+        if len(scored) != fits or any(step is None for step in scored):
+            return steps  # not expected; the engine's own scores rather than none
+        return scored + steps[fits:]
+
+    async def _submit(self, ids: list[int], request: GenerationRequest, sampling: Any) -> AsyncIterator[Any]:
+        from vllm.exceptions import VLLMValidationError
         from vllm.inputs.engine import tokens_input
 
         if self.closed:
             raise RuntimeError(f"the vLLM engine of {self.version} is shut down")
+        if not request.plain_decoding:
+            self.check_request(request)
         request_id = f"{request.request_id or 'req'}-{next(_ids)}-{uuid.uuid4().hex[:8]}"
         self._in_flight += 1
         try:
             # Cancelling this generator (client gone) aborts the request inside vLLM.
-            async for out in self._engine.generate(
-                tokens_input(ids), self._sampling(request, stream=stream), request_id=request_id
-            ):
+            async for out in self._engine.generate(tokens_input(ids), sampling, request_id=request_id):
                 yield out
+        except VLLMValidationError as exc:  # raised before the engine took the request
+            raise InvalidRequest(f"the engine refused the request: {exc}") from exc
         finally:
             self._in_flight -= 1
 
@@ -293,7 +386,7 @@ class VLLMBackend:
         """Tokens as the engine emits them (the end-of-text token is not yielded)."""
         ids = self._ids(request)
         eos = self._tokenizer.eos_token_id
-        async for out in self._submit(ids, request, stream=True):
+        async for out in self._submit(ids, request, self._sampling(request, stream=True)):
             completion = out.outputs[0]
             for step, tid in zip(completion.logprobs or [], completion.token_ids, strict=True):
                 if int(tid) == eos:
