@@ -7,13 +7,18 @@ engines that serve them (the serving factory) with the student directory's answe
 budget. The chosen point is written to the student's ``calibration.json``, which the
 serving cascade reads: a threshold belongs to one model version, so it must be redone
 after every model update.
+
+A file's rows may be structured requests (``response_format``, tools: ``retrain.Pair``'s
+row format): their answers agree structurally (the same parsed JSON; the same calls), and
+each structured kind with at least ``gate.min_kind_calibration`` rows gets its own
+threshold (``by_kind``), as the gate recalibrates it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,7 @@ from common.model_dir import CALIBRATION_FILE, CalibrationRecord
 from distillery._workloads import WorkItem, workload_for
 from distillery.settings import DistillerySettings
 from retrain import Pair, load_pairs
-from retrain._gate import answer_budget
+from retrain._gate import answer_agrees, answer_budget, kind_thresholds
 from router import (
     SCORER_NAMES,
     AgreementMetric,
@@ -52,6 +57,8 @@ class CalibrationReport:
     auroc: dict[str, float | None]
     curve: list[CalibrationPoint]
     path: Path | None
+    by_kind: dict[str, float] = field(default_factory=dict)
+    """Thresholds of the structured output kinds with enough rows."""
 
 
 def sample_items(
@@ -99,7 +106,10 @@ def run_calibration(
 
     s_gens, t_gens, s_version, t_version = asyncio.run(both())
     agree = AgreementMetric(settings.agreement)
-    agrees = [agree(s.text, t.text) for s, t in zip(s_gens, t_gens, strict=True)]
+    agrees = [
+        answer_agrees(r, s.text, s.finish_reason, t.text, agree)
+        for r, s, t in zip(requests, s_gens, t_gens, strict=True)
+    ]
     checked = [agree(t.text, item.truth) for t, item in zip(t_gens, items, strict=True) if item.truth]
     scores = [all_scores(confidence_logprobs(g, sampled=False)) for g in s_gens]
     aurocs = {name: auroc([s[name] for s in scores], agrees) for name in SCORER_NAMES}
@@ -107,6 +117,14 @@ def run_calibration(
     curve = calibration_curve([s[scorer] for s in scores], agrees)
     point = pick_threshold(
         curve, target_agreement=target_agreement, target_escalation_rate=target_escalation_rate
+    )
+    by_kind = kind_thresholds(
+        [r.output_kind for r in requests],
+        [s[scorer] for s in scores],
+        agrees,
+        min_answers=settings.gate.min_kind_calibration,
+        target_agreement=target_agreement,
+        target_escalation_rate=target_escalation_rate,
     )
     target = (
         {"agreement": target_agreement}
@@ -127,11 +145,13 @@ def run_calibration(
         auroc=aurocs,
         curve=curve,
         path=path,
+        by_kind=by_kind,
     )
     if write:
         CalibrationRecord(
             scorer=scorer,
             threshold=point.threshold,
+            by_kind=by_kind,
             target=target,
             escalation_rate=point.escalation_rate,
             agreement=point.agreement,

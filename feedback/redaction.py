@@ -1,5 +1,11 @@
 """PII redaction applied before an event leaves the gateway.
 
+Redacted: the prompt, every turn's content and its tool calls' arguments (the strings
+inside them, so the arguments stay a JSON object), the answers, corrections and comments.
+Not redacted: the tools the request offered and its ``response_format`` (the
+application's own definitions, not user data). A JSON answer is redacted as text, so a
+redaction can make it unparsable: the dataset then drops it as breaking its contract.
+
 Patterns are deliberately conservative (false positives cost a training example, false
 negatives leak data). Card-like numbers are confirmed with the Luhn checksum so that,
 say, a 16-digit order id is not blanked for no reason.
@@ -10,8 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from feedback.schema import EscalationEvent, EventMessage
+from feedback.schema import EscalationEvent, EventMessage, EventToolCall
 
 __all__ = ["DEFAULT_PATTERNS", "Redactor"]
 
@@ -77,12 +84,30 @@ class Redactor:
             msgs: list[EventMessage] = []
             for m in event.messages:
                 clean, n = self.redact(m.content)
+                calls: list[EventToolCall] = []
+                for call in m.tool_calls:
+                    arguments, k = self._redact_json(call.arguments)
+                    calls.append(call.model_copy(update={"arguments": arguments}) if k else call)
+                    n += k
                 total += n
-                msgs.append(EventMessage(role=m.role, content=clean))
+                msgs.append(m.model_copy(update={"content": clean, "tool_calls": tuple(calls)}) if n else m)
             updates["messages"] = tuple(msgs)
         if not total:
             return event
         return event.model_copy(update={**updates, "redactions": event.redactions + total})
+
+    def _redact_json(self, value: Any) -> tuple[Any, int]:
+        """Redacts the strings inside a JSON value (a tool call's arguments), so it stays
+        the same JSON shape; numbers and keys are left as they are."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, list):
+            items = [self._redact_json(v) for v in value]
+            return [v for v, _ in items], sum(n for _, n in items)
+        if isinstance(value, dict):
+            pairs = {k: self._redact_json(v) for k, v in value.items()}
+            return {k: v for k, (v, _) in pairs.items()}, sum(n for _, n in pairs.values())
+        return value, 0
 
     def redact_all(self, events: Sequence[EscalationEvent]) -> list[EscalationEvent]:
         return [self.redact_event(e) for e in events]

@@ -6,19 +6,64 @@ producer redacts PII before anything leaves the process).
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 from feedback import EscalationEvent, EscalationProducer, EventMessage
+from feedback.schema import EventResponseFormat, EventTool, EventToolCall
 from gateway._ledger import IssuedAnswer
-from router import AuditVerdict, CascadeResult, GenerationRequest
+from router import AuditVerdict, CascadeResult, ChatTurn, GenerationRequest
+from router._types import ToolCall
 
 __all__ = ["FeedbackSink", "RouteLabeler"]
 
 RouteLabeler = Callable[[str], str | None]
 """Maps a prompt's text (for chat, the last user turn) to a route label, or None."""
+
+
+def _event_call(call: ToolCall) -> EventToolCall:
+    """The call with its arguments as a JSON object (their text when they are not one)."""
+    try:
+        arguments: Any = json.loads(call.arguments or "{}")
+    except ValueError:
+        arguments = call.arguments
+    if not isinstance(arguments, dict):
+        arguments = call.arguments
+    return EventToolCall(id=call.id, name=call.name, arguments=arguments)
+
+
+def _event_message(turn: ChatTurn) -> EventMessage:
+    return EventMessage(
+        role=turn.role,
+        content=turn.content,
+        tool_calls=tuple(_event_call(c) for c in turn.tool_calls),
+        tool_call_id=turn.tool_call_id,
+        name=turn.name,
+    )
+
+
+def _contract_fields(request: GenerationRequest) -> dict[str, Any]:
+    """What the answer had to be, in the event's JSON shape (schemas as JSON objects)."""
+    fmt = request.response_format
+    fields: dict[str, Any] = {"output_kind": request.output_kind}
+    if fmt is not None:
+        schema = json.loads(fmt.schema_text) if fmt.schema_text is not None else None
+        fields["response_format"] = EventResponseFormat(
+            type=fmt.type, json_schema=schema, name=fmt.name, strict=fmt.strict
+        )
+    if request.tools:
+        fields["tools"] = tuple(
+            EventTool(
+                name=t.name, description=t.description, parameters=json.loads(t.parameters), strict=t.strict
+            )
+            for t in request.tools
+        )
+        fields["tool_choice"] = request.tool_choice
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
 
 
 class FeedbackSink:
@@ -84,13 +129,21 @@ class FeedbackSink:
     def _context(
         self, request: GenerationRequest, label: str | None, route: str | None = None
     ) -> dict[str, Any]:
-        """The event fields every kind takes from the request: prompt or turns, the endpoint
-        (``route``, from the request's shape unless given) and the route label (``skill``)."""
+        """The event fields every kind takes from the request: prompt or turns (with their
+        tool calls), the output contract (``response_format``, ``tools``, ``tool_choice``,
+        ``parallel_tool_calls``, ``output_kind``), the endpoint (``route``, from the
+        request's shape unless given) and the route label (``skill``)."""
         messages = None
         if request.messages is not None:
-            messages = tuple(EventMessage(role=t.role, content=t.content) for t in request.messages)
+            messages = tuple(_event_message(t) for t in request.messages)
         route = route or ("chat" if request.messages is not None else "completions")
-        fields = {"prompt": request.prompt, "messages": messages, "route": route, "skill": label}
+        fields: dict[str, Any] = {
+            "prompt": request.prompt,
+            "messages": messages,
+            "route": route,
+            "skill": label,
+            **_contract_fields(request),
+        }
         if label is None and self._label is not None:
             text = (
                 request.prompt

@@ -11,6 +11,15 @@ user turn), never reduced to its last user message, so the trainer renders it wi
 student's own chat template exactly as serving does (``Pair.to_request`` is the request
 the backend would have been given). "The same prompt" means the same whole conversation.
 
+The contract too: a request that asked for JSON (``response_format``) or offered tools
+keeps them (``Pair.contract``), and the turns keep their tool calls and tool results
+(``Pair.tool_turns``), so ``to_request`` is again the whole request the student was
+served: ``render_prompt`` renders the tools and tool turns with the student's tool
+format and, for a forced call, ends with the ``<tool_call>`` opener. The same conversation
+under another schema or other tools is another prompt. A structured label must keep its
+contract (``router.check_answer``), or it is dropped as ``contract:<reason>``; a tool-call
+label is stored in its one canonical text (``router._contract.tool_calls_text``).
+
 Which answer teaches a prompt (corrections, confirmed teacher answers, plain ones; what
 verifiers and a second teacher reject) is ``retrain._labels``'s rule; this module applies
 it to what the store holds and counts every label by source and every rejection by reason.
@@ -33,6 +42,8 @@ from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, build_ver
 from retrain.config import DistillConfig
 from retrain.errors import NotEnoughFeedback
 from router import AgreementMetric, ChatTurn, GenerationRequest
+from router._contract import canonical_json, check_answer, forced_tool, tool_calls_text
+from router._types import ResponseFormat, ToolCall, ToolSpec
 
 __all__ = [
     "REFERENCE_FILE",
@@ -47,56 +58,244 @@ __all__ = [
 Turns = tuple[tuple[str, str], ...]
 
 
+def _json_text(value: Any) -> str:
+    """A JSON value as the gateway writes a call's arguments (key order kept)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def request_contract(request: GenerationRequest) -> str | None:
+    """What the answer must be, as one JSON text: ``response_format`` (its schema as an
+    object), ``tools`` with ``tool_choice`` and ``parallel_tool_calls``; None for a request
+    with neither (free text, rendered without tools)."""
+    out: dict[str, Any] = {}
+    fmt = request.response_format
+    if fmt is not None:
+        schema = None if fmt.schema_text is None else json.loads(fmt.schema_text)
+        out["response_format"] = {"type": fmt.type, "schema": schema, "name": fmt.name, "strict": fmt.strict}
+    if request.tools:
+        out["tools"] = [
+            {
+                "name": t.name,
+                "description": t.description,
+                "parameters": json.loads(t.parameters),
+                "strict": t.strict,
+            }
+            for t in request.tools
+        ]
+        out["tool_choice"] = request.tool_choice
+        out["parallel_tool_calls"] = request.parallel_tool_calls
+    return canonical_json(out) if out else None
+
+
+def _contract_fields(contract: str | None) -> dict[str, Any]:
+    """``request_contract``'s text back as ``GenerationRequest`` fields (schemas as the
+    gateway writes them: ``canonical_json``)."""
+    if contract is None:
+        return {}
+    spec = json.loads(contract)
+    out: dict[str, Any] = {}
+    fmt = spec.get("response_format")
+    if fmt is not None and fmt.get("type") != "text":
+        named = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), dict) else fmt  # OpenAI's shape
+        schema = named.get("schema")
+        out["response_format"] = ResponseFormat(
+            type=fmt["type"],
+            schema_text=None if schema is None else canonical_json(schema),
+            name=named.get("name", "response"),
+            strict=bool(named.get("strict", False)),
+        )
+    if spec.get("tools"):
+        functions = [t.get("function") or t for t in spec["tools"]]
+        out["tools"] = tuple(
+            ToolSpec(
+                name=t["name"],
+                description=t.get("description") or "",
+                parameters=canonical_json(t.get("parameters") or {"type": "object", "properties": {}}),
+                strict=bool(t.get("strict", False)),
+            )
+            for t in functions
+        )
+        choice = spec.get("tool_choice", "auto")
+        out["tool_choice"] = choice["function"]["name"] if isinstance(choice, dict) else choice
+        out["parallel_tool_calls"] = bool(spec.get("parallel_tool_calls", True))
+    return out
+
+
+def _contract_of(spec: dict[str, Any]) -> str | None:
+    """``request_contract`` of a row's or an event's ``response_format`` / ``tools`` /
+    ``tool_choice`` / ``parallel_tool_calls`` (read as ``GenerationRequest`` fields, so
+    every source spells one contract the same way)."""
+    spec = {k: v for k, v in spec.items() if v is not None}
+    if spec.get("response_format") is None and not spec.get("tools"):
+        return None
+    return request_contract(GenerationRequest(prompt="-", **_contract_fields(_json_text(spec))))
+
+
+def _event_contract(event: EscalationEvent) -> str | None:
+    fmt = event.response_format
+    return _contract_of(
+        {
+            "response_format": None
+            if fmt is None
+            else {"type": fmt.type, "schema": fmt.json_schema, "name": fmt.name, "strict": fmt.strict},
+            "tools": [t.model_dump(mode="json") for t in event.tools],
+            "tool_choice": event.tool_choice,
+            "parallel_tool_calls": event.parallel_tool_calls,
+        }
+    )
+
+
+def _call(call: dict[str, Any]) -> dict[str, Any]:
+    """``{"id", "name", "arguments"}`` (OpenAI's ``{"function": {...}}`` too), the
+    arguments as a JSON object when they are one (their text otherwise)."""
+    fn = call.get("function") or call
+    arguments = fn.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments or "{}")
+        except ValueError:
+            parsed = None
+        arguments = parsed if isinstance(parsed, dict) else arguments
+    return {"id": call.get("id") or "", "name": fn["name"], "arguments": arguments}
+
+
+def _turn_tools(turn: dict[str, Any]) -> dict[str, Any]:
+    """One turn's tool fields (empty for a plain turn)."""
+    out: dict[str, Any] = {}
+    if turn.get("tool_calls"):
+        out["tool_calls"] = [_call(c) for c in turn["tool_calls"]]
+    for name in ("tool_call_id", "name"):
+        if turn.get(name) is not None:
+            out[name] = turn[name]
+    return out
+
+
+def _tool_turns(turns: Sequence[dict[str, Any]]) -> str | None:
+    """Every turn's tool fields as one JSON list, or None when all turns are plain. Key
+    order is kept (not sorted): an earlier call's arguments are rendered in it."""
+    extras = [_turn_tools(t) for t in turns]
+    return _json_text(extras) if any(extras) else None
+
+
+def _arguments_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else _json_text(arguments)
+
+
 @dataclass(frozen=True)
 class Pair:
     """A request and the answer it should get.
 
     ``prompt`` is the raw prompt, or for chat the last user turn (what drift checks and
     route labels read); ``messages`` is the whole conversation for chat requests, as
-    (role, content) pairs."""
+    (role, content) pairs; ``tool_turns`` their tool calls, tool-call ids and names (a JSON
+    list, one object per turn; None when every turn is plain); ``contract`` what the answer
+    must be (``request_contract``; None for free text without tools)."""
 
     prompt: str
     completion: str
     skill: str | None = None
     source: str = "teacher"
     messages: Turns | None = None
+    contract: str | None = None
+    tool_turns: str | None = None
 
     @property
     def key(self) -> str:
-        """What "the same prompt" means: the whole conversation for chat."""
-        if self.messages is None:
-            return self.prompt
-        return json.dumps(self.messages, ensure_ascii=False)
+        """What "the same prompt" means: the whole conversation for chat, with its tool
+        turns and the contract its answer had to keep."""
+        base: Any = self.prompt if self.messages is None else self.messages
+        if self.contract is None and self.tool_turns is None:
+            return base if isinstance(base, str) else json.dumps(base, ensure_ascii=False)
+        return json.dumps([base, self.tool_turns, self.contract], ensure_ascii=False)
 
     def to_request(self, max_tokens: int) -> GenerationRequest:
+        fields = _contract_fields(self.contract)
         if self.messages is None:
-            return GenerationRequest(prompt=self.prompt, max_tokens=max_tokens)
-        turns = tuple(ChatTurn(role=r, content=c) for r, c in self.messages)  # type: ignore[arg-type]
-        return GenerationRequest(messages=turns, max_tokens=max_tokens)
+            return GenerationRequest(prompt=self.prompt, max_tokens=max_tokens, **fields)
+        extras: list[dict[str, Any]] = (
+            json.loads(self.tool_turns) if self.tool_turns else [{} for _ in self.messages]
+        )
+        turns = tuple(
+            ChatTurn(
+                role=r,  # type: ignore[arg-type]
+                content=c,
+                name=extra.get("name"),
+                tool_call_id=extra.get("tool_call_id"),
+                tool_calls=tuple(
+                    ToolCall(id=t.get("id", ""), name=t["name"], arguments=_arguments_text(t["arguments"]))
+                    for t in extra.get("tool_calls", ())
+                ),
+            )
+            for (r, c), extra in zip(self.messages, extras, strict=True)
+        )
+        return GenerationRequest(messages=turns, max_tokens=max_tokens, **fields)
 
     def to_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"prompt": self.prompt, "completion": self.completion, "skill": self.skill}
         if self.messages is not None:
-            row["messages"] = [{"role": r, "content": c} for r, c in self.messages]
+            extras = json.loads(self.tool_turns) if self.tool_turns else [{} for _ in self.messages]
+            row["messages"] = [
+                {"role": r, "content": c, **extra}
+                for (r, c), extra in zip(self.messages, extras, strict=True)
+            ]
+        if self.contract is not None:
+            row.update(json.loads(self.contract))
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any], source: str) -> Pair:
+        """A JSONL row: ``prompt`` or ``messages`` (OpenAI-style turns, with ``tool_calls``
+        as ``{"id", "name", "arguments"}``), ``completion``, optional ``skill``/``route``
+        and the request's ``response_format`` / ``tools`` / ``tool_choice`` /
+        ``parallel_tool_calls`` as ``to_row`` writes them."""
         messages = row.get("messages")
         turns: Turns | None = None
+        tool_turns = None
         if messages:
-            turns = tuple((str(m["role"]), str(m["content"])) for m in messages)
+            turns = tuple((str(m["role"]), str(m.get("content") or "")) for m in messages)
+            tool_turns = _tool_turns(messages)
         prompt = row.get("prompt")
         if prompt is None and turns is not None:
             prompt = next((c for r, c in reversed(turns) if r == "user"), "")
+        keys = ("response_format", "tools", "tool_choice", "parallel_tool_calls")
+        contract = _contract_of({k: row.get(k) for k in keys})
         return cls(
-            str(prompt or ""), str(row["completion"]), row.get("skill") or row.get("route"), source, turns
+            str(prompt or ""),
+            str(row["completion"]),
+            row.get("skill") or row.get("route"),
+            source,
+            turns,
+            contract,
+            tool_turns,
         )
 
     @classmethod
     def from_event(cls, event: EscalationEvent, answer: str, source: str = "teacher") -> Pair:
-        turns = None if event.messages is None else tuple((m.role, m.content) for m in event.messages)
-        return cls(event.prompt_text(), answer, event.skill, source, turns)
+        turns = tool_turns = None
+        if event.messages is not None:
+            turns = tuple((m.role, m.content) for m in event.messages)
+            tool_turns = _tool_turns([m.model_dump(mode="json") for m in event.messages])
+        return cls(
+            event.prompt_text(), answer, event.skill, source, turns, _event_contract(event), tool_turns
+        )
+
+    def under_contract(self) -> tuple[Pair | None, str | None]:
+        """This pair as a label that keeps its contract, or why it cannot be one.
+
+        A free-text pair is returned as it is. A structured one must pass
+        ``check_answer``; a tool-call answer is rewritten in its canonical text (the JSON
+        list after the opener for a forced call, ``<tool_call>...</tool_call>`` otherwise),
+        which is what the student is trained and served to write."""
+        request = self.to_request(1)
+        if request.output_kind == "text":
+            return self, None
+        check = check_answer(request, self.completion, "stop")
+        if not check.valid:
+            return None, f"contract:{check.reason}"
+        if check.tool_calls and (forced_tool(request) or check.content is None):
+            canonical = tool_calls_text(check.tool_calls, forced=forced_tool(request))
+            return replace(self, completion=canonical), None
+        return self, None
 
 
 @dataclass
@@ -110,7 +309,8 @@ class DistillDataset:
     by_source: dict[str, int] = field(default_factory=dict)
     """Training examples per label source (correction, teacher_agreed, teacher, audit, replay)."""
     rejected: dict[str, int] = field(default_factory=dict)
-    """Labels not used, by reason (unusable, rated_bad, verifier:<name>, second_teacher_disagreed)."""
+    """Labels not used, by reason (unusable, rated_bad, contract:<reason>, verifier:<name>,
+    second_teacher_disagreed)."""
 
     @property
     def sha256(self) -> str:
@@ -155,7 +355,9 @@ class _Labeller:
         found: list[tuple[Pair, float]] = []
         for r in rated.values():
             if r.correction is not None and r.correction.strip() and r.prompt_text().strip():
-                found.append((Pair.from_event(r, r.correction.strip(), "correction"), r.created_at))
+                pair = self._kept(Pair.from_event(r, r.correction.strip(), "correction"))
+                if pair is not None:
+                    found.append((pair, r.created_at))
         found += self._confirmed(self._teacher_labels(events, rated))
         chosen: dict[str, tuple[Pair, tuple[int, float]]] = {}
         for pair, created_at in found:
@@ -181,7 +383,9 @@ class _Labeller:
                     self.rejected["rated_bad"] += 1
                     continue
                 source = "teacher_agreed"
-            pair = Pair.from_event(event, event.teacher_answer.strip(), source)
+            pair = self._kept(Pair.from_event(event, event.teacher_answer.strip(), source))
+            if pair is None:
+                continue
             failed = next(
                 (v for v in self.verifiers if v.rejects(pair.completion, pair.prompt, pair.skill)), None
             )
@@ -190,6 +394,15 @@ class _Labeller:
                 continue
             out.append((pair, event.created_at))
         return out
+
+    def _kept(self, pair: Pair) -> Pair | None:
+        """The label if it keeps its request's contract (counted as ``contract:<reason>``
+        when it does not: a correction too, since an answer that breaks the contract is
+        never served, so it must not be taught)."""
+        kept, why = pair.under_contract()
+        if why is not None:
+            self.rejected[why] += 1
+        return kept
 
     def _confirmed(self, labels: list[tuple[Pair, float]]) -> list[tuple[Pair, float]]:
         """With a second teacher: the labels it agrees with, as ``teacher_agreed``."""

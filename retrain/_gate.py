@@ -7,6 +7,14 @@ calibration of the confidence (expected calibration error), and the escalation r
 would have at its own recalibrated threshold: thresholds belong to one model version, so
 the candidate is recalibrated before it is judged.
 
+Structured requests (a ``response_format`` or tools) are judged on their contract too:
+agreement with the label is structural there (the same parsed JSON value; the same
+functions with the same parsed arguments), never text equality; ``json_validity`` is the
+share of their answers that keep the contract (``router.check_answer``), and an answer
+that breaks it counts as invalid. Constrained decoding moves log-probs, so each
+structured kind with enough answers gets its own recalibrated threshold
+(``kind_thresholds``, written to ``CalibrationRecord.by_kind``).
+
 Both are served for the evaluation by the engine that will serve them (``backend_factory``,
 the serving factory in production: vLLM where installed), with the answer budget of the
 model directory unless the config sets one.
@@ -15,6 +23,7 @@ model directory unless the config sets one.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,21 +35,27 @@ from retrain.config import GateConfig
 from router import (
     AgreementMetric,
     Backend,
+    Generation,
+    GenerationRequest,
     calibration_curve,
     confidence_logprobs,
     generate_requests,
     get_scorer,
     pick_threshold,
 )
+from router._contract import check_answer, structural_key
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "BackendFactory",
     "EvalResult",
     "GateReport",
+    "answer_agrees",
+    "answer_valid",
     "evaluate_model",
     "expected_calibration_error",
     "judge",
+    "kind_thresholds",
     "recalibration",
     "run_gate",
     "transformers_factory",
@@ -86,6 +101,55 @@ def expected_calibration_error(
     return total
 
 
+def answer_agrees(
+    request: GenerationRequest,
+    answer: str,
+    finish_reason: str,
+    reference: str,
+    agree: Callable[[str, str], bool],
+) -> bool:
+    """Does ``answer`` agree with ``reference``? Structurally for a JSON or tool-call
+    request (an answer that breaks the contract agrees with nothing), by ``agree`` for
+    free text."""
+    if request.output_kind == "text":
+        return agree(answer, reference)
+    key = structural_key(request, answer, finish_reason)
+    return key is not None and key == structural_key(request, reference)
+
+
+def answer_valid(request: GenerationRequest, gen: Generation) -> bool:
+    """Non-empty, not cut by the length limit and, for a structured request, keeping its
+    contract."""
+    if not gen.text.strip() or gen.finish_reason != "stop":
+        return False
+    return request.output_kind == "text" or check_answer(request, gen.text, gen.finish_reason).valid
+
+
+def kind_thresholds(
+    kinds: Sequence[str],
+    confidences: Sequence[float],
+    correct: Sequence[bool],
+    *,
+    min_answers: int,
+    target_agreement: float | None = None,
+    target_escalation_rate: float | None = None,
+) -> dict[str, float]:
+    """A threshold per structured output kind (``json``, ``tool_call``) with at least
+    ``min_answers`` labelled answers, picked on that kind's answers alone; kinds with
+    fewer (and free text) use the overall threshold."""
+    out: dict[str, float] = {}
+    for kind in sorted(set(kinds) - {"text"}):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        if len(idx) < min_answers:
+            continue
+        curve = calibration_curve([confidences[i] for i in idx], [correct[i] for i in idx])
+        point = pick_threshold(
+            curve, target_agreement=target_agreement, target_escalation_rate=target_escalation_rate
+        )
+        out[kind] = point.threshold
+    return out
+
+
 @dataclass
 class EvalResult:
     version: str
@@ -97,6 +161,15 @@ class EvalResult:
     threshold: float
     escalation_rate: float
     served_agreement: float
+    json_validity: float | None = None
+    """Share of the structured requests' answers (JSON, tool calls) that keep their
+    contract; None when there were none."""
+    structural_agreement: float | None = None
+    """Share of the structured requests' answers that agree structurally with the label."""
+    by_kind: dict[str, int] = field(default_factory=dict)
+    """Requests judged, per output kind (``text``, ``json``, ``tool_call``)."""
+    kind_thresholds: dict[str, float] = field(default_factory=dict)
+    """Thresholds recalibrated per structured kind with enough answers."""
     answers: list[str] = field(default_factory=list, repr=False)
     """The model's greedy answers, holdout then suite (a quantized candidate is also judged
     on how often it answers as its parent: compared here, not generated a second time)."""
@@ -126,12 +199,11 @@ class GateReport:
 
 
 def _answers(
-    model_dir: Path, pairs: Sequence[Pair], factory: BackendFactory, max_tokens: int, batch_size: int
-) -> list[Any]:
-    async def run() -> list[Any]:
+    model_dir: Path, requests: Sequence[GenerationRequest], factory: BackendFactory, batch_size: int
+) -> list[Generation]:
+    async def run() -> list[Generation]:
         backend = factory(model_dir)
         try:
-            requests = [p.to_request(max_tokens) for p in pairs]
             return await generate_requests(backend, requests, batch_size=batch_size)
         finally:
             await backend.close()
@@ -150,14 +222,23 @@ def evaluate_model(
     backend_factory: BackendFactory = transformers_factory,
     max_new_tokens: int | None = None,
     batch_size: int = 64,
+    min_kind_answers: int = 20,
 ) -> EvalResult:
+    """``min_kind_answers``: the answers a structured kind needs for its own threshold."""
     agree = agreement or AgreementMetric()
     pairs = list(holdout) + list(suite)
     budget = answer_budget(model_dir, max_new_tokens)
-    gens = _answers(model_dir, pairs, backend_factory, budget, batch_size)
+    requests = [p.to_request(budget) for p in pairs]
+    gens = _answers(model_dir, requests, backend_factory, batch_size)
+    kinds = [r.output_kind for r in requests]
     score = get_scorer(scorer)
-    correct = [agree(g.text, p.completion) for g, p in zip(gens, pairs, strict=True)]
-    valid = [bool(g.text.strip()) and g.finish_reason == "stop" for g in gens]
+    correct = [
+        answer_agrees(r, g.text, g.finish_reason, p.completion, agree)
+        for r, g, p in zip(requests, gens, pairs, strict=True)
+    ]
+    valid = [answer_valid(r, g) for r, g in zip(requests, gens, strict=True)]
+    structured = [i for i, k in enumerate(kinds) if k != "text"]
+    kept = [check_answer(requests[i], gens[i].text, gens[i].finish_reason).valid for i in structured]
     conf = [score(confidence_logprobs(g, sampled=False)) for g in gens]
     n_hold = len(holdout)
     per_skill: dict[str, list[bool]] = {}
@@ -174,6 +255,12 @@ def evaluate_model(
         threshold=point.threshold,
         escalation_rate=point.escalation_rate,
         served_agreement=point.agreement,
+        json_validity=sum(kept) / len(kept) if kept else None,
+        structural_agreement=sum(correct[i] for i in structured) / len(structured) if structured else None,
+        by_kind=dict(sorted(Counter(kinds).items())),
+        kind_thresholds=kind_thresholds(
+            kinds, conf, correct, min_answers=min_kind_answers, target_agreement=target_agreement
+        ),
         answers=[g.text for g in gens],
     )
 
@@ -207,6 +294,7 @@ def run_gate(
             backend_factory=backend_factory,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
+            min_kind_answers=config.min_kind_calibration,
         )
 
     cur, cand = evaluate(current_dir), evaluate(candidate_dir)
@@ -235,6 +323,15 @@ def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
         reasons.append(
             f"invalid answers {cand.invalid_rate:.3f} > {invalid_bar:.3f} (current {cur.invalid_rate:.3f})"
         )
+    if cand.json_validity is not None and cur.json_validity is not None:
+        cur_valid, cand_valid = cur.json_validity, cand.json_validity
+        validity_bar = min(config.min_json_validity, cur_valid)
+        if cand_valid < validity_bar - 1e-9:
+            reasons.append(f"JSON validity {cand_valid:.3f} < {validity_bar:.3f} (current {cur_valid:.3f})")
+    if cand.structural_agreement is not None and cur.structural_agreement is not None:
+        cur_agree, cand_agree = cur.structural_agreement, cand.structural_agreement
+        if cand_agree < cur_agree - config.max_skill_regression - 1e-9:
+            reasons.append(f"structural agreement regressed {cur_agree:.3f} -> {cand_agree:.3f}")
     if cand.escalation_rate > cur.escalation_rate + 1e-9:
         reasons.append(
             f"escalation rate at its calibrated threshold {cand.escalation_rate:.3f} "
@@ -246,11 +343,13 @@ def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
 def recalibration(
     report: GateReport, config: GateConfig, *, scorer: str, agreement: str, n: int, source: str
 ) -> CalibrationRecord:
-    """The candidate's ``calibration.json``: the threshold the gate recalibrated it to."""
+    """The candidate's ``calibration.json``: the threshold the gate recalibrated it to,
+    and one per structured kind that had enough answers (``by_kind``)."""
     cand = report.candidate
     return CalibrationRecord(
         scorer=scorer,
         threshold=cand.threshold,
+        by_kind=dict(cand.kind_thresholds),
         target={"agreement": config.target_agreement},
         escalation_rate=cand.escalation_rate,
         agreement=cand.served_agreement,

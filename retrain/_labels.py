@@ -11,7 +11,11 @@ For one prompt the dataset prefers, in order:
 Before a teacher answer teaches it must survive: a bad rating of it (dropped,
 ``rated_bad``), each configured verifier that covers its route (``verifier:<name>``) and,
 when a second teacher is configured, that teacher's agreement
-(``second_teacher_disagreed``). Every rejection is counted by reason and recorded in the
+(``second_teacher_disagreed``; structurally for a JSON or tool-call request). Any label,
+a correction too, that breaks its request's contract (``router.check_answer``: not JSON,
+off its schema, an unknown function) is dropped as ``contract:<reason>``: such an answer
+is never served, so it must not be taught. Tool calls are labels like any answer, in
+their canonical text. Every rejection is counted by reason and recorded in the
 candidate's manifest with the count of examples from each source. Corrections are the
 application's ground truth and are not second-guessed by verifiers.
 """
@@ -31,6 +35,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from router import AgreementMetric, BackendConfig, build_backend, generate_requests
+from router._contract import structural_agreement
 
 __all__ = [
     "LABEL_PRECEDENCE",
@@ -146,13 +151,19 @@ def build_verifiers(configs: Sequence[VerifierConfig]) -> list[Verifier]:
 
 
 def second_opinions(opinion: SecondOpinion, pairs: Sequence[Any], agreement: AgreementMetric) -> list[bool]:
-    """Whether the second teacher gives each pair's answer too."""
+    """Whether the second teacher gives each pair's answer too: the same parsed JSON, or
+    the same functions with the same arguments, for a structured request; ``agreement``
+    for free text."""
     if not pairs:
         return []
     answers = opinion(pairs)
     if len(answers) != len(pairs):
         raise ValueError(f"the second teacher answered {len(answers)} of {len(pairs)} prompts")
-    return [agreement(answer, pair.completion) for answer, pair in zip(answers, pairs, strict=True)]
+    verdicts = []
+    for answer, pair in zip(answers, pairs, strict=True):
+        structural = structural_agreement(pair.to_request(1), answer, pair.completion)
+        verdicts.append(agreement(answer, pair.completion) if structural is None else structural)
+    return verdicts
 
 
 def backend_opinion(config: BackendConfig, *, max_tokens: int, default_dir: Path) -> SecondOpinion:

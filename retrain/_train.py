@@ -4,7 +4,10 @@ Prompt/completion pairs with ``completion_only_loss``: the loss covers the teach
 answer (and the end-of-text token TRL appends), never the prompt. Chat pairs go to TRL in
 its conversational prompt/completion format, so TRL renders them with the student's own
 chat template: the same token ids the serving backend feeds the model (``router._render``;
-tests/integration/test_real_models.py checks it token for token). A run writes to a
+tests/integration/test_real_models.py checks it token for token). Pairs that offer tools
+or carry tool turns are rendered by ``router.render_prompt`` itself, with the tool format
+of the student's model directory (``ModelManifest.tool_format``), so tool calls too are
+trained as they are served. A run writes to a
 scratch directory and only a finished, saved model leaves it, so a retrain killed mid-way
 leaves nothing half-written where the registry looks.
 
@@ -25,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import MANIFEST_FILE, REFERENCE_FILE, SUITE_FILE
+from common.model_dir import MANIFEST_FILE, REFERENCE_FILE, SUITE_FILE, ModelManifest, ToolFormat
 from retrain._dataset import DistillDataset, Pair
 from retrain.config import DistillConfig
 
@@ -77,11 +80,13 @@ def prepare_trainer(
     model = AutoModelForCausalLM.from_pretrained(str(parent_dir), dtype=torch.float32)
     if config.method in ("logit_kd", "sft_kd") and teacher_dir is None:
         raise ValueError(f"{config.method} needs the teacher's weights locally (teacher_dir)")
+    manifest = ModelManifest.load(parent_dir)
+    tool_format = manifest.tool_format if manifest is not None else None
     if config.method == "logit_kd":
         assert teacher_dir is not None
-        trainer = _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress)
+        trainer = _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress, tool_format)
     else:
-        trainer = _sft_trainer(model, tok, dataset, config, scratch, progress, teacher_dir)
+        trainer = _sft_trainer(model, tok, dataset, config, scratch, progress, teacher_dir, tool_format)
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer, tok
@@ -179,6 +184,7 @@ def _logit_kd_trainer(
     scratch: Path,
     teacher_dir: Path,
     progress: ProgressFn | None,
+    tool_format: ToolFormat | None = None,
 ) -> Any:
     import torch
     from datasets import Dataset
@@ -193,7 +199,7 @@ def _logit_kd_trainer(
         temperature=config.kd_temperature,
     )
     callbacks = [_progress_callback(progress, int(config.steps or 1))] if progress else None
-    rows = [{"prompt": _rows(tok, [p])[0]["prompt"]} for p in dataset.train]
+    rows = [{"prompt": row["prompt"]} for row in _rows(tok, dataset.train, tool_format)]  # one format
     return DistillationTrainer(
         model=model,
         teacher_model=teacher,
@@ -212,11 +218,12 @@ def _sft_trainer(
     scratch: Path,
     progress: ProgressFn | None,
     teacher_dir: Path | None = None,
+    tool_format: ToolFormat | None = None,
 ) -> Any:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazy re-exports
 
-    rows = _rows(tok, dataset.train)
+    rows = _rows(tok, dataset.train, tool_format)
     args = SFTConfig(
         **_common_args(config, scratch, progress),
         completion_only_loss=True,
@@ -249,16 +256,25 @@ def _sft_trainer(
     )
 
 
-def _rows(tok: Any, pairs: list[Pair]) -> list[dict[str, Any]]:
-    """TRL rows: conversational prompt/completion for chat pairs, plain text otherwise.
+def _plain_chat(pair: Pair) -> bool:
+    """Chat turns the template renders as they are: no tools offered, no tool turns."""
+    return pair.messages is not None and pair.tool_turns is None and not pair.to_request(1).tools
 
-    A set that mixes both (a chat student replaying text rows, or the reverse) is given to
-    TRL as text, chat pairs rendered through the same ``router.render_prompt`` serving
-    uses: TRL takes one format per dataset."""
+
+def _rows(tok: Any, pairs: list[Pair], tool_format: ToolFormat | None = None) -> list[dict[str, Any]]:
+    """TRL rows: conversational prompt/completion for plain chat pairs, text otherwise.
+
+    A set that mixes kinds (a chat student replaying text rows, or the reverse; pairs that
+    offer tools or carry tool turns) is given to TRL as text, each request rendered through
+    the same ``router.render_prompt`` serving uses, with the student's ``tool_format``
+    (TRL takes one format per dataset, and its own chat rendering knows nothing of the
+    tool format). A forced tool call's prompt then ends with the ``<tool_call>`` opener and
+    its completion is the canonical JSON list (TRL appends the end-of-text token), the
+    answer the student is served to write under the tools' grammar. A JSON answer's prompt
+    is its conversation's: ``response_format`` is enforced by decoding, not rendered."""
     from router import render_prompt
 
-    chat = [p.messages is not None for p in pairs]
-    if all(chat):
+    if all(_plain_chat(p) for p in pairs):
         return [
             {
                 "prompt": [{"role": r, "content": c} for r, c in p.messages or ()],
@@ -268,7 +284,7 @@ def _rows(tok: Any, pairs: list[Pair]) -> list[dict[str, Any]]:
         ]
     return [
         {
-            "prompt": p.prompt if p.messages is None else render_prompt(tok, p.to_request(1)),
+            "prompt": p.prompt if p.messages is None else render_prompt(tok, p.to_request(1), tool_format),
             "completion": p.completion,
         }
         for p in pairs

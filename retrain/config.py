@@ -121,8 +121,21 @@ class GateConfig(BaseModel):
             defaults to 0.01): answers that are empty or cut off by the length limit, by
             the same rule (the real teacher itself rambles past 24 tokens on ~10% of
             capital questions, and a student trained on it inherits some of that).
+        min_json_validity (`float`, defaults to 0.98): structured requests (a
+            ``response_format`` or tools) in the holdout and suite: the share of the
+            candidate's answers that keep their contract (parse, fit the schema, call a
+            known function with valid arguments, within the length limit) must reach this
+            or the current student's share, whichever is lower (not worse than the current
+            one; at this level, a point of sampling noise below it is no reason to refuse).
+            Their structural agreement with the labels (the same parsed JSON; the same
+            functions and parsed arguments) may drop by at most ``max_skill_regression``.
         target_agreement (`float`, defaults to 0.995): the candidate is recalibrated to this
             served agreement before its escalation rate is compared.
+        min_kind_calibration (`int`, defaults to 20): a structured output kind (``json``,
+            ``tool_call``) with at least this many answers in the holdout and suite gets a
+            threshold recalibrated on its answers alone (``calibration.json``'s
+            ``by_kind``; constrained decoding moves log-probs); one with fewer, and free
+            text, use the overall threshold.
         max_new_tokens (`int | None`): answer budget of the evaluation; None takes the
             model directory's ``max_new_tokens``, else 24.
         batch_size (`int`, defaults to 64): requests per generate call of the evaluation.
@@ -141,7 +154,9 @@ class GateConfig(BaseModel):
     max_ece_increase: float = Field(default=0.02, ge=0.0)
     max_invalid_rate: float = Field(default=0.02, ge=0.0)
     max_invalid_increase: float = Field(default=0.01, ge=0.0)
+    min_json_validity: float = Field(default=0.98, ge=0.0, le=1.0)
     target_agreement: float = Field(default=0.995, gt=0.0, le=1.0)
+    min_kind_calibration: int = Field(default=20, ge=1)
     min_parent_agreement: float = Field(default=0.98, ge=0.0, le=1.0)
     """A quantized candidate answers as its parent on at least this share of the suite
     (``distillery models quantize``): quantization must not change what is served."""

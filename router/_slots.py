@@ -50,21 +50,35 @@ class Slot:
         return cls(backend, model_dir, CalibrationRecord.load(model_dir))
 
     def stamp(
-        self, gens: list[Generation], threshold_override: float | None, *, canary: bool = False
+        self,
+        requests: Sequence[GenerationRequest],
+        gens: list[Generation],
+        threshold_override: float | None,
+        *,
+        canary: bool = False,
     ) -> list[Generation]:
-        """Names on each answer the threshold it must be judged by (``router.resolve_threshold``),
-        the agreement its version was calibrated at, and whether the canary answered."""
+        """Names on each answer the threshold it must be judged by (``router.resolve_threshold``):
+        the one calibrated for its request's output kind (``CalibrationRecord.threshold_for``:
+        constrained decoding moves log-probs), the agreement its version was calibrated at,
+        and whether the canary answered."""
         cal = self.calibration
         if cal is None and threshold_override is None and not canary:
             return gens
-        update = {
-            "calibrated_threshold": cal.threshold if cal is not None else None,
+        common = {
             "calibrated_scorer": cal.scorer if cal is not None else None,
             "calibrated_agreement": cal.agreement if cal is not None else None,
             "threshold_override": threshold_override,
             "canary": canary,
         }
-        return [g.model_copy(update=update) for g in gens]
+        return [
+            g.model_copy(
+                update={
+                    **common,
+                    "calibrated_threshold": cal.threshold_for(r.output_kind) if cal is not None else None,
+                }
+            )
+            for r, g in zip(requests, gens, strict=True)
+        ]
 
 
 class BackendSlots:
@@ -115,7 +129,7 @@ class BackendSlots:
                 del self._in_flight[key]
             async with self._idle:
                 self._idle.notify_all()
-        return slot.stamp(gens, self.threshold_override, canary=slot is self.canary)
+        return slot.stamp(requests, gens, self.threshold_override, canary=slot is self.canary)
 
     async def apply(
         self,

@@ -182,3 +182,34 @@ async def test_close_drops_what_is_still_queued_and_refuses_new_offers():
     assert auditor.offer(GREEDY, result) is False
     assert len(report.verdicts) + len(report.dropped) == 6
     assert report.dropped[-1] == "closed"
+
+
+async def test_a_structured_answer_is_audited_structurally():
+    from router._types import ResponseFormat
+
+    request = GenerationRequest(
+        prompt="as JSON:",
+        max_tokens=16,
+        request_id="r-json",
+        response_format=ResponseFormat(type="json_object"),
+    )
+    student = FakeTier(lambda r: make_generation('{"b": 2, "a": 1}', 0.999, "s1"))
+    router = CascadeRouter(
+        student,
+        FakeTier(lambda r: make_generation("-", 0.99)),
+        ThresholdPolicy("mean_logprob", 0.95),
+        CascadeConfig(),
+    )
+    served = await router.route(request)
+    assert served.tier == "student"
+    verdicts = []
+    for answer in ('{"a":1,"b":2}', '{"a": 1, "b": 3}'):
+        report = Report()
+        teacher = make_generation(answer, 0.99, "t1")
+        auditor = _auditor(FakeTier(lambda r: teacher), report)  # noqa: B023 (awaited in this turn)
+        assert auditor.offer(request, served)
+        await auditor.join()
+        verdicts.append(report.verdicts[0].agreed)
+        await auditor.close()
+    # The same object in another key order agrees (the text metric would call it a miss).
+    assert verdicts == [True, False]
