@@ -89,8 +89,8 @@ SMOLLM2_TOOL_PROMPT = (
     "The output MUST strictly adhere to the following format, and NO other text MUST be included.\n"
     "The example format is as follows. Please make sure the parameter type is correct. If no"
     " function call is needed, please make the tool calls an empty list '[]'.\n"
-    '<tool_call>[\n{{"name": "func_name1", "arguments": {{"argument1": "value1", "argument2":'
-    ' "value2"}}}},\n... (more tool calls as required)\n]</tool_call>'
+    '<tool_call>[\n{"name": "func_name1", "arguments": {"argument1": "value1", "argument2":'
+    ' "value2"}},\n... (more tool calls as required)\n]</tool_call>'
 )
 """SmolLM2-Instruct's tool-calling system prompt (the format it was trained on)."""
 

@@ -42,7 +42,7 @@ from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, build_ver
 from retrain.config import DistillConfig
 from retrain.errors import NotEnoughFeedback
 from router import AgreementMetric, ChatTurn, GenerationRequest
-from router._contract import canonical_json, check_answer, forced_tool, tool_calls_text
+from router._contract import check_answer, forced_tool, tool_calls_text
 from router._types import ResponseFormat, ToolCall, ToolSpec
 
 __all__ = [
@@ -56,6 +56,12 @@ __all__ = [
 ]
 
 Turns = tuple[tuple[str, str], ...]
+
+
+def _schema_text(schema: Any) -> str:
+    """A schema's text as the gateway writes it (key order kept: the grammar writes
+    properties in the order the schema declares them)."""
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
 def _json_text(value: Any) -> str:
@@ -84,12 +90,12 @@ def request_contract(request: GenerationRequest) -> str | None:
         ]
         out["tool_choice"] = request.tool_choice
         out["parallel_tool_calls"] = request.parallel_tool_calls
-    return canonical_json(out) if out else None
+    return _schema_text(out) if out else None
 
 
 def _contract_fields(contract: str | None) -> dict[str, Any]:
     """``request_contract``'s text back as ``GenerationRequest`` fields (schemas as the
-    gateway writes them: ``canonical_json``)."""
+    gateway writes them: key order kept)."""
     if contract is None:
         return {}
     spec = json.loads(contract)
@@ -100,7 +106,7 @@ def _contract_fields(contract: str | None) -> dict[str, Any]:
         schema = named.get("schema")
         out["response_format"] = ResponseFormat(
             type=fmt["type"],
-            schema_text=None if schema is None else canonical_json(schema),
+            schema_text=None if schema is None else _schema_text(schema),
             name=named.get("name", "response"),
             strict=bool(named.get("strict", False)),
         )
@@ -110,7 +116,7 @@ def _contract_fields(contract: str | None) -> dict[str, Any]:
             ToolSpec(
                 name=t["name"],
                 description=t.get("description") or "",
-                parameters=canonical_json(t.get("parameters") or {"type": "object", "properties": {}}),
+                parameters=_schema_text(t.get("parameters") or {"type": "object", "properties": {}}),
                 strict=bool(t.get("strict", False)),
             )
             for t in functions

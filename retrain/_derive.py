@@ -20,7 +20,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,7 @@ async def label_with_teacher(
     kept: list[Pair] = []
     for pair, gen in zip(pairs, gens, strict=True):
         if gen.text.strip() and gen.finish_reason == "stop":
-            kept.append(Pair(pair.prompt, gen.text.strip(), pair.skill, "teacher", pair.messages))
+            kept.append(replace(pair, completion=gen.text.strip(), source="teacher"))
     return kept, len(pairs) - len(kept)
 
 

@@ -16,6 +16,7 @@ builder writes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from common.model_dir import SUITE_FILE
@@ -60,5 +61,5 @@ def build_suite(
             continue
         seen.add(pair.key)
         per_route[event.skill] = per_route.get(event.skill, 0) + 1
-        suite.append(Pair(pair.prompt, pair.completion, pair.skill, "suite", pair.messages))
+        suite.append(replace(pair, source="suite"))  # keeps the contract and tool turns
     return suite
