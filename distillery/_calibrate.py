@@ -26,12 +26,13 @@ from common.model_dir import CALIBRATION_FILE, CalibrationRecord
 from distillery._workloads import WorkItem, workload_for
 from distillery.settings import DistillerySettings
 from retrain import Pair, load_pairs
-from retrain._gate import answer_agrees, answer_budget, kind_thresholds
+from retrain._gate import answer_budget, kind_thresholds
 from router import (
     SCORER_NAMES,
     AgreementMetric,
     CalibrationPoint,
     all_scores,
+    answer_agrees,
     auroc,
     build_backend,
     calibration_curve,

@@ -43,14 +43,13 @@ from router import (
     get_scorer,
     pick_threshold,
 )
-from router._contract import check_answer, structural_key
+from router._contract import answer_agrees, check_answer
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
     "BackendFactory",
     "EvalResult",
     "GateReport",
-    "answer_agrees",
     "answer_valid",
     "evaluate_model",
     "expected_calibration_error",
@@ -99,22 +98,6 @@ def expected_calibration_error(
             conf = sum(confidences[i] for i in idx) / len(idx)
             total += len(idx) / n * abs(acc - conf)
     return total
-
-
-def answer_agrees(
-    request: GenerationRequest,
-    answer: str,
-    finish_reason: str,
-    reference: str,
-    agree: Callable[[str, str], bool],
-) -> bool:
-    """Does ``answer`` agree with ``reference``? Structurally for a JSON or tool-call
-    request (an answer that breaks the contract agrees with nothing), by ``agree`` for
-    free text."""
-    if request.output_kind == "text":
-        return agree(answer, reference)
-    key = structural_key(request, answer, finish_reason)
-    return key is not None and key == structural_key(request, reference)
 
 
 def answer_valid(request: GenerationRequest, gen: Generation) -> bool:

@@ -7,6 +7,7 @@ from router._backend import Backend
 from router._batching import generate_prompts, generate_requests
 from router._calibration import CalibrationPoint, calibration_curve, pick_threshold
 from router._cascade import CascadeResult, CascadeRouter, GenerationClient, Tier
+from router._contract import AnswerCheck, answer_agrees, check_answer, decoding_schema, structural_agreement
 from router._factory import build_backend
 from router._openai_backend import OpenAIHTTPBackend
 from router._policy import Decision, ThresholdPolicy
@@ -27,11 +28,28 @@ from router._scoring import (
     confidence_logprobs,
     get_scorer,
 )
-from router._types import ChatTurn, Generation, GenerationRequest
+from router._types import (
+    ChatTurn,
+    Generation,
+    GenerationRequest,
+    OutputKind,
+    ResponseFormat,
+    ToolCall,
+    ToolSpec,
+)
 from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig, RequestCost, TierPrice
 
 __all__ = [
+    "AnswerCheck",
+    "OutputKind",
+    "ResponseFormat",
+    "ToolCall",
+    "ToolSpec",
+    "answer_agrees",
+    "check_answer",
+    "decoding_schema",
+    "structural_agreement",
     "AGREEMENT_METRICS",
     "AUDIT_DROP_REASONS",
     "AuditConfig",

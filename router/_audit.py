@@ -28,7 +28,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from router._cascade import CascadeResult, GenerationClient
-from router._contract import structural_key
+from router._contract import answer_agrees
 from router._types import Generation, GenerationRequest
 
 __all__ = [
@@ -127,24 +127,12 @@ class _Job:
     label: str | None
 
 
-def _agreed(
-    request: GenerationRequest, student: Generation, teacher: Generation, agree: Callable[[str, str], bool]
-) -> bool:
-    """Structural agreement for a JSON or tool-call request (the same parsed value; the same
-    functions with the same parsed arguments: key order and spacing are not disagreement),
-    the agreement metric for free text."""
-    if request.output_kind == "text":
-        return agree(student.text, teacher.text)
-    key = structural_key(request, student.text, student.finish_reason)
-    return key is not None and key == structural_key(request, teacher.text, teacher.finish_reason)
-
-
 class ShadowAuditor:
     """Samples served answers and audits them against the teacher in worker tasks.
 
     ``agree(answer, reference)`` is the configured agreement metric
     (``router.AgreementMetric``), used for free-text requests (a structured one agrees
-    structurally, ``router._contract.structural_key``); ``teacher_available`` is
+    structurally, ``router._contract.answer_agrees``); ``teacher_available`` is
     consulted before each call (the cascade's circuit breaker: an audit never adds load
     to a teacher that is failing)."""
 
@@ -225,7 +213,10 @@ class ShadowAuditor:
             logger.info("audit teacher call failed: %s: %s", type(exc).__name__, str(exc)[:200])
             self._observer.audit_dropped("teacher_error")
             return
-        agreed = _agreed(job.request, job.student, teacher, self._agree)
+        student = job.student
+        agreed = answer_agrees(
+            job.request, student.text, student.finish_reason, teacher.text, self._agree, teacher.finish_reason
+        )
         self._observer.audit_verdict(
             AuditVerdict(job.request, job.student, teacher, agreed, time.monotonic() - started, job.label)
         )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "AnswerCheck",
+    "answer_agrees",
     "canonical_json",
     "check_answer",
     "decoding_schema",
@@ -219,6 +220,25 @@ def structural_key(request: GenerationRequest, text: str, finish_reason: str = "
         return canonical_json(check.parsed)
     calls = [[c.name, json.loads(c.arguments)] for c in check.tool_calls]
     return canonical_json({"content": check.content if not calls else None, "calls": calls})
+
+
+def answer_agrees(
+    request: GenerationRequest,
+    answer: str,
+    finish_reason: str,
+    reference: str,
+    agree: Callable[[str, str], bool],
+    reference_finish: str = "stop",
+) -> bool:
+    """Does ``answer`` agree with ``reference``? Structurally for a JSON or tool-call
+    request (the same parsed value; the same functions with the same parsed arguments: key
+    order and spacing are no disagreement; an answer that breaks the contract agrees with
+    nothing), by ``agree`` (the configured text metric) for free text. The gate and the
+    shadow auditor both judge by it."""
+    if request.output_kind == "text":
+        return agree(answer, reference)
+    key = structural_key(request, answer, finish_reason)
+    return key is not None and key == structural_key(request, reference, reference_finish)
 
 
 def structural_agreement(request: GenerationRequest, answer: str, reference: str) -> bool | None:
