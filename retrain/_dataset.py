@@ -57,6 +57,9 @@ __all__ = [
 
 Turns = tuple[tuple[str, str], ...]
 
+STRUCTURED_ANSWER_TOKENS = 64
+"""The least answer budget of a structured pair (``Pair.to_request``)."""
+
 
 def _schema_text(schema: Any) -> str:
     """A schema's text as the gateway writes it (key order kept: the grammar writes
@@ -215,7 +218,13 @@ class Pair:
         return json.dumps([base, self.tool_turns, self.contract], ensure_ascii=False)
 
     def to_request(self, max_tokens: int) -> GenerationRequest:
+        """The request as served. ``max_tokens`` is the workload's free-text budget; a pair
+        with a contract gets at least ``STRUCTURED_ANSWER_TOKENS`` (a JSON object or a tool
+        call is longer than a short text answer, and one cut at the limit is invalid: the
+        gate would refuse every candidate on answers the budget cut, not the model)."""
         fields = _contract_fields(self.contract)
+        if fields:
+            max_tokens = max(max_tokens, STRUCTURED_ANSWER_TOKENS)
         if self.messages is None:
             return GenerationRequest(prompt=self.prompt, max_tokens=max_tokens, **fields)
         extras: list[dict[str, Any]] = (
