@@ -39,6 +39,7 @@ __all__ = [
     "decoding_schema",
     "forced_tool",
     "schema_error",
+    "single_call",
     "structural_agreement",
     "structural_key",
     "tool_calls_text",
@@ -77,6 +78,12 @@ def forced_tool(request: GenerationRequest) -> bool:
     return bool(request.tools) and request.tool_choice not in ("none", "auto")
 
 
+def single_call(request: GenerationRequest) -> bool:
+    """At most one call: ``parallel_tool_calls: false``, or a named function (as vLLM's
+    server decodes a named ``tool_choice``: that function, once)."""
+    return not request.parallel_tool_calls or request.tool_choice not in ("none", "auto", "required")
+
+
 def _callable(request: GenerationRequest) -> tuple[ToolSpec, ...]:
     if request.tool_choice in ("none", "auto", "required"):
         return request.tools
@@ -102,7 +109,7 @@ def decoding_schema(request: GenerationRequest) -> dict[str, Any] | None:
     ]
     item = variants[0] if len(variants) == 1 else {"anyOf": variants}
     schema: dict[str, Any] = {"type": "array", "items": item, "minItems": 1}
-    if not request.parallel_tool_calls:
+    if single_call(request):
         schema["maxItems"] = 1
     return schema
 
@@ -151,7 +158,7 @@ def _parse_calls(text: str, request: GenerationRequest) -> AnswerCheck:
         calls.append(ToolCall(name=spec.name, arguments=json.dumps(arguments, ensure_ascii=False)))
     if not calls:
         return _invalid("no_tool_call")
-    if len(calls) > 1 and not request.parallel_tool_calls:
+    if len(calls) > 1 and single_call(request):
         return _invalid("too_many_tool_calls")
     return AnswerCheck(True, content=None, tool_calls=tuple(calls))
 
@@ -187,7 +194,7 @@ def check_answer(request: GenerationRequest, text: str, finish_reason: str) -> A
             if not check.valid:
                 return check
             calls.extend(check.tool_calls)
-        if len(calls) > 1 and not request.parallel_tool_calls:
+        if len(calls) > 1 and single_call(request):
             return _invalid("too_many_tool_calls")
         rest = _CALLS.sub("", text).strip()
         return AnswerCheck(True, content=rest or None, tool_calls=tuple(calls))
