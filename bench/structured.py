@@ -79,6 +79,11 @@ def _plain(request: Any) -> Any:
     return request.model_copy(update={"response_format": None, "tools": (), "tool_choice": "none"})
 
 
+def _share(flags: Sequence[bool]) -> float | None:
+    """The share of ``flags`` that hold; None when there is nothing to judge."""
+    return sum(flags) / len(flags) if flags else None
+
+
 # ---- 1. engines -----------------------------------------------------------------------
 def engines(settings: Any, per_family: int) -> dict[str, Any]:
     from router import SCORER_NAMES, all_scores, auroc, build_backend, confidence_logprobs, generate_requests
@@ -118,11 +123,13 @@ def engines(settings: Any, per_family: int) -> dict[str, Any]:
         t_ended = [i for i in idx if teacher[i].finish_reason == "stop"]
         out["families"][family] = {
             "requests": len(idx),
-            "teacher_valid": sum(check_answer(requests[i], teacher[i].text, "stop").valid for i in t_ended)
-            / max(1, len(t_ended)),
+            "teacher_valid": _share(
+                [check_answer(requests[i], teacher[i].text, "stop").valid for i in t_ended]
+            ),
             "teacher_ended_on_its_own": len(t_ended) / len(idx),
-            "student_valid": sum(check_answer(requests[i], student[i].text, "stop").valid for i in ended)
-            / max(1, len(ended)),
+            "student_valid": _share(
+                [check_answer(requests[i], student[i].text, "stop").valid for i in ended]
+            ),
             "student_ended_on_its_own": len(ended) / len(idx),
             "structural_agreement": sum(agrees) / len(idx),
             "auroc": {name: auroc([s[name] for s in scores], agrees) for name in SCORER_NAMES},
@@ -247,7 +254,12 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     engine = result["engines"]["families"]
     summary: dict[str, Any] = {
         "engine_json_validity": min(
-            engine["ticket_json"]["teacher_valid"], engine["ticket_json"]["student_valid"]
+            (
+                v
+                for v in (engine["ticket_json"]["teacher_valid"], engine["ticket_json"]["student_valid"])
+                if v is not None
+            ),
+            default=None,
         ),
         "auroc_mean_logprob_json": engine["ticket_json"]["auroc"].get("mean_logprob"),
         "auroc_mean_logprob_tool_call": engine["tool_call"]["auroc"].get("mean_logprob"),
