@@ -176,15 +176,13 @@ def _served_validity(items: Sequence[Any], bodies: Sequence[dict[str, Any]]) -> 
     return valid, judged
 
 
-def _window_stats(url: str, items: Sequence[Any], bodies: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    from distillery._workloads import answer_of
-
-    async def teacher_answers() -> list[dict[str, Any]]:
+def _ask(url: str, items: Sequence[Any], model: str) -> list[dict[str, Any]]:
+    async def run() -> list[dict[str, Any]]:
         sem = asyncio.Semaphore(8)
         async with httpx.AsyncClient(timeout=180) as client:
 
             async def one(item: Any) -> dict[str, Any]:
-                path, payload = item.http("distillery-teacher", MAX_TOKENS)
+                path, payload = item.http(model, MAX_TOKENS)
                 async with sem:
                     r = await client.post(f"{url}{path}", json=payload)
                     r.raise_for_status()
@@ -192,7 +190,17 @@ def _window_stats(url: str, items: Sequence[Any], bodies: Sequence[dict[str, Any
 
             return list(await asyncio.gather(*(one(i) for i in items)))
 
-    references = asyncio.run(teacher_answers())
+    return asyncio.run(run())
+
+
+def _window_stats(url: str, items: Sequence[Any], bodies: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per structured family: escalation, served answers' structural agreement with the
+    teacher's, and (the student asked by name) AUROC of its confidence for agreeing."""
+    from distillery._workloads import answer_of
+    from router import auroc
+
+    references = _ask(url, items, "distillery-teacher")
+    students = _ask(url, items, "distillery-student")
     out: dict[str, Any] = {}
     for family in sorted({i.route for i in items}):
         idx = [k for k, i in enumerate(items) if i.route == family]
@@ -201,11 +209,21 @@ def _window_stats(url: str, items: Sequence[Any], bodies: Sequence[dict[str, Any
         escalated = [bool(info.get("escalated")) for _, info in served]
         agrees = [text == ref for (text, _), ref in zip(served, refs, strict=True)]
         kept = [a for a, e in zip(agrees, escalated, strict=True) if not e]
+        own = [answer_of(students[k]) for k in idx]
+        own_agrees = [text == ref for (text, _), ref in zip(own, refs, strict=True)]
+        confidence = [float(info.get("confidence") or 0.0) for _, info in own]
         out[family] = {
             "requests": len(idx),
             "escalation_rate": round(sum(escalated) / len(idx), 4),
             "structural_agreement": round(sum(agrees) / len(idx), 4),
             "student_served_agreement": round(sum(kept) / len(kept), 4) if kept else None,
+            "student_agreement": round(sum(own_agrees) / len(idx), 4),
+            "student_auroc": auroc(confidence, own_agrees),
+            "student_ended_on_its_own": round(
+                sum(students[k]["choices"][0]["finish_reason"] in ("stop", "tool_calls") for k in idx)
+                / len(idx),
+                4,
+            ),
         }
     valid, judged = _served_validity(items, bodies)
     out["json_validity"] = {"valid": valid, "judged": judged}
@@ -295,6 +313,8 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "json_escalation_after": after["ticket_json"]["escalation_rate"],
             "tool_call_escalation_before": before["tool_call"]["escalation_rate"],
             "tool_call_escalation_after": after["tool_call"]["escalation_rate"],
+            "student_auroc_json_after": after["ticket_json"]["student_auroc"],
+            "student_auroc_tool_call_after": after["tool_call"]["student_auroc"],
             "refresh_results": [e["result"] for e in loop["scenario"]["loop"]],
         }
     )
