@@ -40,8 +40,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench._common import free_port, machine_info, write_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,20 +175,9 @@ def _served_validity(items: Sequence[Any], bodies: Sequence[dict[str, Any]]) -> 
 
 
 def _ask(url: str, items: Sequence[Any], model: str) -> list[dict[str, Any]]:
-    async def run() -> list[dict[str, Any]]:
-        sem = asyncio.Semaphore(8)
-        async with httpx.AsyncClient(timeout=180) as client:
+    from distillery._scenario import post_all
 
-            async def one(item: Any) -> dict[str, Any]:
-                path, payload = item.http(model, MAX_TOKENS)
-                async with sem:
-                    r = await client.post(f"{url}{path}", json=payload)
-                    r.raise_for_status()
-                    return dict(r.json())
-
-            return list(await asyncio.gather(*(one(i) for i in items)))
-
-    return asyncio.run(run())
+    return asyncio.run(post_all(url, items, 8, model=model, max_tokens=MAX_TOKENS))
 
 
 def _window_stats(url: str, items: Sequence[Any], bodies: Sequence[dict[str, Any]]) -> dict[str, Any]:

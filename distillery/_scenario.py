@@ -34,6 +34,7 @@ __all__ = [
     "ScenarioReport",
     "WindowObserver",
     "WindowStats",
+    "post_all",
     "run_scenario",
     "send_window",
     "wait_for_version",
@@ -77,9 +78,10 @@ class ScenarioReport:
         return {"windows": [asdict(w) for w in self.windows], "loop": self.loop, "plot": self.plot}
 
 
-async def _post_all(
+async def post_all(
     url: str, items: Sequence[WorkItem], concurrency: int, *, model: str, max_tokens: int
 ) -> list[dict[str, Any]]:
+    """Every item's request (``WorkItem.http``), ``concurrency`` at a time; the bodies in order."""
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=120) as client:
 
@@ -118,7 +120,7 @@ def send_window(
     agree = agreement or AgreementMetric()
     started = time.monotonic()
     max_tokens = workload.max_tokens
-    bodies = asyncio.run(_post_all(url, examples, concurrency, model=model, max_tokens=max_tokens))
+    bodies = asyncio.run(post_all(url, examples, concurrency, model=model, max_tokens=max_tokens))
     if observer is not None:
         observer(label, examples, bodies)
     answers = [answer_of(b) for b in bodies]
@@ -173,7 +175,7 @@ def _agreement(
     ask = [i for i, v in enumerate(out) if v is None]
     if ask:
         bodies = asyncio.run(
-            _post_all(
+            post_all(
                 url, [items[i] for i in ask], concurrency, model=f"{model}-teacher", max_tokens=max_tokens
             )
         )
@@ -187,7 +189,7 @@ def _background_traffic(url: str, stop: threading.Event, seed: int, workload: Wo
     while not stop.is_set():
         batch = workload.sample(workload.routes, 32, rng)
         try:
-            asyncio.run(_post_all(url, batch, 4, model=model, max_tokens=workload.max_tokens))
+            asyncio.run(post_all(url, batch, 4, model=model, max_tokens=workload.max_tokens))
         except httpx.HTTPError:
             time.sleep(0.2)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from typing import Any
 
 from router import Generation, GenerationRequest
 from router.errors import PromptTooLong
@@ -53,3 +54,16 @@ class FakeTier:
         if self.max_prompt_chars is not None and len(request.prompt or "") > self.max_prompt_chars:
             raise PromptTooLong("prompt too long for the fake model")
         return self.answer(request)
+
+
+class FakeProducer:
+    """Collects what a feedback sink submits (the real producer is tested against the broker)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def submit(self, event: Any) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass

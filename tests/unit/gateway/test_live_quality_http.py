@@ -20,20 +20,7 @@ from gateway._serving import OpenAIServing
 from gateway.metrics import GatewayMetrics
 from gateway.settings import ServerConfig
 from router import AuditConfig, CascadeConfig, CascadeRouter, ShadowAuditor, ThresholdPolicy
-from tests.fakes.clients import FakeTier, make_generation
-
-
-class FakeProducer:
-    """Collects what the sink submits (the real producer is tested against the broker)."""
-
-    def __init__(self) -> None:
-        self.events: list[EscalationEvent] = []
-
-    def submit(self, event: EscalationEvent) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
+from tests.fakes.clients import FakeProducer, FakeTier, make_generation
 
 
 def _student(req: Any) -> Any:

@@ -22,7 +22,7 @@ from router import CascadeResult, ChatTurn, GenerationRequest, render_prompt
 from router._contract import TOOL_CALL_OPEN, canonical_json, tool_calls_text
 from router._policy import Decision
 from router._types import ResponseFormat, ToolCall, ToolSpec
-from tests.fakes.clients import make_generation
+from tests.fakes.clients import FakeProducer, make_generation
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -70,20 +70,9 @@ FORCED_TOOL_REQUEST = GenerationRequest(
 )
 
 
-class _Producer:
-    def __init__(self) -> None:
-        self.events: list[EscalationEvent] = []
-
-    def submit(self, event: EscalationEvent) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-
 def _escalated(request: GenerationRequest, teacher_text: str) -> EscalationEvent:
     """The event the gateway's sink makes of an escalation (redacted as the producer does)."""
-    producer = _Producer()
+    producer = FakeProducer()
     sink = FeedbackSink(producer, sample_rate=0.0)  # type: ignore[arg-type]
     student = make_generation("?", 0.5, "student-v")
     teacher = make_generation(teacher_text, 0.99, "teacher-v")
@@ -97,7 +86,7 @@ def test_audits_and_ratings_carry_the_contract_too():
     from gateway._ledger import IssuedAnswer
     from router import AuditVerdict
 
-    producer = _Producer()
+    producer = FakeProducer()
     sink = FeedbackSink(producer, sample_rate=0.0)  # type: ignore[arg-type]
     student, teacher = make_generation("[]", 0.99, "s"), make_generation("[]", 0.99, "t")
     sink.record_audit(AuditVerdict(FORCED_TOOL_REQUEST, student, teacher, False, 0.1))
