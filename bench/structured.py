@@ -224,9 +224,12 @@ def loop_run(var: Path, args: argparse.Namespace) -> dict[str, Any]:
     from distillery._workloads import workload_for
     from router import AgreementMetric
 
+    # The teacher on vLLM (in its own deployment, continuous batching): on transformers it
+    # queued the drift window's escalations past the request timeout on 2 cores.
     settings = _settings(
         var,
-        server={"port": free_port()},
+        server={"port": free_port(), "request_timeout_s": 300},
+        teacher={"kind": "vllm", "num_threads": 1},
         feedback={"sample_rate": 0.2, "route_labeler": "demo:support_route_label"},
         loop={"nightly_at": None},
     )
