@@ -25,7 +25,7 @@ from gateway.protocol import (
     ToolParam,
 )
 from router import ChatTurn, Generation, GenerationRequest
-from router._contract import AnswerCheck, check_answer, schema_error
+from router._contract import AnswerCheck, check_answer, schema_error, schema_text
 from router._types import ResponseFormat, ToolCall, ToolSpec
 
 __all__ = [
@@ -37,12 +37,6 @@ __all__ = [
 ]
 
 _EMPTY_PARAMETERS = {"type": "object", "properties": {}}
-
-
-def _schema_text(schema: Any) -> str:
-    """A schema's text with the client's key order kept: the grammar writes an object's
-    properties in the order its schema declares them, as OpenAI's structured outputs do."""
-    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
 def _arguments(text: str, where: str) -> str:
@@ -84,7 +78,7 @@ def response_format(param: ResponseFormatParam | None) -> ResponseFormat | None:
         raise BadRequest(f"response_format.json_schema.schema: {why}", "invalid_value", "response_format")
     return ResponseFormat(
         type="json_schema",
-        schema_text=_schema_text(spec.json_schema),
+        schema_text=schema_text(spec.json_schema),
         name=spec.name,
         strict=bool(spec.strict),
     )
@@ -107,7 +101,7 @@ def _tools(tools: Sequence[ToolParam]) -> tuple[ToolSpec, ...]:
             ToolSpec(
                 name=fn.name,
                 description=fn.description or "",
-                parameters=_schema_text(parameters),
+                parameters=schema_text(parameters),
                 strict=bool(fn.strict),
             )
         )

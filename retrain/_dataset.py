@@ -42,7 +42,7 @@ from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, build_ver
 from retrain.config import DistillConfig
 from retrain.errors import NotEnoughFeedback
 from router import AgreementMetric, ChatTurn, GenerationRequest
-from router._contract import check_answer, forced_tool, tool_calls_text
+from router._contract import check_answer, forced_tool, schema_text, tool_calls_text
 from router._types import ResponseFormat, ToolCall, ToolSpec
 
 __all__ = [
@@ -59,12 +59,6 @@ Turns = tuple[tuple[str, str], ...]
 
 STRUCTURED_ANSWER_TOKENS = 64
 """The least answer budget of a structured pair (``Pair.to_request``)."""
-
-
-def _schema_text(schema: Any) -> str:
-    """A schema's text as the gateway writes it (key order kept: the grammar writes
-    properties in the order the schema declares them)."""
-    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
 def _json_text(value: Any) -> str:
@@ -93,7 +87,7 @@ def request_contract(request: GenerationRequest) -> str | None:
         ]
         out["tool_choice"] = request.tool_choice
         out["parallel_tool_calls"] = request.parallel_tool_calls
-    return _schema_text(out) if out else None
+    return schema_text(out) if out else None
 
 
 def _contract_fields(contract: str | None) -> dict[str, Any]:
@@ -109,7 +103,7 @@ def _contract_fields(contract: str | None) -> dict[str, Any]:
         schema = named.get("schema")
         out["response_format"] = ResponseFormat(
             type=fmt["type"],
-            schema_text=None if schema is None else _schema_text(schema),
+            schema_text=None if schema is None else schema_text(schema),
             name=named.get("name", "response"),
             strict=bool(named.get("strict", False)),
         )
@@ -119,7 +113,7 @@ def _contract_fields(contract: str | None) -> dict[str, Any]:
             ToolSpec(
                 name=t["name"],
                 description=t.get("description") or "",
-                parameters=_schema_text(t.get("parameters") or {"type": "object", "properties": {}}),
+                parameters=schema_text(t.get("parameters") or {"type": "object", "properties": {}}),
                 strict=bool(t.get("strict", False)),
             )
             for t in functions

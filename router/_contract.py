@@ -39,6 +39,7 @@ __all__ = [
     "decoding_schema",
     "forced_tool",
     "schema_error",
+    "schema_text",
     "single_call",
     "structural_agreement",
     "structural_key",
@@ -53,6 +54,13 @@ _CALLS = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)(?:" + re.escape(TOOL_CAL
 def canonical_json(value: Any) -> str:
     """One text per JSON value (sorted keys, no spaces): equal values, equal texts."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def schema_text(schema: Any) -> str:
+    """A schema's compact text with its key order kept: the grammar writes an object's
+    properties in the order its schema declares them, as OpenAI's structured outputs do
+    (``canonical_json`` sorts, for comparing values, never for a schema)."""
+    return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
 def schema_error(schema: Any) -> str | None:

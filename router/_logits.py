@@ -24,7 +24,6 @@ refused (``InvalidRequest``), never decoded unconstrained.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from functools import lru_cache
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from router._contract import decoding_schema
+from router._contract import decoding_schema, schema_text
 from router._types import GenerationRequest
 from router.errors import InvalidRequest
 
@@ -60,7 +59,7 @@ def grammar_key(request: GenerationRequest) -> str | None:
     grammar writes an object's properties in the order its schema declares them."""
     schema = decoding_schema(request)
     if schema is not None:
-        return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
+        return schema_text(schema)
     fmt = request.response_format
     if fmt is not None and fmt.type == "json_object":
         return ANY_OBJECT
