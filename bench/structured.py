@@ -12,17 +12,22 @@ the support domain's structured families (``ticket_json``: ``response_format``
    answer that ended on its own), structural agreement student vs teacher (parsed JSON;
    tool name + parsed arguments), AUROC of each confidence scorer for "agrees
    structurally" on the constrained answers (raw log-probs, the served scoring), and the
-   student's tokens/s with and without the constraint on the same prompts;
+   student's tokens/s with and without the constraint on the same prompts; the same on
+   the raw and on the grammar-masked (renormalised) log-probs of the same answers, which
+   is the measurement behind the served scoring reading raw ones; run on the bootstrapped
+   student and again on the refreshed one;
 2. the loop through the ``distillery run`` stack (Tansu, the consumer, Serve, the stack's
    own refresh loop via ``build_loop``): before drift, drift onto the structured families,
    one automatic refresh (drift check -> dataset -> TRL -> gate -> canary -> promote),
    after. Escalation per structured family before/after, structural agreement of served
    answers with the teacher's (asked through ``distillery-teacher``), validity of every
-   served JSON answer.
+   served JSON answer and tool call (``jsonschema`` on the wire body), the old routes'
+   escalation in the same windows.
 
 Raw numbers: ``bench/results/structured.json`` (top-level ``summary``: ``json_validity``,
-``structured_escalation_before``/``_after``, ``structural_agreement_after``,
-``tool_call_agreement_after``, ...); report section in docs/benchmarks.md.
+``tool_call_validity``, ``structured_escalation_before``/``_after``,
+``structural_agreement_after``, ``tool_call_agreement_after``, ...); report section in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ MODELS = REPO / "var" / "models" / "smollm2"
 MAX_TOKENS = 48
 TARGETS = {
     "json_validity": 1.0,
+    "tool_call_validity": 1.0,
     "structured_escalation_drop_min": 0.5,
     "structural_agreement_after_min": 0.95,
 }
@@ -83,12 +89,71 @@ def _share(flags: Sequence[bool]) -> float | None:
 
 
 # ---- 1. engines -----------------------------------------------------------------------
-def engines(settings: Any, per_family: int) -> dict[str, Any]:
+def raw_and_masked_logprobs(
+    model_dir: Path, requests: Sequence[Any]
+) -> list[tuple[str, list[float], list[float]]]:
+    """Per request, the greedy constrained answer and its tokens' log-probs (EOS included,
+    as the served scoring counts it) under the model's raw distribution and under the
+    grammar-masked, renormalised one (what vLLM reports as "processed" log-probs).
+
+    The served scorers read the raw ones; this is the measurement that chose them. Decoded
+    here with the transformers engine's own grammar processor (``router._logits.Shaping``),
+    one request at a time, so each row's mask is exactly the one its answer was decoded
+    under."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from common.model_dir import ModelManifest
+    from router._logits import Grammars, Shaping, grammar_key
+    from router._render import render_prompt
+
+    tokenizer: Any = AutoTokenizer.from_pretrained(str(model_dir))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    manifest = ModelManifest.load(model_dir)
+    tool_format = manifest.tool_format if manifest is not None else None
+    grammars = Grammars(model_dir, int(model.config.vocab_size))
+    out = []
+    with torch.inference_mode():
+        for request in requests:
+            enc = tokenizer(
+                render_prompt(tokenizer, request, tool_format), return_tensors="pt", add_special_tokens=False
+            )
+            width = enc["input_ids"].shape[1]
+            key = grammar_key(request)
+            shaping = Shaping(
+                request, width, grammars=grammars, grammar=grammars.compiled(key) if key else None
+            )
+            gen: Any = model.generate(
+                **enc,
+                max_new_tokens=request.max_tokens,
+                do_sample=False,
+                logits_processor=[shaping],
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id,
+                return_dict_in_generate=True,
+                output_logits=True,
+                output_scores=True,
+            )
+            ids = gen.sequences[0, width:]
+            n = len(ids)
+            if tokenizer.eos_token_id in ids.tolist():
+                n = ids.tolist().index(tokenizer.eos_token_id) + 1
+            text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+            ids = ids[:n].unsqueeze(-1)
+            raw = torch.log_softmax(torch.stack(gen.logits, 1)[0, :n].float(), -1).gather(-1, ids)
+            masked = torch.log_softmax(torch.stack(gen.scores, 1)[0, :n].float(), -1).gather(-1, ids)
+            out.append((text, raw.squeeze(-1).tolist(), masked.squeeze(-1).tolist()))
+    return out
+
+
+def engines(settings: Any, per_family: int, student_dir: Path | None = None) -> dict[str, Any]:
+    """``student_dir``: the student to measure (default: the preset's bootstrapped one)."""
     from router import SCORER_NAMES, all_scores, auroc, build_backend, confidence_logprobs, generate_requests
     from router._contract import check_answer, structural_agreement
 
     items = _requests(("ticket_json", "tool_call"), 2 * per_family, seed=3)
     requests = [r for _, r in items]
+    student_dir = student_dir or settings.tier_dir("student")
 
     async def answers(backend: Any, reqs: list[Any]) -> tuple[list[Any], float]:
         try:
@@ -104,19 +169,26 @@ def engines(settings: Any, per_family: int) -> dict[str, Any]:
             requests,
         )
     )
-    student_backend = build_backend(
-        settings.student, default_dir=settings.tier_dir("student"), model_id="student"
-    )
+    student_config = settings.student.model_copy(update={"model_dir": student_dir})
+    student_backend = build_backend(student_config, default_dir=student_dir, model_id="student")
     student, constrained_s = asyncio.run(answers(student_backend, requests))
-    student_backend = build_backend(
-        settings.student, default_dir=settings.tier_dir("student"), model_id="student"
-    )
+    student_backend = build_backend(student_config, default_dir=student_dir, model_id="student")
     free, free_s = asyncio.run(answers(student_backend, [_plain(r) for r in requests]))
-    out: dict[str, Any] = {"engine": student_backend.__class__.__name__, "families": {}}
+    rescored = raw_and_masked_logprobs(student_dir, requests)
+    out: dict[str, Any] = {
+        "engine": student_backend.__class__.__name__,
+        "student": student_backend.version,
+        "families": {},
+    }
     for family in ("ticket_json", "tool_call"):
         idx = [i for i, (f, _) in enumerate(items) if f == family]
         agrees = [bool(structural_agreement(requests[i], student[i].text, teacher[i].text)) for i in idx]
         scores = [all_scores(confidence_logprobs(student[i], sampled=False)) for i in idx]
+        rescored_agrees = [
+            bool(structural_agreement(requests[i], rescored[i][0], teacher[i].text)) for i in idx
+        ]
+        raw = [all_scores(rescored[i][1]) for i in idx]
+        masked = [all_scores(rescored[i][2]) for i in idx]
         ended = [i for i in idx if student[i].finish_reason == "stop"]
         t_ended = [i for i in idx if teacher[i].finish_reason == "stop"]
         out["families"][family] = {
@@ -131,6 +203,12 @@ def engines(settings: Any, per_family: int) -> dict[str, Any]:
             "student_ended_on_its_own": len(ended) / len(idx),
             "structural_agreement": sum(agrees) / len(idx),
             "auroc": {name: auroc([s[name] for s in scores], agrees) for name in SCORER_NAMES},
+            # Raw vs grammar-masked log-probs of the same greedy answers (the served
+            # scoring reads raw; this is the comparison behind that choice).
+            "auroc_raw": {name: auroc([s[name] for s in raw], rescored_agrees) for name in SCORER_NAMES},
+            "auroc_masked": {
+                name: auroc([s[name] for s in masked], rescored_agrees) for name in SCORER_NAMES
+            },
             "teacher_example": teacher[idx[0]].text,
             "student_example": student[idx[0]].text,
         }
@@ -155,23 +233,43 @@ class _Windows:
         self.windows.append((label, [i for i, _ in keep], [b for _, b in keep]))
 
 
-def _served_validity(items: Sequence[Any], bodies: Sequence[dict[str, Any]]) -> tuple[int, int]:
-    """(valid, judged) over served JSON answers that ended on their own."""
+def _served_validity(items: Sequence[Any], bodies: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """(valid, judged) per kind over the served answers, checked here with ``jsonschema``
+    against the wire body (not with the product's own contract check): a JSON answer that
+    ended on its own must validate against its schema; a forced call must come back as
+    exactly the allowed number of ``tool_calls`` naming an offered tool, its arguments
+    valid against that tool's parameters."""
     import jsonschema
 
-    valid = judged = 0
+    out = {"json": {"valid": 0, "judged": 0}, "tool_call": {"valid": 0, "judged": 0}}
     for item, body in zip(items, bodies, strict=True):
-        fmt = item.contract.get("response_format")
         choice = body["choices"][0]
-        if fmt is None or choice["finish_reason"] != "stop":
-            continue
-        judged += 1
-        try:
-            jsonschema.validate(json.loads(choice["message"]["content"]), fmt["json_schema"]["schema"])
-            valid += 1
-        except (ValueError, jsonschema.ValidationError):
-            pass
-    return valid, judged
+        fmt = item.contract.get("response_format")
+        if fmt is not None:
+            if choice["finish_reason"] != "stop":
+                continue
+            out["json"]["judged"] += 1
+            try:
+                jsonschema.validate(json.loads(choice["message"]["content"]), fmt["json_schema"]["schema"])
+                out["json"]["valid"] += 1
+            except (ValueError, jsonschema.ValidationError):
+                pass
+        elif item.contract.get("tools"):
+            if choice["finish_reason"] == "length":
+                continue
+            out["tool_call"]["judged"] += 1
+            params = {t["function"]["name"]: t["function"]["parameters"] for t in item.contract["tools"]}
+            calls = choice["message"].get("tool_calls") or []
+            most = 1 if item.contract.get("parallel_tool_calls") is False else len(params)
+            try:
+                ok = choice["finish_reason"] == "tool_calls" and 1 <= len(calls) <= most
+                for call in calls:
+                    fn = call["function"]
+                    jsonschema.validate(json.loads(fn["arguments"]), params[fn["name"]])
+            except (KeyError, ValueError, jsonschema.ValidationError):
+                ok = False
+            out["tool_call"]["valid"] += ok
+    return out
 
 
 def _ask(url: str, items: Sequence[Any], model: str) -> list[dict[str, Any]]:
@@ -181,8 +279,11 @@ def _ask(url: str, items: Sequence[Any], model: str) -> list[dict[str, Any]]:
 
 
 def _window_stats(url: str, items: Sequence[Any], bodies: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per structured family: escalation, served answers' structural agreement with the
-    teacher's, and (the student asked by name) AUROC of its confidence for agreeing."""
+    """Per structured family: escalation and the served answers' structural agreement with
+    the teacher's (as served in the window), and the ``final_student_*`` fields: the
+    student serving when the scenario ended, asked by name on this window's prompts (its
+    own agreement, and the AUROC of its confidence for agreeing). Asked after the scenario,
+    so the drift window's prompts also measure the refreshed student on many prompts."""
     from distillery._workloads import answer_of
     from router import auroc
 
@@ -204,16 +305,15 @@ def _window_stats(url: str, items: Sequence[Any], bodies: Sequence[dict[str, Any
             "escalation_rate": round(sum(escalated) / len(idx), 4),
             "structural_agreement": round(sum(agrees) / len(idx), 4),
             "student_served_agreement": round(sum(kept) / len(kept), 4) if kept else None,
-            "student_agreement": round(sum(own_agrees) / len(idx), 4),
-            "student_auroc": auroc(confidence, own_agrees),
-            "student_ended_on_its_own": round(
+            "final_student_agreement": round(sum(own_agrees) / len(idx), 4),
+            "final_student_auroc": auroc(confidence, own_agrees),
+            "final_student_ended_on_its_own": round(
                 sum(students[k]["choices"][0]["finish_reason"] in ("stop", "tool_calls") for k in idx)
                 / len(idx),
                 4,
             ),
         }
-    valid, judged = _served_validity(items, bodies)
-    out["json_validity"] = {"valid": valid, "judged": judged}
+    out["validity"] = _served_validity(items, bodies)
     return out
 
 
@@ -254,58 +354,89 @@ def loop_run(var: Path, args: argparse.Namespace) -> dict[str, Any]:
             label: _window_stats(stack.url, items, bodies) for label, items, bodies in windows.windows
         }
         promoted = [e for e in report.loop if e["result"] == "promoted"]
-        gate = registry.get(promoted[-1]["version"]).manifest.get("gate") if promoted else None
-    return {"scenario": report.to_dict(), "windows": per_window, "scenario_s": scenario_s, "gate": gate}
+        model = registry.get(promoted[-1]["version"]) if promoted else None
+    return {
+        "scenario": report.to_dict(),
+        "windows": per_window,
+        "scenario_s": scenario_s,
+        "gate": model.manifest.get("gate") if model else None,
+        "promoted_dir": str(model.path) if model else None,
+    }
+
+
+def _engine_summary(engines: dict[str, Any], suffix: str) -> dict[str, Any]:
+    families = engines["families"]
+    tps = engines["student_tokens_per_s"]
+    out: dict[str, Any] = {
+        f"constrained_tokens_per_s_ratio{suffix}": round(tps["constrained"] / tps["unconstrained"], 3),
+    }
+    for family, kind in (("ticket_json", "json"), ("tool_call", "tool_call")):
+        row = families[family]
+        out[f"engine_agreement_{kind}{suffix}"] = row["structural_agreement"]
+        out[f"auroc_raw_mean_logprob_{kind}{suffix}"] = row["auroc_raw"].get("mean_logprob")
+        out[f"auroc_masked_mean_logprob_{kind}{suffix}"] = row["auroc_masked"].get("mean_logprob")
+    return out
+
+
+def _rate(window: dict[str, Any]) -> float:
+    rows = [v for k, v in window.items() if k != "validity"]
+    return round(
+        sum(r["escalation_rate"] * r["requests"] for r in rows) / sum(r["requests"] for r in rows), 4
+    )
 
 
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
-    engine = result["engines"]["families"]
+    engine_runs = [result["engines"], *([result["engines_after"]] if result.get("engines_after") else [])]
+    validities = [
+        row[key]
+        for run in engine_runs
+        for row in run["families"].values()
+        for key in ("teacher_valid", "student_valid")
+        if row[key] is not None
+    ]
     summary: dict[str, Any] = {
-        "engine_json_validity": min(
-            (
-                v
-                for v in (engine["ticket_json"]["teacher_valid"], engine["ticket_json"]["student_valid"])
-                if v is not None
-            ),
-            default=None,
-        ),
-        "auroc_mean_logprob_json": engine["ticket_json"]["auroc"].get("mean_logprob"),
-        "auroc_mean_logprob_tool_call": engine["tool_call"]["auroc"].get("mean_logprob"),
-        "constrained_tokens_per_s_ratio": round(
-            result["engines"]["student_tokens_per_s"]["constrained"]
-            / result["engines"]["student_tokens_per_s"]["unconstrained"],
-            3,
-        ),
+        # Every engine answer (teacher, bootstrapped and refreshed student) that ended on
+        # its own, JSON and tool calls, checked against its contract.
+        "engine_validity": min(validities, default=None),
+        **_engine_summary(result["engines"], "_before"),
     }
+    if result.get("engines_after"):
+        summary.update(_engine_summary(result["engines_after"], "_after"))
     loop = result.get("loop")
     if not loop:
         return summary
     labels = list(loop["windows"])
     drift = next(label for label in labels if label.startswith("drift"))
     before, after = loop["windows"][drift], loop["windows"][labels[-1]]
-    valid = sum(w["json_validity"]["valid"] for w in loop["windows"].values())
-    judged = sum(w["json_validity"]["judged"] for w in loop["windows"].values())
 
-    def esc(window: dict[str, Any]) -> float:
-        rows = [v for k, v in window.items() if k != "json_validity"]
-        return round(
-            sum(r["escalation_rate"] * r["requests"] for r in rows) / sum(r["requests"] for r in rows), 4
-        )
+    def served(kind: str) -> float | None:
+        valid = sum(w["validity"][kind]["valid"] for w in loop["windows"].values())
+        judged = sum(w["validity"][kind]["judged"] for w in loop["windows"].values())
+        return round(valid / judged, 4) if judged else None
 
+    scenario = {w["label"]: w for w in loop["scenario"]["windows"]}
     summary.update(
         {
-            "json_validity": round(valid / judged, 4) if judged else None,
-            "structured_escalation_before": esc(before),
-            "structured_escalation_after": esc(after),
+            "json_validity": served("json"),
+            "tool_call_validity": served("tool_call"),
+            "served_json_answers": sum(w["validity"]["json"]["judged"] for w in loop["windows"].values()),
+            "served_tool_call_answers": sum(
+                w["validity"]["tool_call"]["judged"] for w in loop["windows"].values()
+            ),
+            "structured_escalation_before": _rate(before),
+            "structured_escalation_after": _rate(after),
             "structural_agreement_after": after["ticket_json"]["structural_agreement"],
             "tool_call_agreement_after": after["tool_call"]["structural_agreement"],
             "json_escalation_before": before["ticket_json"]["escalation_rate"],
             "json_escalation_after": after["ticket_json"]["escalation_rate"],
             "tool_call_escalation_before": before["tool_call"]["escalation_rate"],
             "tool_call_escalation_after": after["tool_call"]["escalation_rate"],
-            "student_auroc_json_after": after["ticket_json"]["student_auroc"],
-            "student_auroc_tool_call_after": after["tool_call"]["student_auroc"],
+            "old_escalation_before": scenario[drift]["escalation_rate_old_skills"],
+            "old_escalation_after": scenario[labels[-1]]["escalation_rate_old_skills"],
+            "final_student_auroc_json": before["ticket_json"]["final_student_auroc"],
+            "final_student_auroc_tool_call": before["tool_call"]["final_student_auroc"],
             "refresh_results": [e["result"] for e in loop["scenario"]["loop"]],
+            "refresh_stages_s": [e["timings_s"] for e in loop["scenario"]["loop"]],
         }
     )
     return summary
@@ -317,7 +448,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     quick = os.environ.get("DISTILLERY_BENCH_QUICK") == "1"
     parser = argparse.ArgumentParser(prog="python -m bench.structured")
     parser.add_argument("--per-family", type=int, default=24 if quick else 48)
-    parser.add_argument("--window", type=int, default=60 if quick else 120)
+    parser.add_argument("--window", type=int, default=80 if quick else 200)
     parser.add_argument("--drift-requests", type=int, default=200 if quick else 400)
     parser.add_argument("--attempts", type=int, default=2)
     parser.add_argument("--engine-only", action="store_true")
@@ -331,6 +462,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.engine_only:
         result["loop"] = loop_run(var, args)
         print(f"[loop] {json.dumps(result['loop']['windows'])}", flush=True)
+        if result["loop"]["promoted_dir"]:  # the same measurement on the refreshed student
+            result["engines_after"] = engines(settings, args.per_family, Path(result["loop"]["promoted_dir"]))
+            print(f"[engines after] {json.dumps(result['engines_after'])}", flush=True)
     result["summary"] = summarize(result)
     write_result(NAME, result)
     print(f"[summary] {json.dumps(result['summary'])}", flush=True)

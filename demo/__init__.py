@@ -21,7 +21,6 @@ from demo._domain import (
     solve,
 )
 from demo._support import (
-    STRUCTURED_BOOTSTRAP,
     STRUCTURED_DRIFT,
     STRUCTURED_FAMILIES,
     SUPPORT_BOOTSTRAP,
@@ -84,7 +83,6 @@ __all__ = [
     "ALL_SKILLS",
     "STUDENT_SKILLS",
     "STUDENT_SPEC",
-    "STRUCTURED_BOOTSTRAP",
     "STRUCTURED_DRIFT",
     "STRUCTURED_FAMILIES",
     "SUPPORT_BOOTSTRAP",

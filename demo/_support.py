@@ -17,7 +17,9 @@ applications distillation pays off for send it: ``ticket_json`` extracts
 (``json_schema``, enums for intent and urgency), ``tool_call`` asks an agent to act on a
 ticket with ``tools`` (``lookup_order``, ``escalate_to_human``) and ``tool_choice:
 required``. Both are answered by the teacher under the same constraints the student
-decodes with; ``STRUCTURED_DRIFT`` is the one traffic drifts onto.
+decodes with. The bundled student knows neither: ``STRUCTURED_DRIFT`` (both) is what the
+``structured`` workload's traffic drifts onto, so one refresh has to teach the student a
+JSON shape and a tool-call shape it never wrote.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "STRUCTURED_BOOTSTRAP",
     "STRUCTURED_DRIFT",
     "STRUCTURED_FAMILIES",
     "SUPPORT_BOOTSTRAP",
@@ -311,8 +312,7 @@ STRUCTURED_FAMILIES: tuple[SupportFamily, ...] = (
 _BY_NAME = {f.name: f for f in (*SUPPORT_FAMILIES, *STRUCTURED_FAMILIES)}
 SUPPORT_BOOTSTRAP: tuple[str, ...] = ("order_number", "capital")
 SUPPORT_DRIFT: tuple[str, ...] = ("plural",)
-STRUCTURED_BOOTSTRAP: tuple[str, ...] = ("tool_call",)
-STRUCTURED_DRIFT: tuple[str, ...] = ("ticket_json",)
+STRUCTURED_DRIFT: tuple[str, ...] = ("ticket_json", "tool_call")
 
 
 @dataclass(frozen=True)

@@ -141,13 +141,11 @@ def workload_for(name: str) -> Workload:
     if name == "support":
         return SupportWorkload("support", True, SUPPORT_BOOTSTRAP, SUPPORT_DRIFT, 24)
     if name == "structured":
-        from demo import STRUCTURED_BOOTSTRAP, STRUCTURED_DRIFT
+        from demo import STRUCTURED_DRIFT
 
         # A JSON answer or a tool call is ~25-35 SmolLM2 tokens: 48 leaves room, and an
         # answer cut at max_tokens is invalid (it escalates), never served.
-        return SupportWorkload(
-            "structured", True, SUPPORT_BOOTSTRAP, (*STRUCTURED_DRIFT, *STRUCTURED_BOOTSTRAP), 48
-        )
+        return SupportWorkload("structured", True, SUPPORT_BOOTSTRAP, STRUCTURED_DRIFT, 48)
     raise ValueError(f"unknown workload {name!r} (toy, support, structured)")
 
 

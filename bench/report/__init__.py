@@ -110,6 +110,27 @@ def _summary() -> list[str]:
             "| live quality: a confidently wrong canary (escalates less) is rolled back | caught "
             f"| {'rolled back' if caught else 'promoted'} | {'met' if caught else '**missed**'} |"
         )
+    st = RESULTS / "structured.json"
+    if st.is_file():
+        s = json.loads(st.read_text())["summary"]
+        if s.get("structured_escalation_before") is not None:
+            valid = min(
+                v
+                for v in (s["json_validity"], s["tool_call_validity"], s["engine_validity"])
+                if v is not None
+            )
+            rows.append(
+                f"| contracts: every json_schema answer and forced call valid (both tiers, real pair) | 100% "
+                f"| {valid:.1%} | {'met' if valid == 1.0 else '**missed**'} |"
+            )
+            before, after = s["structured_escalation_before"], s["structured_escalation_after"]
+            agree = min(s["structural_agreement_after"], s["tool_call_agreement_after"])
+            ok = after <= before / 2 and agree >= 0.95
+            rows.append(
+                "| contracts: structured escalations after one refresh, at >= 95% structural agreement "
+                f"| <= 50% of before | {before:.1%} -> {after:.1%} at {agree:.1%} "
+                f"| {'met' if ok else '**missed**'} |"
+            )
     if not rows:
         return []
     return [
