@@ -228,6 +228,7 @@ def _sft_trainer(
         **_common_args(config, scratch, progress),
         completion_only_loss=True,
         max_length=int(getattr(model.config, "max_position_embeddings", 512)),
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )
     callbacks = [_progress_callback(progress, int(config.steps or 1))] if progress else None
     common = {

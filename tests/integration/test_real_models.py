@@ -210,6 +210,40 @@ def test_chat_fidelity_the_trainer_sees_the_tokens_serving_feeds_the_model(real_
     assert tok.eos_token_id in answer_ids  # the student learns to stop where the teacher did
 
 
+def _padded_tokens_per_epoch(student_dir, dataset, tmp_path, grouped: bool) -> tuple[int, int]:
+    """(token positions the batches of one epoch hold, padding included; rows seen)."""
+    config = DistillConfig(steps=100, batch_size=8, group_by_length=grouped)
+    trainer, _ = prepare_trainer(student_dir, dataset, config, tmp_path / f"scratch-{grouped}")
+    positions = rows = 0
+    for batch in trainer.get_train_dataloader():
+        positions += batch["input_ids"].numel()
+        rows += batch["input_ids"].shape[0]
+    return positions, rows
+
+
+def test_batches_group_rows_of_similar_length(student_dir, tmp_path):
+    """A tool prompt is ~8x a support question: mixed at random nearly every batch pads to
+    one; grouped by length the same rows cost far fewer token positions."""
+    import random
+
+    from demo import sample_support
+
+    pairs = []
+    for r in sample_support(("tool_call", "order_number", "capital", "order_number"), 64, random.Random(0)):
+        completion = (
+            json.dumps([{"name": "lookup_order", "arguments": {"order_number": r.key}}])
+            if r.contract
+            else f"The answer is {r.key}."
+        )
+        row = {"messages": r.as_dicts(), "completion": completion, "skill": r.family, **r.contract}
+        pairs.append(Pair.from_row(row, "teacher"))
+    dataset = DistillDataset(pairs, [], len(pairs), 0, 0)
+    grouped, grouped_rows = _padded_tokens_per_epoch(student_dir, dataset, tmp_path, True)
+    mixed, mixed_rows = _padded_tokens_per_epoch(student_dir, dataset, tmp_path, False)
+    assert grouped_rows == mixed_rows == len(pairs)
+    assert grouped < 0.6 * mixed, (grouped, mixed)
+
+
 def test_a_few_sft_steps_and_the_soft_metric_gate_through_the_production_refresh(real_stack, tmp_path):
     from deploy import ModelRegistry
     from retrain import run_refresh
