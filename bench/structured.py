@@ -107,6 +107,7 @@ def raw_and_masked_logprobs(
     from router._logits import Grammars, Shaping, grammar_key
     from router._render import render_prompt
 
+    torch.set_num_threads(os.cpu_count() or 1)  # the engines above left it at theirs
     tokenizer: Any = AutoTokenizer.from_pretrained(str(model_dir))
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     manifest = ModelManifest.load(model_dir)

@@ -137,30 +137,60 @@ def test_streaming_with_include_usage_and_tool_call_deltas(client):
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
 
 
+def _tier_health(url: str) -> dict[str, float]:
+    """The teacher's breaker state and failed calls, and the student's escalations for an
+    error (what a client's bad request must not move)."""
+    out = {"breaker_state": 0.0, "teacher_errors": 0.0, "student_error_escalations": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("distillery_teacher_breaker_state"):
+            out["breaker_state"] = float(value)
+        elif name.startswith("distillery_teacher_errors_total"):
+            out["teacher_errors"] += float(value)
+        elif name.startswith("distillery_escalations_total") and 'reason="student_error"' in name:
+            out["student_error_escalations"] += float(value)
+    return out
+
+
 def test_bad_structured_requests_are_400s_the_client_can_read(client, real_stack):
+    """Each bad request is a 400 naming what is wrong, repeated past the breaker's failure
+    threshold: the teacher's breaker stays closed, no tier counts a failure, and the next
+    good request is answered."""
     import openai
 
-    with pytest.raises(openai.BadRequestError, match="lookup_everything"):
-        client.chat.completions.create(
-            model="distillery",
-            messages=_messages("hi"),
-            tools=TICKET_TOOLS,  # type: ignore[arg-type]
-            tool_choice={"type": "function", "function": {"name": "lookup_everything"}},
-        )
-    with pytest.raises(openai.BadRequestError, match="image_url"):
-        client.chat.completions.create(
-            model="distillery",
-            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}],
-        )
     bad_schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 12}}}
-    with pytest.raises(openai.BadRequestError, match="JSON Schema"):
-        client.chat.completions.create(
-            model="distillery", messages=_messages("hi"), response_format=bad_schema
-        )  # type: ignore[arg-type]
-    with pytest.raises(openai.BadRequestError, match="n="):
-        client.chat.completions.create(model="distillery", messages=_messages("hi"), n=99)
-    health = httpx.get(f"{real_stack.url}/healthz", timeout=30)
-    assert health.status_code == 200
+    image = [{"type": "image_url", "image_url": {"url": "data:,"}}]
+    cases: list[tuple[str, dict[str, Any]]] = [
+        (
+            "lookup_everything",
+            {
+                "messages": _messages("hi"),
+                "tools": TICKET_TOOLS,
+                "tool_choice": {"type": "function", "function": {"name": "lookup_everything"}},
+            },
+        ),
+        (
+            "image_url",
+            {"messages": [{"role": "user", "content": image}]},
+        ),
+        ("JSON Schema", {"messages": _messages("hi"), "response_format": bad_schema}),
+        ("n=", {"messages": _messages("hi"), "n": 99}),
+        ("reasoning_effort", {"messages": _messages("hi"), "reasoning_effort": "high"}),
+    ]
+    before = _tier_health(real_stack.url)
+    for _ in range(6):  # more than the breaker's failure threshold (5)
+        for needle, fields in cases:
+            with pytest.raises(openai.BadRequestError, match=needle) as caught:
+                client.chat.completions.create(model="distillery", **fields)
+            error = caught.value.body
+            assert isinstance(error, dict) and error.get("type") == "invalid_request_error", error
+            assert "Traceback" not in str(error) and "/work" not in str(error)
+    assert _tier_health(real_stack.url) == before
+    resp = client.chat.completions.create(
+        model="distillery", messages=_messages(TICKET), response_format=JSON_FORMAT, max_tokens=48
+    )  # type: ignore[arg-type]
+    jsonschema.validate(json.loads(resp.choices[0].message.content or ""), TICKET_SCHEMA)
+    assert httpx.get(f"{real_stack.url}/healthz", timeout=30).status_code == 200
 
 
 def test_langchain_structured_output_both_methods_and_bind_tools(real_stack):
