@@ -225,12 +225,12 @@ def _sft_trainer(
 
     rows = _rows(tok, dataset.train, tool_format)
     args = SFTConfig(
-        **_common_args(config, scratch, progress),
+        **{**_common_args(config, scratch, progress), **_micro_batching(config)},
         completion_only_loss=True,
         max_length=int(getattr(model.config, "max_position_embeddings", 512)),
-        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
     )
     callbacks = [_progress_callback(progress, int(config.steps or 1))] if progress else None
+    seed = config.seed
     common = {
         "model": model,
         "args": args,
@@ -247,8 +247,8 @@ def _sft_trainer(
         teacher = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
         teacher.eval()
     elif not config.answer_only_head:
-        return SFTTrainer(**common)
-    trainer_cls = _answer_head_trainer_class(SFTTrainer)
+        return _length_sorted_steps(SFTTrainer, seed)(**common)
+    trainer_cls = _answer_head_trainer_class(_length_sorted_steps(SFTTrainer, seed))
     return trainer_cls(
         teacher=teacher,
         alpha=config.kd_alpha if teacher is not None else 1.0,
@@ -292,6 +292,55 @@ def _rows(tok: Any, pairs: list[Pair], tool_format: ToolFormat | None = None) ->
     ]
 
 
+def _micro_batching(config: DistillConfig) -> dict[str, Any]:
+    """Per-device batch and accumulation for ``config.micro_batches`` equal micro-batches
+    (a step then holds ``per_device x accumulation`` rows: the batch size, rounded up to a
+    multiple of the micro-batch count when it is not one)."""
+    batch = int(config.batch_size or 1)
+    micro = min(config.micro_batches, batch)
+    per_device = -(-batch // micro)
+    return {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": micro}
+
+
+class LengthSortedSteps:
+    """Indices for a trainer with gradient accumulation: each epoch a fresh random
+    permutation, cut into steps of ``step_rows``; inside a step the rows are sorted by
+    token length, longest first, so its consecutive micro-batches hold rows of similar
+    length. A step holds the rows it would hold unsorted: only the padding changes."""
+
+    def __init__(self, lengths: Sequence[int], step_rows: int, seed: int) -> None:
+        self._lengths = list(lengths)
+        self._step_rows = step_rows
+        self._seed = seed
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def __iter__(self) -> Any:
+        import torch
+
+        generator = torch.Generator().manual_seed(self._seed + self._epoch)
+        self._epoch += 1
+        order = torch.randperm(len(self._lengths), generator=generator).tolist()
+        for start in range(0, len(order), self._step_rows):
+            step = order[start : start + self._step_rows]
+            yield from sorted(step, key=lambda i: -self._lengths[i])
+
+
+def _length_sorted_steps(base: Any, seed: int) -> Any:
+    """``base`` with ``LengthSortedSteps`` as its training sampler."""
+
+    class LengthSortedTrainer(base):  # type: ignore[misc]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            step_rows = self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+            return LengthSortedSteps(lengths, step_rows, seed)
+
+    return LengthSortedTrainer
+
+
 def _answer_head_trainer_class(base: Any) -> Any:
     """SFTTrainer whose loss applies the output head at answer positions only.
 
@@ -325,14 +374,19 @@ def _answer_head_trainer_class(base: Any) -> Any:
             target = labels[:, 1:]
             mask = target != -100
             logits = answer_logits(model, batch, mask)
-            loss = F.cross_entropy(logits, target[mask])
+            # Normalised over the whole step's answer tokens (``num_items_in_batch``, summed
+            # over its micro-batches): with gradient accumulation the trainer then adds the
+            # micro-batches' losses as they are, and the step's update is the one one
+            # batch would give. Without it (evaluation), over this batch's own tokens.
+            tokens = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+            loss = F.cross_entropy(logits, target[mask], reduction="sum") / tokens
             if self._teacher is not None and self._alpha < 1.0:
                 with torch.no_grad():
                     t_logits = answer_logits(self._teacher, batch, mask)
                 t = self._t
                 student_lp = F.log_softmax(logits / t, dim=-1)
                 teacher_lp = F.log_softmax(t_logits / t, dim=-1)
-                kd = F.kl_div(student_lp, teacher_lp, reduction="batchmean", log_target=True) * t * t
+                kd = F.kl_div(student_lp, teacher_lp, reduction="sum", log_target=True) * t * t / tokens
                 loss = self._alpha * loss + (1 - self._alpha) * kd
             return (loss, {"logits": logits}) if return_outputs else loss
 

@@ -60,11 +60,17 @@ class DistillConfig(BaseModel):
         bootstrap measured (docs/benchmarks.md, real loop).
         answer_only_head (`bool`, defaults to True): compute the output head at answer
             positions only (same loss, ~1.7x faster a step on a 49k vocabulary).
-        group_by_length (`bool`, defaults to True): batch rows of similar token length
-            together (transformers' ``LengthGroupedSampler``; SFT methods). A batch is
-            padded to its longest row, and a structured request with tools is ~425
-            SmolLM2 tokens where a support question is ~50-80: mixed at random, nearly
-            every batch of 16 held one tool prompt and paid for 16 of them.
+        micro_batches (`int`, defaults to 4): each step's rows (drawn at random, as
+            before) are sorted by token length and run as this many micro-batches with
+            gradient accumulation, the loss normalised over the whole step's answer
+            tokens: the same update, less padding (SFT methods; 1 = one padded batch).
+            A batch is padded to its longest row, and a prompt with tools is ~425 SmolLM2
+            tokens where a support question is ~50-80: nearly every random batch of 16
+            held one and paid for 16. Measured alone on 2 cores (structured refresh mix,
+            batch 16): 7.0 s a step as one batch. Batches grouped by length across the
+            epoch instead (transformers' ``LengthGroupedSampler``) were faster still but
+            changed what a step holds (one route per batch): the bootstrapped student's
+            confidence AUROC fell from 0.985 to 0.691.
         max_completion_tokens (`int`, defaults to 32): on-policy generation length
             (``logit_kd``).
         num_threads (`int`, defaults to 2): torch threads of the training process.
@@ -86,7 +92,7 @@ class DistillConfig(BaseModel):
     learning_rate: float | None = Field(default=None, gt=0.0)
     warmup_steps: int | None = Field(default=None, ge=0)
     answer_only_head: bool = True
-    group_by_length: bool = True
+    micro_batches: int = Field(default=4, ge=1)
     max_completion_tokens: int = Field(default=32, ge=1)
     num_threads: int = Field(default=2, ge=1)
     seed: int = 0

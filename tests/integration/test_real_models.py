@@ -210,20 +210,26 @@ def test_chat_fidelity_the_trainer_sees_the_tokens_serving_feeds_the_model(real_
     assert tok.eos_token_id in answer_ids  # the student learns to stop where the teacher did
 
 
-def _padded_tokens_per_epoch(student_dir, dataset, tmp_path, grouped: bool) -> tuple[int, int]:
-    """(token positions the batches of one epoch hold, padding included; rows seen)."""
-    config = DistillConfig(steps=100, batch_size=8, group_by_length=grouped)
-    trainer, _ = prepare_trainer(student_dir, dataset, config, tmp_path / f"scratch-{grouped}")
-    positions = rows = 0
-    for batch in trainer.get_train_dataloader():
+def _one_epoch(student_dir, dataset, tmp_path, micro_batches: int) -> tuple[int, list[list[int]]]:
+    """(token positions one epoch's micro-batches hold, padding included; each step's
+    rows as their token lengths)."""
+    config = DistillConfig(steps=100, batch_size=8, micro_batches=micro_batches)
+    trainer, _ = prepare_trainer(student_dir, dataset, config, tmp_path / f"scratch-{micro_batches}")
+    accumulation = trainer.args.gradient_accumulation_steps
+    positions, steps = 0, []
+    for i, batch in enumerate(trainer.get_train_dataloader()):
         positions += batch["input_ids"].numel()
-        rows += batch["input_ids"].shape[0]
-    return positions, rows
+        if i % accumulation == 0:
+            steps.append([])
+        steps[-1] += batch["attention_mask"].sum(dim=1).tolist()
+    return positions, steps
 
 
-def test_batches_group_rows_of_similar_length(student_dir, tmp_path):
-    """A tool prompt is ~8x a support question: mixed at random nearly every batch pads to
-    one; grouped by length the same rows cost far fewer token positions."""
+def test_a_step_runs_as_length_sorted_micro_batches_of_its_random_rows(student_dir, tmp_path):
+    """A tool prompt is ~8x a support question: as one padded batch nearly every step pays
+    for its longest row eight times. Sorted into micro-batches the same rows cost far fewer
+    token positions, and a step still mixes routes (grouping whole batches by length
+    would make each step one route's)."""
     import random
 
     from demo import sample_support
@@ -238,10 +244,13 @@ def test_batches_group_rows_of_similar_length(student_dir, tmp_path):
         row = {"messages": r.as_dicts(), "completion": completion, "skill": r.family, **r.contract}
         pairs.append(Pair.from_row(row, "teacher"))
     dataset = DistillDataset(pairs, [], len(pairs), 0, 0)
-    grouped, grouped_rows = _padded_tokens_per_epoch(student_dir, dataset, tmp_path, True)
-    mixed, mixed_rows = _padded_tokens_per_epoch(student_dir, dataset, tmp_path, False)
-    assert grouped_rows == mixed_rows == len(pairs)
-    assert grouped < 0.6 * mixed, (grouped, mixed)
+    sorted_positions, sorted_steps = _one_epoch(student_dir, dataset, tmp_path, 4)
+    padded_positions, padded_steps = _one_epoch(student_dir, dataset, tmp_path, 1)
+    assert len(sorted_steps) == len(padded_steps) == len(pairs) // 8
+    assert sum(len(step) for step in sorted_steps) == len(pairs)
+    assert sorted_positions < 0.6 * padded_positions, (sorted_positions, padded_positions)
+    mixed = [step for step in sorted_steps if max(step) > 300 and min(step) < 150]  # a tool prompt and text
+    assert len(mixed) >= len(sorted_steps) // 2, sorted_steps  # ~1 in 4 rows is a tool prompt
 
 
 def test_a_few_sft_steps_and_the_soft_metric_gate_through_the_production_refresh(real_stack, tmp_path):
