@@ -316,18 +316,29 @@ def test_hot_swap_under_traffic_drops_nothing_and_shuts_the_old_engine_down(vllm
     assert before["version"] == "student-vllm-v1"
     replica_pid = before["pid"]
 
+    def children() -> dict[int, tuple[str, str]]:
+        """The replica's live child processes: pid -> (command line, name)."""
+        out: dict[int, tuple[str, str]] = {}
+        for p in psutil.Process(replica_pid).children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    out[p.pid] = (" ".join(p.cmdline()).strip(), p.name())
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
     def engines() -> dict[int, str]:
         """The replica's engine core processes: vLLM titles them ``VLLM::EngineCore``
-        (padded, sometimes cut short: match the prefix). Not multiprocessing's resource
-        tracker, which lives on beside them."""
+        (padded, sometimes cut short: match the prefix) in the command line, the process
+        name or both. Not multiprocessing's resource tracker, which lives on beside them."""
         return {
-            p.pid: " ".join(p.cmdline()).strip()
-            for p in psutil.Process(replica_pid).children(recursive=True)
-            if p.status() != psutil.STATUS_ZOMBIE and " ".join(p.cmdline() + [p.name()]).startswith("VLLM::")
+            pid: cmdline
+            for pid, (cmdline, name) in children().items()
+            if cmdline.startswith("VLLM::") or name.startswith("VLLM::")
         }
 
     old = engines()
-    assert len(old) == 1, old
+    assert len(old) == 1, (old, children())
     v2 = registry.register(
         registry.get("student-vllm-v1").path, "student-vllm-v2", {"parent": "student-vllm-v1"}
     )
@@ -353,6 +364,6 @@ def test_hot_swap_under_traffic_drops_nothing_and_shuts_the_old_engine_down(vllm
     assert versions["student-vllm-v1"] > 0 and versions["student-vllm-v2"] > 0
     # The old engine's process is gone and the new engine runs in its own (as many as before).
     new = engines()
-    assert len(new) == 1 and not set(old) & set(new), (old, new)
+    assert len(new) == 1 and not set(old) & set(new), (old, new, children())
     print(f"replica {replica_pid} children before {old}, after {new}")
     assert info["pid"] == replica_pid  # swapped in place
