@@ -216,7 +216,15 @@ class Shaping(LogitsProcessor):
                 if not matcher.accept_token(token):
                     raise RuntimeError(f"the grammar rejected token {token}, which its own mask allowed")
         assert self._bitmask is not None
-        for row, matcher in enumerate(self._matchers):
-            if not matcher.is_terminated():  # a finished row keeps its last mask (EOS allowed)
-                matcher.fill_next_token_bitmask(self._bitmask, row)
+        live = [row for row, matcher in enumerate(self._matchers) if not matcher.is_terminated()]
+        for row in live:  # a finished row keeps its last mask (EOS allowed)
+            self._matchers[row].fill_next_token_bitmask(self._bitmask, row)
         grammars.apply(scores, self._bitmask)
+        if live and bool(torch.isinf(scores[live]).all(dim=-1).any()):
+            # No token of this vocabulary continues the grammar (a character vocabulary
+            # without braces asked for JSON): the request asks what this model cannot
+            # write, which says nothing of the tier's health.
+            raise InvalidRequest(
+                "this model's vocabulary cannot write an answer in the requested format"
+                " (response_format or forced tool call)"
+            )

@@ -262,6 +262,15 @@ def test_a_plain_batch_is_unchanged_by_a_structured_neighbour(hf_engine):
     assert check_answer(JSON_SCHEMA, mixed[1].text, mixed[1].finish_reason).valid
 
 
+def test_json_from_a_vocabulary_without_braces_is_refused_as_the_requests_fault(demo_models, loop):
+    """The plain demo student cannot spell ``{``: the grammar leaves it no token. That is
+    a 400 for the client (``InvalidRequest``), not an engine failure a breaker would count."""
+    plain = Engine(TransformersBackend(demo_models / "student", model_id="student", num_threads=2), loop)
+    with pytest.raises(InvalidRequest, match="vocabulary cannot write"):
+        plain.one(JSON_SCHEMA)
+    assert plain.one(GenerationRequest(prompt="upper: abc =", max_tokens=8)).text == "ABC"
+
+
 def test_without_xgrammar_a_structured_request_is_refused(json_student, monkeypatch):
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar now raises ImportError
     backend = TransformersBackend(json_student, num_threads=2)
