@@ -233,7 +233,7 @@ def _sft_trainer(
         max_length=int(getattr(model.config, "max_position_embeddings", 512)),
     )
     callbacks = [_progress_callback(progress, int(config.steps or 1))] if progress else None
-    seed = config.seed
+    base = _length_sorted_steps(SFTTrainer, config.seed)
     common = {
         "model": model,
         "args": args,
@@ -250,8 +250,8 @@ def _sft_trainer(
         teacher = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
         teacher.eval()
     elif not config.answer_only_head:
-        return _length_sorted_steps(SFTTrainer, seed)(**common)
-    trainer_cls = _answer_head_trainer_class(_length_sorted_steps(SFTTrainer, seed))
+        return base(**common)
+    trainer_cls = _answer_head_trainer_class(base)
     return trainer_cls(
         teacher=teacher,
         alpha=config.kd_alpha if teacher is not None else 1.0,
@@ -309,19 +309,15 @@ def _row_size(row: dict[str, Any]) -> int:
 
 
 def padded_positions(sizes: Sequence[int], step_rows: int, micro_batches: int, seed: int = 0) -> int:
-    """Token positions (in ``sizes``' unit) one epoch of random steps of ``step_rows``
-    pads to when each step runs as ``micro_batches`` length-sorted micro-batches."""
-    import random
-
-    order = list(range(len(sizes)))
-    random.Random(seed).shuffle(order)
+    """Token positions (in ``sizes``' unit) one epoch of ``LengthSortedSteps`` pads to when
+    each step of ``step_rows`` runs as ``micro_batches`` micro-batches."""
+    order = list(LengthSortedSteps(sizes, step_rows, seed))
     per_micro = -(-step_rows // micro_batches)
     total = 0
     for start in range(0, len(order), step_rows):
-        step = sorted((sizes[i] for i in order[start : start + step_rows]), reverse=True)
+        step = [sizes[i] for i in order[start : start + step_rows]]  # longest first
         for m in range(0, len(step), per_micro):
-            chunk = step[m : m + per_micro]
-            total += len(chunk) * chunk[0]
+            total += len(step[m : m + per_micro]) * step[m]
     return total
 
 
