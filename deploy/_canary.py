@@ -16,6 +16,15 @@ verdict}``). Over a window, the canary is judged on both:
   version's live agreement (all its audits so far, once it has ``min_audits``), else the
   agreement the candidate showed at its gate (``distillery_gate_agreement``).
 
+* the routes it was trained for: a refresh names its focus routes (those with a
+  real share of its new training examples: the drifted ones). Escalating a little less
+  overall is not what a refresh is for; on the focus routes the canary's escalation rate
+  must be clearly lower than the current version's (the upper end of its Wilson interval
+  at most ``1 - min_focus_improvement`` of the current's rate), and on the other routes
+  not clearly higher (the lower end of its interval at most ``max_escalation_increase``
+  above the current's). Counted per route from
+  ``distillery_student_answers_total{route}``.
+
 A bound, not the raw ratio: 27 of 30 agreeing is 0.90, but the interval (0.74, 0.97)
 cannot tell a 0.95 version from a 0.80 one; the rule rolls back only what is worse with
 confidence, and waits (to the timeout, a rollback) when too few audits arrive.
@@ -25,8 +34,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,7 +48,10 @@ __all__ = [
     "CanaryConfig",
     "CanaryController",
     "LiveMetrics",
+    "RouteSplit",
     "agreement_reference",
+    "focus_routes",
+    "judge_focus",
     "VersionStats",
     "judge_canary",
     "parse_live_metrics",
@@ -62,6 +74,16 @@ class CanaryConfig(BaseModel):
     max_agreement_drop (`float`, defaults to 0.05): how far below the reference agreement
         the upper Wilson bound of the canary's live agreement may fall before a rollback.
     confidence_z (`float`, defaults to 1.96): the interval's z (1.96: 95% two-sided).
+    min_focus_requests (`int`, defaults to 30): canary answers on the focus routes needed
+        before a verdict, when a refresh names focus routes.
+    min_focus_improvement (`float`, defaults to 0.3): relative drop of the escalation rate
+        on the focus routes the canary must show with confidence (0.3: the upper bound of
+        its rate at most 70% of the current's).
+    focus_min_rate (`float`, defaults to 0.2): the focus rule applies only where the
+        current version escalates at least this often on the focus routes (below it there
+        is little to improve, and "not worse" is the rule).
+    focus_min_share (`float`, defaults to 0.1): a route is a focus route of a refresh when
+        it holds at least this share of the refresh's new training examples.
     """
 
     share: float = Field(default=0.2, gt=0.0, le=1.0)
@@ -71,6 +93,10 @@ class CanaryConfig(BaseModel):
     min_audits: int = Field(default=30, ge=0)
     max_agreement_drop: float = Field(default=0.05, ge=0.0, le=1.0)
     confidence_z: float = Field(default=1.96, gt=0.0)
+    min_focus_requests: int = Field(default=30, ge=1)
+    min_focus_improvement: float = Field(default=0.3, ge=0.0, lt=1.0)
+    focus_min_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    focus_min_share: float = Field(default=0.1, gt=0.0, le=1.0)
 
 
 def wilson_interval(agreed: float, n: float, z: float = 1.96) -> tuple[float, float]:
@@ -123,12 +149,49 @@ class LiveMetrics:
     audits_on: bool
     """The gateway audits canary answers (``distillery_audit_share{slot="canary"}`` > 0)."""
 
+    by_route: dict[tuple[str, str], VersionStats] = field(default_factory=dict)
+    """Answers and escalations per (model version, route label)."""
+
     def stats(self, version: str) -> VersionStats:
         return self.versions.get(version, VersionStats())
+
+    def on_routes(self, version: str, routes: Collection[str], *, inside: bool = True) -> VersionStats:
+        """``version``'s answers on ``routes`` (``inside``) or on every other route."""
+        picked = [s for (v, r), s in self.by_route.items() if v == version and (r in routes) == inside]
+        return VersionStats(sum(s.answers for s in picked), sum(s.escalated for s in picked))
+
+
+@dataclass(frozen=True)
+class RouteSplit:
+    """The current version and the canary on a refresh's focus routes and on the rest."""
+
+    current_focus: VersionStats
+    canary_focus: VersionStats
+    current_rest: VersionStats
+    canary_rest: VersionStats
+
+    @classmethod
+    def of(
+        cls, live: LiveMetrics, base: LiveMetrics, current: str, canary: str, routes: Collection[str]
+    ) -> RouteSplit:
+        """Counts since ``base`` (the scrape taken when the canary started)."""
+
+        def since(version: str, inside: bool) -> VersionStats:
+            now = live.on_routes(version, routes, inside=inside)
+            return now.minus(base.on_routes(version, routes, inside=inside))
+
+        return cls(since(current, True), since(canary, True), since(current, False), since(canary, False))
+
+    def describe(self) -> str:
+        return (
+            f"focus routes: canary {self.canary_focus.describe()} vs current {self.current_focus.describe()};"
+            f" other routes: canary {self.canary_rest.describe()} vs current {self.current_rest.describe()}"
+        )
 
 
 def parse_live_metrics(metrics_text: str) -> LiveMetrics:
     counts: dict[str, list[float]] = {}
+    routes: dict[tuple[str, str], list[float]] = {}
     gate: dict[str, float] = {}
     audits_on = False
     for family in text_string_to_metric_families(metrics_text):
@@ -136,9 +199,12 @@ def parse_live_metrics(metrics_text: str) -> LiveMetrics:
             labels = sample.labels
             if family.name == "distillery_student_answers" and sample.name.endswith("_total"):
                 acc = counts.setdefault(labels["model_version"], [0.0] * 4)
+                per_route = routes.setdefault((labels["model_version"], labels.get("route", "")), [0.0] * 4)
                 acc[0] += sample.value
+                per_route[0] += sample.value
                 if labels.get("escalated") == "true":
                     acc[1] += sample.value
+                    per_route[1] += sample.value
             elif family.name == "distillery_audits" and sample.name.endswith("_total"):
                 acc = counts.setdefault(labels["model_version"], [0.0] * 4)
                 acc[2] += sample.value
@@ -149,7 +215,8 @@ def parse_live_metrics(metrics_text: str) -> LiveMetrics:
             elif family.name == "distillery_audit_share" and labels.get("slot") == "canary":
                 audits_on = audits_on or sample.value > 0
     versions = {v: VersionStats(*acc) for v, acc in counts.items()}
-    return LiveMetrics(versions, gate, audits_on)
+    by_route = {key: VersionStats(*acc) for key, acc in routes.items()}
+    return LiveMetrics(versions, gate, audits_on, by_route)
 
 
 def parse_version_stats(metrics_text: str) -> dict[str, VersionStats]:
@@ -178,6 +245,38 @@ def judge_canary(
             if upper < reference_agreement - config.max_agreement_drop:
                 return "rollback"
     return "promote"
+
+
+def judge_focus(split: RouteSplit, config: CanaryConfig) -> tuple[Verdict, str]:
+    """The canary on the routes its refresh was for (clearly better, where the current
+    version escalates enough to improve) and on the others (not clearly worse); the
+    verdict and the rule that gave it."""
+    z = config.confidence_z
+    rest_low, _ = wilson_interval(split.canary_rest.escalated, split.canary_rest.answers, z)
+    rest_bar = split.current_rest.escalation_rate + config.max_escalation_increase
+    judged = split.canary_rest.answers >= config.min_requests and split.current_rest.answers > 0
+    if judged and rest_low > rest_bar:
+        return "rollback", f"other routes clearly worse: escalation >= {rest_low:.3f} > {rest_bar:.3f}"
+    if split.canary_focus.answers < config.min_focus_requests:
+        return "wait", f"{split.canary_focus.answers:.0f} of {config.min_focus_requests} focus-route answers"
+    current_rate = split.current_focus.escalation_rate
+    if split.current_focus.answers == 0 or current_rate < config.focus_min_rate:
+        return "promote", "focus routes: the current version escalates too little there to judge"
+    bar = current_rate * (1.0 - config.min_focus_improvement)
+    low, high = wilson_interval(split.canary_focus.escalated, split.canary_focus.answers, z)
+    if high <= bar:
+        return "promote", f"focus routes clearly better: escalation <= {high:.3f} <= {bar:.3f}"
+    if low > bar:
+        return "rollback", f"focus routes not clearly better: escalation >= {low:.3f} > {bar:.3f}"
+    return "wait", f"focus routes: escalation in [{low:.3f}, {high:.3f}] vs bar {bar:.3f}"
+
+
+def focus_routes(new_by_route: dict[str, int], config: CanaryConfig) -> list[str]:
+    """The routes holding at least ``focus_min_share`` of a refresh's new examples."""
+    total = sum(new_by_route.values())
+    if total <= 0:
+        return []
+    return sorted(r for r, n in new_by_route.items() if r and n / total >= config.focus_min_share)
 
 
 def agreement_reference(
@@ -214,8 +313,13 @@ class CanaryController:
         self._poll_s = poll_s
         self._sleep = sleep
         self._clock = clock
+        self.detail = ""
+        self.reason = ""
+        """The rule behind the last verdict (a rollback's cause, for the next attempt)."""
 
-    def run(self, version: str) -> tuple[Verdict, VersionStats, VersionStats]:
+    def run(self, version: str, focus: Collection[str] = ()) -> tuple[Verdict, VersionStats, VersionStats]:
+        """``focus``: the routes the candidate was trained for (``focus_routes``); empty:
+        judged on all traffic alone. The last verdict's detail is ``self.detail``."""
         current = self._registry.pointers()["current"]
         if current is None:
             raise RegistryError("no current version to compare the canary with")
@@ -233,9 +337,16 @@ class CanaryController:
                 cur, can, self._config, audits_on=live.audits_on, reference_agreement=reference
             )
             detail = f"canary {can.describe()} vs current {cur.describe()}"
+            self.reason = "escalation or live agreement of all the canary's answers"
+            if focus:
+                split = RouteSplit.of(live, base, current, version, focus)
+                if verdict == "promote":
+                    verdict, self.reason = judge_focus(split, self._config)
+                detail += f"; {split.describe()}; {self.reason}"
             if live.audits_on and reference is not None:
                 low, high = wilson_interval(can.agreed, can.audited, self._config.confidence_z)
                 detail += f"; canary agreement in [{low:.3f}, {high:.3f}] vs reference {reference:.3f}"
+            self.detail = detail
             if verdict == "promote":
                 self._registry.promote(version, reason=f"canary healthy: {detail}", actor="canary")
                 return verdict, cur, can
@@ -243,6 +354,7 @@ class CanaryController:
                 self._registry.end_canary(reason=f"automatic rollback: {detail}", actor="canary")
                 return verdict, cur, can
             if self._clock() - started > self._config.timeout_s:
+                self.reason = f"no verdict in time ({self.reason})"
                 self._registry.end_canary(
                     reason=f"automatic rollback: no verdict in time ({detail})", actor="canary"
                 )

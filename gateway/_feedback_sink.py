@@ -144,14 +144,21 @@ class FeedbackSink:
             "skill": label,
             **_contract_fields(request),
         }
-        if label is None and self._label is not None:
-            text = (
-                request.prompt
-                if request.prompt is not None
-                else next((t.content for t in reversed(request.messages or ()) if t.role == "user"), "")
-            )
-            fields["skill"] = self._label(text)
+        if label is None:
+            fields["skill"] = self.route_label(request)
         return fields
+
+    def route_label(self, request: GenerationRequest, label: str | None = None) -> str | None:
+        """The request's route label: its own (``metadata.route``), else the labeller's
+        reading of its text (for chat, the last user turn), else None."""
+        if label is not None or self._label is None:
+            return label
+        text = (
+            request.prompt
+            if request.prompt is not None
+            else next((t.content for t in reversed(request.messages or ()) if t.role == "user"), "")
+        )
+        return self._label(text)
 
     def record_audit(self, verdict: AuditVerdict) -> None:
         """A disagreeing audit: a missed escalation, with the teacher's answer to learn from."""

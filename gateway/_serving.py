@@ -171,13 +171,14 @@ class OpenAIServing:
         except Exception:
             self._metrics.observe_error(endpoint, "error")
             raise
-        self._metrics.observe(endpoint, result, time.perf_counter() - started)
+        route = self._feedback.route_label(request, label) if self._feedback is not None else label
+        self._metrics.observe(endpoint, result, time.perf_counter() - started, route)
         if self._feedback is not None:
             policy = self._router.policy
             # A SpoolWriteError is counted and logged at CRITICAL by the producer; the
             # client still gets its answer.
             with contextlib.suppress(SpoolWriteError):
-                self._feedback.record(endpoint, request, result, result.threshold, policy.scorer, label)
+                self._feedback.record(endpoint, request, result, result.threshold, policy.scorer, route)
         return result
 
     def _issued(

@@ -26,6 +26,9 @@ __all__ = ["GatewayMetrics"]
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Confidences of a well-trained student crowd just below 1.0: resolve that end finely.
 MAX_STUDENT_VERSIONS = 2
+MAX_ROUTE_LABELS = 32
+"""Distinct route labels on ``distillery_student_answers_total``; later ones count as
+``other`` (a client's ``metadata.route`` is free text: the label set must stay bounded)."""
 CONFIDENCE_BUCKETS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
 
 
@@ -97,12 +100,15 @@ class GatewayMetrics:
         )
         self.student_answers = Counter(
             "distillery_student_answers_total",
-            "Student answers by the model version that produced them and whether they escalated"
-            " (bounded: the current version and at most one canary).",
-            ["model_version", "escalated"],
+            "Student answers by the model version that produced them, whether they escalated,"
+            " and the request's route label (bounded: the current version and at most one canary;"
+            f" {MAX_ROUTE_LABELS} routes, then 'other'; '' when unlabelled). The canary judges a"
+            " candidate on the routes it was trained for from these counts.",
+            ["model_version", "escalated", "route"],
             registry=r,
         )
         self._student_versions: list[str] = []
+        self._routes: set[str] = set()
         # Estimated spend from `pricing` (per-tier prices per million tokens, in
         # pricing.currency). Saved = teacher-equivalent - actual; both start at 0.
         self.cost = Counter(
@@ -279,7 +285,19 @@ class GatewayMetrics:
             if (old,) in self.gate_agreement._metrics:
                 self.gate_agreement.remove(old)
 
-    def observe(self, endpoint: str, result: CascadeResult, elapsed_s: float) -> None:
+    def _route_label(self, route: str | None) -> str:
+        if not route:
+            return ""
+        if route not in self._routes and len(self._routes) >= MAX_ROUTE_LABELS:
+            return "other"
+        self._routes.add(route)
+        return route
+
+    def observe(
+        self, endpoint: str, result: CascadeResult, elapsed_s: float, route: str | None = None
+    ) -> None:
+        """``route``: the request's route label (``metadata.route``, else
+        ``feedback.route_labeler``'s), None when it has none."""
         tier = result.tier
         self.requests.labels(endpoint, tier, result.outcome).inc()
         self.request_latency.labels(tier).observe(elapsed_s)
@@ -288,7 +306,9 @@ class GatewayMetrics:
             self.threshold.set(result.threshold)
             student = result.student_answer
             if student is not None:
-                self.student_answers.labels(student.model_version, str(result.escalated).lower()).inc()
+                self.student_answers.labels(
+                    student.model_version, str(result.escalated).lower(), self._route_label(route)
+                ).inc()
                 self._saw_student(student.model_id, student.model_version)
         if result.student_latency_s:
             self.tier_latency.labels("student").observe(result.student_latency_s)

@@ -320,6 +320,8 @@ class DistillDataset:
     rejected: dict[str, int] = field(default_factory=dict)
     """Labels not used, by reason (unusable, rated_bad, contract:<reason>, verifier:<name>,
     second_teacher_disagreed)."""
+    new_by_skill: dict[str, int] = field(default_factory=dict)
+    """New (not replayed) training examples per route label: what the refresh is for."""
 
     @property
     def sha256(self) -> str:
@@ -475,6 +477,7 @@ def build_dataset(
         key = p.skill or "unlabelled"
         by_skill[key] = by_skill.get(key, 0) + 1
     by_source = dict(sorted(Counter(p.source for p in train).items()))
+    new_by_skill = dict(sorted(Counter(p.skill or "unlabelled" for p in new).items()))
     rejected = dict(sorted(labeller.rejected.items()))
     return DistillDataset(
         train,
@@ -485,4 +488,5 @@ def build_dataset(
         by_skill,
         by_source,
         rejected,
+        new_by_skill,
     )

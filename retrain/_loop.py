@@ -23,13 +23,21 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
-from deploy import CanaryConfig, CanaryController, ModelRegistry, RefreshInProgress, RefreshLease
+from deploy import (
+    CanaryConfig,
+    CanaryController,
+    ModelRegistry,
+    RefreshInProgress,
+    RefreshLease,
+    focus_routes,
+)
 from feedback import FeedbackStore
 from retrain._dataset import Pair, load_reference
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import BackendFactory, answer_budget, transformers_factory
 from retrain._quantize import QuantizeOutcome, quantize_version
 from retrain._refresh import RefreshOutcome, run_refresh
+from retrain._retry import Failure, RetryPlan, plan_retry
 from retrain.config import DistillConfig, GateConfig
 from retrain.errors import NotEnoughFeedback
 from router import AgreementMetric
@@ -111,6 +119,9 @@ class LoopEvent:
     version: str | None = None
     detail: str = ""
     timings_s: dict[str, float] = field(default_factory=dict)
+    plan: str = ""
+    """What this attempt changed after the last failure (``retrain._retry``); empty: the
+    configured recipe."""
 
 
 class RefreshLoop:
@@ -157,6 +168,7 @@ class RefreshLoop:
         self._stop = threading.Event()
         self.events: list[LoopEvent] = []
         self._reference_cache: dict[str, tuple[list[str], list[float | None]]] = {}
+        self._rollback_reason = ""
         # Survives restarts (the "no successful refresh in 36 h" alert reads it); before any
         # promotion, the serving version's registration time stands in.
         current = registry.current()
@@ -297,14 +309,51 @@ class RefreshLoop:
         finally:
             self._lease.release()
 
+    def _attempt(self) -> tuple[DistillConfig, RetryPlan | None]:
+        """This refresh's recipe: the configured one, changed by what the last failure
+        showed (``retrain._retry``)."""
+        saved = self._state().get("last_failure")
+        plan = plan_retry(Failure.model_validate(saved) if saved else None, self.distill)
+        if plan is None:
+            return self.distill, None
+        current = self._registry.current()
+        resolved = self.distill.resolved(current.path if current else None)
+        return plan.apply(resolved), plan
+
+    def _remember(self, event: LoopEvent, plan: RetryPlan | None, reasons: list[str]) -> LoopEvent:
+        """Keeps a failure for the next attempt (and says in the event what that will
+        change); a promotion forgets it."""
+        if event.result == "promoted":
+            self._save_state(last_failure=None)
+            return event
+        if event.result not in ("refused", "rolled_back") or event.version is None:
+            return event
+        failure = Failure(
+            version=event.version,
+            result="refused" if event.result == "refused" else "rolled_back",
+            reasons=reasons,
+            attempt=plan.attempt if plan else 1,
+            step_factor=plan.step_factor if plan else 1.0,
+            replay_share=plan.replay_share if plan else None,
+        )
+        self._save_state(last_failure=failure.model_dump())
+        following = plan_retry(failure, self.distill)
+        if following is not None:
+            event.detail = f"{event.detail} | next: {following.summary}"
+            logger.warning("refresh %s: %s", event.result, event.detail)
+        return event
+
     def _refresh(self, now: float, trigger: str, drift_info: dict[str, Any], drift_s: float) -> LoopEvent:
+        recipe, plan = self._attempt()
+        if plan is not None:
+            logger.info("refresh recipe: %s", plan.summary)
         try:
             outcome = run_refresh(
                 self._store,
                 self._registry,
                 workdir=self._workdir,
                 suite=self._suite,
-                distill_config=self.distill,
+                distill_config=recipe,
                 gate_config=self.gate,
                 scorer=self._scorer,
                 agreement=self._agreement,
@@ -318,7 +367,10 @@ class RefreshLoop:
         for stage, seconds in outcome.timings_s.items():
             self.metrics.stage_seconds.labels(stage).observe(seconds)
         self._save_state(last_refresh_at=now)
-        event = self._record(self._roll_out(now, trigger, drift_info, outcome))
+        event = self._roll_out(now, trigger, drift_info, outcome)
+        event.plan = plan.summary if plan else ""
+        reasons = outcome.reasons if event.result == "refused" else [self._rollback_reason]
+        event = self._record(self._remember(event, plan, reasons))
         scheme = self._config.quantize_after_promotion
         if event.result == "promoted" and event.version is not None and scheme:
             self._record(self.quantize(event.version, scheme, now=now))
@@ -364,10 +416,15 @@ class RefreshLoop:
         if self._config.canary and self._fetch is not None:
             t0 = time.monotonic()
             controller = CanaryController(self._registry, self._fetch, self.canary)
-            verdict, cur, can = controller.run(outcome.version)
+            trained_on: dict[str, int] = {}
+            if isinstance(outcome, RefreshOutcome):
+                trained_on = outcome.dataset.get("new_by_skill", {})
+            focus = focus_routes(trained_on, self.canary)
+            verdict, _, _ = controller.run(outcome.version, focus)
             timings = {**outcome.timings_s, "canary": round(time.monotonic() - t0, 2)}
             self.metrics.stage_seconds.labels("canary").observe(timings["canary"])
-            detail = f"canary {can.describe()} vs current {cur.describe()}"
+            detail = controller.detail
+            self._rollback_reason = controller.reason
             if verdict != "promote":
                 self.metrics.refreshes.labels("rolled_back").inc()
                 return LoopEvent(now, trigger, drift_info, "rolled_back", outcome.version, detail, timings)

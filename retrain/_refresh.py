@@ -142,6 +142,7 @@ def run_refresh(
         "replay": dataset.replay_examples,
         "holdout": len(dataset.holdout),
         "by_skill": dataset.by_skill,
+        "new_by_skill": dataset.new_by_skill,
         "by_source": dataset.by_source,
         "rejected": dataset.rejected,
     }

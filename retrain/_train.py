@@ -104,11 +104,24 @@ def distill(
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """``callbacks``: extra ``transformers.TrainerCallback``s (the benchmarks evaluate
-    agreement at checkpoints through one)."""
+    agreement at checkpoints through one); they run in this process, so a call with
+    callbacks trains here even when ``config.isolated`` asks for a process of its own
+    (``retrain._train_job``)."""
+    config = config.resolved(parent_dir).budgeted(len(dataset.train))
+    if num_threads:
+        config = config.model_copy(update={"num_threads": num_threads})
+    if config.method in ("logit_kd", "sft_kd") and teacher_dir is None:  # before any process starts
+        raise ValueError(f"{config.method} needs the teacher's weights locally (teacher_dir)")
+    if config.isolated and not callbacks:
+        from retrain._train_job import train_in_subprocess
+
+        done = train_in_subprocess(
+            parent_dir, dataset, output_dir, config, teacher_dir=teacher_dir, progress=progress
+        )
+        return TrainResult(**{**done, "output_dir": Path(done["output_dir"])})
     import torch
 
-    config = config.resolved(parent_dir)
-    torch.set_num_threads(num_threads or config.num_threads)
+    torch.set_num_threads(config.num_threads)
     scratch = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
     trainer, tok = prepare_trainer(

@@ -239,3 +239,25 @@ def test_model_version_info_follows_the_versions_answering():
     metrics.observe("completions", result("v3"), 0.01)  # bounded: the oldest drops
     assert labelled() == {"v2", "v3"}
     assert metrics.registry.get_sample_value("distillery_confidence_threshold") == 0.9
+
+
+def test_student_answers_are_counted_per_route_with_a_bounded_label_set():
+    from gateway.metrics import MAX_ROUTE_LABELS
+    from router import CascadeResult, Decision
+
+    metrics = GatewayMetrics()
+    gen = make_generation("x", 0.99, "v1", "student")
+    result = CascadeResult(gen, "student", Decision(0.99, False), False, False, None, 0.01, 0.0, "ok", 0.9)
+    metrics.observe("chat", result, 0.01, "plural")
+    metrics.observe("chat", result, 0.01, None)
+    for i in range(MAX_ROUTE_LABELS + 5):  # a client's free-text metadata.route
+        metrics.observe("chat", result, 0.01, f"r{i}")
+
+    def count(route: str) -> float | None:
+        labels = {"model_version": "v1", "escalated": "false", "route": route}
+        return metrics.registry.get_sample_value("distillery_student_answers_total", labels)
+
+    assert count("plural") == 1 and count("") == 1
+    routes = {s.labels["route"] for s in metrics.student_answers.collect()[0].samples}
+    assert len(routes) == MAX_ROUTE_LABELS + 2  # the bounded set, '' and 'other'
+    assert count("other") == 6
