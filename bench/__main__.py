@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark, then regenerate docs/benchmarks.md from the results.
 
-    python -m bench                      # everything (overhead alone ~25 min on 2 cores)
+    python -m bench                      # everything (overhead ~25 min, loop_robustness ~2.5 h)
     python -m bench --only overhead,loop # some of them
     python -m bench --render-only        # rebuild the report from bench/results/*.json
     python -m bench --quick              # smaller sizes (DISTILLERY_BENCH_QUICK=1)
@@ -34,6 +34,7 @@ BENCHMARKS: list[str] = [
     "feedback_throughput",
     "vllm_vs_transformers",
     "real_loop",
+    "loop_robustness",
     "quantize",
     "live_quality",
     "structured",

@@ -97,6 +97,45 @@ def _summary() -> list[str]:
             f"| real pair: refresh cycle | <= 900 s | {'n/a' if cycle is None else f'{cycle:.0f} s'} "
             f"| {'met' if cycle_ok else '**missed**'} |"
         )
+    lr = RESULTS / "loop_robustness.json"
+    if lr.is_file():
+        s = json.loads(lr.read_text())["summary"]
+        met, n = s["met"], s["runs"]
+        for name, bar, value, ok in (
+            (
+                "promoted on the first refresh",
+                ">= 4 of 5",
+                f"{s['promoted_first_refresh']} of {n}",
+                met["promoted_first_refresh"] and met["runs"],
+            ),
+            (
+                "drifted escalations halve, every promoted run",
+                "<= 0.5x",
+                f"median after {_pct(s['median_drifted_escalation_after'])}",
+                met["drifted_escalation_halves_every_promoted_run"],
+            ),
+            (
+                "old-route escalation rise, every promoted run",
+                "<= 5 points",
+                f"worst {_pts(s['worst_old_escalation_delta'])}",
+                met["old_escalation_every_promoted_run"],
+            ),
+            (
+                "cycle while serving, every run",
+                "<= 900 s",
+                f"max {_secs(s['max_cycle_s'])}",
+                met["cycle_every_run"],
+            ),
+            (
+                "serving p99 during a refresh vs idle (worst run)",
+                "<= 2x",
+                _times(s["serving_p99_ratio_during_refresh"]),
+                met["serving_p99_ratio"],
+            ),
+        ):
+            rows.append(
+                f"| loop robustness ({n} runs): {name} | {bar} | {value} | {'met' if ok else '**missed**'} |"
+            )
     lq = RESULTS / "live_quality.json"
     if lq.is_file():
         s = json.loads(lq.read_text())["summary"]
@@ -141,6 +180,22 @@ def _summary() -> list[str]:
         *rows,
         "",
     ]
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _pts(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:+.1f} points"
+
+
+def _secs(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0f} s"
+
+
+def _times(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
 
 
 def document(names: list[str]) -> str:
