@@ -21,8 +21,7 @@ verdict}``). Over a window, the canary is judged on both:
   overall is not what a refresh is for; on the focus routes the canary's escalation rate
   must be clearly lower than the current version's (the upper end of its Wilson interval
   at most ``1 - min_focus_improvement`` of the current's rate), and on the other routes
-  not clearly higher (the lower end of its interval at most ``max_escalation_increase``
-  above the current's). Counted per route from
+  not clearly higher (the lower end of its interval not above the current's rate). Counted per route from
   ``distillery_student_answers_total{route}``.
 
 A bound, not the raw ratio: 27 of 30 agreeing is 0.90, but the interval (0.74, 0.97)
@@ -253,7 +252,10 @@ def judge_focus(split: RouteSplit, config: CanaryConfig) -> tuple[Verdict, str]:
     verdict and the rule that gave it."""
     z = config.confidence_z
     rest_low, _ = wilson_interval(split.canary_rest.escalated, split.canary_rest.answers, z)
-    rest_bar = split.current_rest.escalation_rate + config.max_escalation_increase
+    # Clearly worse at all, not "clearly more than max_escalation_increase worse": a
+    # canary of 56 old-route answers at 8.9% (the current at 0%) has a lower bound of 3.9%
+    # and would pass the latter while breaking the 5-point promise.
+    rest_bar = split.current_rest.escalation_rate
     judged = split.canary_rest.answers >= config.min_requests and split.current_rest.answers > 0
     if judged and rest_low > rest_bar:
         return "rollback", f"other routes clearly worse: escalation >= {rest_low:.3f} > {rest_bar:.3f}"

@@ -63,6 +63,8 @@ def test_too_few_focus_answers_or_an_open_question_waits():
 def test_old_routes_clearly_worse_roll_back_even_when_the_focus_routes_improved():
     verdict, why = judge_focus(_split((60, 60), (40, 2), rest_cur=(200, 20), rest_can=(60, 30)), CFG)
     assert verdict == "rollback" and "other routes" in why
+    # The smoke run's case: 5 of 56 old-route answers escalated where the current had 0.
+    assert judge_focus(_split((60, 60), (40, 2), rest_cur=(511, 0), rest_can=(56, 5)), CFG)[0] == "rollback"
     # A few more escalations on the old routes, within noise, do not.
     assert judge_focus(_split((60, 60), (40, 2), rest_cur=(200, 20), rest_can=(60, 9)), CFG)[0] == "promote"
 
