@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from deploy import (
     CanaryConfig,
@@ -65,6 +65,21 @@ class LoopConfig(BaseModel):
 
     check_interval_s: float = Field(default=300.0, gt=0)
     nightly_at: str | None = "03:00"
+
+    @field_validator("nightly_at", mode="before")
+    @classmethod
+    def _hh_mm(cls, value: object) -> object:
+        """``null``/``none``/``off``/empty (an environment variable cannot say None) turn
+        it off; anything else must be HH:MM, or every tick would fail on it."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.lower() in ("", "null", "none", "off"):
+                return None
+            hh, _, mm = value.partition(":")
+            if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60 and len(mm) == 2):
+                raise ValueError(f"nightly_at must be HH:MM (UTC) or null, not {value!r}")
+        return value
+
     sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
     canary: bool = True
     quantize_after_promotion: str | None = None
@@ -452,9 +467,13 @@ class RefreshLoop:
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:
+            except Exception as exc:
                 logger.exception("refresh loop tick failed")
                 self.metrics.refreshes.labels("failed").inc()
+                # In the events too: whoever follows them (``RemoteLoop``, the scenario, an
+                # operator) learns of the failure instead of waiting for an outcome.
+                detail = f"{type(exc).__name__}: {exc}"[:300]
+                self._record(LoopEvent(self._clock(), "error", None, "failed", detail=detail))
             deadline = time.monotonic() + self._config.check_interval_s
             while not self._stop.is_set() and time.monotonic() < deadline:
                 if self._registry.pending_refresh() is not None:
@@ -494,7 +513,8 @@ class RemoteLoop:
             if path.is_file():
                 for line in path.read_text().splitlines():
                     row = json.loads(line) if line.strip() else {}
-                    if row.get("trigger") == "manual" and float(row.get("at", 0)) >= asked - 1.0:
+                    answers = row.get("trigger") == "manual" or row.get("result") == "failed"
+                    if answers and float(row.get("at", 0)) >= asked - 1.0:
                         return LoopEvent(**row)
             time.sleep(self._poll_s)
         raise TimeoutError(f"the running refresh loop did not answer within {self._timeout_s:g}s")

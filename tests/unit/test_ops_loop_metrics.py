@@ -75,3 +75,24 @@ def test_last_success_of_a_promotion_survives_a_restart(tmp_path: Path) -> None:
     assert registry.pointers()["current"] == "v2"
     restarted = _samples(_loop(tmp_path, registry, now=999_999.0))
     assert restarted[("distillery_refresh_last_success_timestamp_seconds", ())] == 123_456.0
+
+
+def test_a_tick_that_raises_is_an_event_a_remote_follower_sees(tmp_path: Path) -> None:
+    import json
+    import threading
+
+    from retrain import EVENTS_FILE
+
+    registry = ModelRegistry(tmp_path / "registry")
+    loop = _loop(tmp_path, registry)
+
+    def broken() -> Any:
+        loop.stop()  # one tick, then run() returns
+        raise RuntimeError("the store is gone")
+
+    loop.tick = broken  # type: ignore[method-assign]
+    worker = threading.Thread(target=loop.run)
+    worker.start()
+    worker.join(10)
+    rows = [json.loads(line) for line in (registry.root / EVENTS_FILE).read_text().splitlines()]
+    assert rows[-1]["result"] == "failed" and "RuntimeError: the store is gone" in rows[-1]["detail"]

@@ -55,3 +55,16 @@ def test_the_step_budget_follows_the_dataset_size():
     assert BASE.budgeted(20000).steps == 100  # capped by steps
     assert BASE.budgeted(10).steps == 20  # never below min_steps
     assert BASE.model_copy(update={"max_epochs": None}).budgeted(452).steps == 100
+
+
+def test_nightly_at_takes_hh_mm_or_an_off_word_from_the_environment():
+    import pytest
+    from pydantic import ValidationError
+
+    from retrain import LoopConfig
+
+    assert LoopConfig(nightly_at="null").nightly_at is None
+    assert LoopConfig(nightly_at="").nightly_at is None
+    assert LoopConfig(nightly_at="03:30").nightly_at == "03:30"
+    with pytest.raises(ValidationError, match="HH:MM"):
+        LoopConfig(nightly_at="3am")
