@@ -65,14 +65,19 @@ def import_teacher(settings: DistillerySettings, *, force: bool = False) -> Mode
     )
 
 
+HOW_IT_RUNS = {"isolated", "niceness", "omp_wait_policy", "num_threads"}
+"""Training fields that change how a run shares the machine, not what it learns: left out
+of the build key, so tuning them does not rebuild the student (~10 min)."""
+
+
 def _build_key(settings: DistillerySettings, layers: int, seed_per_route: int, steps: int | None) -> str:
     blob = json.dumps(
         [
             read_model_version(settings.tier_dir("teacher")),
             layers,
             seed_per_route,
-            settings.real.bootstrap.model_dump(mode="json"),
-            settings.real.refresh.model_dump(mode="json"),
+            settings.real.bootstrap.model_dump(mode="json", exclude=HOW_IT_RUNS),
+            settings.real.refresh.model_dump(mode="json", exclude=HOW_IT_RUNS),
             steps,
             settings.workload,
         ],
