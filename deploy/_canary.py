@@ -78,9 +78,11 @@ class CanaryConfig(BaseModel):
     min_focus_improvement (`float`, defaults to 0.3): relative drop of the escalation rate
         on the focus routes the canary must show with confidence (0.3: the upper bound of
         its rate at most 70% of the current's).
-    focus_min_rate (`float`, defaults to 0.2): the focus rule applies only where the
-        current version escalates at least this often on the focus routes (below it there
-        is little to improve, and "not worse" is the rule).
+    focus_min_rate (`float`, defaults to 0.3): a route the refresh trained on is a focus
+        route only where the current version escalates at least this often
+        (``failing_routes``; the real pair's old routes escalate 10-17%, drifted ones
+        ~100%); and the focus rule applies only where it escalates this often on the
+        focus routes together.
     focus_min_share (`float`, defaults to 0.1): a route is a focus route of a refresh when
         it holds at least this share of the refresh's new training examples.
     """
@@ -94,7 +96,7 @@ class CanaryConfig(BaseModel):
     confidence_z: float = Field(default=1.96, gt=0.0)
     min_focus_requests: int = Field(default=30, ge=1)
     min_focus_improvement: float = Field(default=0.3, ge=0.0, lt=1.0)
-    focus_min_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    focus_min_rate: float = Field(default=0.3, ge=0.0, le=1.0)
     focus_min_share: float = Field(default=0.1, gt=0.0, le=1.0)
 
 
@@ -281,6 +283,23 @@ def focus_routes(new_by_route: dict[str, int], config: CanaryConfig) -> list[str
     return sorted(r for r, n in new_by_route.items() if r and n / total >= config.focus_min_share)
 
 
+def failing_routes(
+    live: LiveMetrics, current: str, routes: Collection[str], config: CanaryConfig
+) -> list[str]:
+    """Of a refresh's focus routes, those the current version fails on: it escalates at
+    least ``focus_min_rate`` of its answers there (all of them so far). Deduplication
+    shrinks a drifted route's share of the new examples (few distinct prompts, asked
+    again and again), so an old route escalating 16% of a lot of traffic held 10% of the
+    new examples on the real pair and was judged as if it had drifted. A route with no
+    answers of the current version yet stays in."""
+    kept = []
+    for route in routes:
+        seen = live.on_routes(current, [route])
+        if seen.answers == 0 or seen.escalation_rate >= config.focus_min_rate:
+            kept.append(route)
+    return sorted(kept)
+
+
 def agreement_reference(
     live: LiveMetrics, current: str, candidate: str, config: CanaryConfig
 ) -> float | None:
@@ -316,6 +335,8 @@ class CanaryController:
         self._sleep = sleep
         self._clock = clock
         self.detail = ""
+        self.focus: list[str] = []
+        """The focus routes the last canary was judged on."""
         self.reason = ""
         """The rule behind the last verdict (a rollback's cause, for the next attempt)."""
 
@@ -326,6 +347,8 @@ class CanaryController:
         if current is None:
             raise RegistryError("no current version to compare the canary with")
         base = parse_live_metrics(self._fetch())
+        focus = failing_routes(base, current, focus, self._config)
+        self.focus = list(focus)
         self._registry.start_canary(version, self._config.share, actor="canary")
         started = self._clock()
         cur = can = VersionStats()

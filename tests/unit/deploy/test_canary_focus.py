@@ -1,6 +1,14 @@
 """The canary judged where its refresh was meant to help: the focus routes."""
 
-from deploy import CanaryConfig, RouteSplit, VersionStats, focus_routes, judge_focus, parse_live_metrics
+from deploy import (
+    CanaryConfig,
+    RouteSplit,
+    VersionStats,
+    failing_routes,
+    focus_routes,
+    judge_focus,
+    parse_live_metrics,
+)
 
 CFG = CanaryConfig(min_requests=30, min_focus_requests=30, min_focus_improvement=0.3, focus_min_rate=0.2)
 
@@ -77,3 +85,19 @@ def test_focus_routes_are_those_with_a_real_share_of_the_new_examples():
     new = {"plural": 80, "opposite": 70, "orders": 8, "refunds": 6, "": 3}
     assert focus_routes(new, CanaryConfig(focus_min_share=0.1)) == ["opposite", "plural"]
     assert focus_routes({}, CanaryConfig()) == []
+
+
+def test_an_old_route_with_a_share_of_the_new_examples_is_not_a_focus_route():
+    # Seed 1 on the real pair: capital escalated 101 of 625 (16%) and held >= 10% of the
+    # deduplicated new examples; plural escalated 654 of 654.
+    live = parse_live_metrics(
+        _text(
+            [
+                ("v1", "true", "capital", 101),
+                ("v1", "false", "capital", 524),
+                ("v1", "true", "plural", 654),
+            ]
+        )
+    )
+    routes = ["capital", "plural", "opposite"]  # opposite: no answers of v1 yet, kept
+    assert failing_routes(live, "v1", routes, CanaryConfig()) == ["opposite", "plural"]
