@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import ModelManifest, ModelSource, read_model_version
+from common.model_dir import REFERENCE_FILE, ModelManifest, ModelSource, read_model_version
 from deploy import ModelRegistry, RegisteredModel
 from feedback import FeedbackStore
-from retrain._dataset import Pair, build_dataset, load_reference
+from retrain._dataset import Pair, build_dataset, load_reference, save_pairs
 from retrain._gate import BackendFactory, GateReport, recalibration, run_gate, transformers_factory
 from retrain._labels import SecondOpinion, backend_opinion
 from retrain._suite import build_suite
@@ -108,6 +108,13 @@ def run_refresh(
         current.path, dataset, candidate_dir, distill_config, progress=progress, teacher_dir=teacher_dir
     )
     timings["train"] = time.monotonic() - t0
+    # What the candidate was trained on is its drift reference and its replay pool: the
+    # parent's, plus this refresh's new rows. A copy of the parent's alone made the loop
+    # see the routes it had just learned as drift on every tick after a promotion (and
+    # refresh again, seed 1 of loop robustness), and left them out of the next replay.
+    reference = {p.key: p for p in load_reference(current.path)}
+    reference.update((p.key, p) for p in dataset.train if p.source != "replay")
+    save_pairs(list(reference.values()), candidate_dir / REFERENCE_FILE)
     # The candidate names itself from here on (the gate's report, the engines that load it).
     manifest = ModelManifest.load(candidate_dir) or ModelManifest(version=version)
     manifest.version, manifest.parent = version, current.version

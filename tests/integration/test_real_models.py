@@ -28,6 +28,7 @@ from retrain import (
     Pair,
     build_dataset,
     ensure_registry,
+    load_reference,
     save_pairs,
 )
 from retrain._train import prepare_trainer
@@ -311,6 +312,11 @@ def test_a_few_sft_steps_and_the_soft_metric_gate_through_the_production_refresh
     # preset's support labeller, since these requests sent no metadata.route).
     routes = set(outcome.gate.candidate.per_skill) | set(outcome.dataset["by_skill"])
     assert "order_number" in routes
+    # Its drift reference and replay pool: the parent's plus what this refresh taught.
+    assert outcome.dataset["new"] >= 1
+    parent_ref = {p.key for p in load_reference(settings.tier_dir("student"))}
+    candidate_ref = {p.key for p in load_reference(model.path)}
+    assert parent_ref < candidate_ref
     assert (
         outcome.gate.candidate.invalid_rate <= 1.0 and 0.0 <= outcome.gate.candidate.served_agreement <= 1.0
     )
