@@ -99,6 +99,8 @@ def _summary() -> list[str]:
         )
     lr = RESULTS / "loop_robustness.json"
     if lr.is_file():
+        from bench.report.loop_robustness import _pct, _pts, _s, _x  # the section's own formats
+
         s = json.loads(lr.read_text())["summary"]
         met, n = s["met"], s["runs"]
         for name, bar, value, ok in (
@@ -123,13 +125,13 @@ def _summary() -> list[str]:
             (
                 "cycle while serving, every run",
                 "<= 900 s",
-                f"max {_secs(s['max_cycle_s'])}",
+                f"max {_s(s['max_cycle_s'])}",
                 met["cycle_every_run"],
             ),
             (
                 "serving p99 during a refresh vs idle (worst run)",
                 "<= 2x",
-                _times(s["serving_p99_ratio_during_refresh"]),
+                _x(s["serving_p99_ratio_during_refresh"]),
                 met["serving_p99_ratio"],
             ),
         ):
@@ -180,22 +182,6 @@ def _summary() -> list[str]:
         *rows,
         "",
     ]
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.1%}"
-
-
-def _pts(v: float | None) -> str:
-    return "n/a" if v is None else f"{v * 100:+.1f} points"
-
-
-def _secs(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.0f} s"
-
-
-def _times(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2f}x"
 
 
 def document(names: list[str]) -> str:
