@@ -119,6 +119,10 @@ class EscalationEvent(BaseModel):
     student_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     student_scores: dict[str, float] = Field(default_factory=dict)
     teacher_answer: str | None = None
+    teacher_finish_reason: Literal["stop", "length"] | None = None
+    """``length``: the teacher's answer was cut by the token limit. It is served (the
+    client set the limit) but never taught: a cut-off answer teaches the student not to
+    stop (``teacher_label``). None on events from before the field existed."""
     student_version: str | None = None
     teacher_version: str | None = None
     student_latency_s: float | None = None
@@ -145,6 +149,16 @@ class EscalationEvent(BaseModel):
     parallel_tool_calls: bool | None = None
     output_kind: Literal["text", "json", "tool_call"] = "text"
     """What the answer had to be (thresholds and the gate's checks are per kind)."""
+
+    def teacher_label(self) -> str | None:
+        """The teacher's answer as a training or gate label: stripped; None when empty or
+        cut off by the token limit (the real teacher rambles on some prompts: 52 of 138
+        escalated ``capital`` answers in a loop-robustness run ran into the limit, and a
+        refresh trained on them answered those routes without stopping)."""
+        answer = (self.teacher_answer or "").strip()
+        if not answer or self.teacher_finish_reason == "length":
+            return None
+        return answer
 
     def prompt_text(self) -> str:
         """The prompt as one string (the last user turn for chat)."""

@@ -386,7 +386,10 @@ class _Labeller:
             if not event.prompt_text().strip() or not _usable(event.teacher_answer):
                 self.rejected["unusable"] += 1
                 continue
-            assert event.teacher_answer is not None
+            label = event.teacher_label()
+            if label is None:  # cut off by the token limit: it would teach not to stop
+                self.rejected["teacher_cut_off"] += 1
+                continue
             source = "audit" if event.kind == "audit" else "teacher"
             rating = rated.get(event.request_id)
             if rating is not None and rating.tier == "teacher" and rating.rating is not None:
@@ -394,7 +397,7 @@ class _Labeller:
                     self.rejected["rated_bad"] += 1
                     continue
                 source = "teacher_agreed"
-            pair = self._kept(Pair.from_event(event, event.teacher_answer.strip(), source))
+            pair = self._kept(Pair.from_event(event, label, source))
             if pair is None:
                 continue
             failed = next(

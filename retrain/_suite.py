@@ -53,7 +53,7 @@ def build_suite(
     per_route: dict[str | None, int] = {}
     events = store.events(kind="escalation", split="holdout", holdout_fraction=holdout_fraction)
     for event in sorted(events, key=lambda e: e.request_id):  # stable across runs
-        answer = (event.teacher_answer or "").strip()
+        answer = event.teacher_label()  # a cut-off answer is no label to judge by
         if not answer or per_route.get(event.skill, 0) >= config.suite_per_route:
             continue
         pair = Pair.from_event(event, answer)

@@ -243,3 +243,17 @@ def test_a_bad_rating_says_what_a_rating_is(rating):
     error = resp.json()["error"]
     assert error["param"] == "rating"
     assert error["message"] == "rating: rating must be true, false or a number between 0 and 1"
+
+
+@pytest.mark.parametrize("finish", ["stop", "length"])
+def test_an_escalation_records_whether_the_teachers_answer_was_cut_off(finish):
+    stack = Stack()
+    stack._teacher_answer = lambda req: make_generation("HELLO", 0.99, "teacher-v1", "teacher").model_copy(  # type: ignore[method-assign]
+        update={"finish_reason": finish}
+    )
+    stack.teacher.answer = stack._teacher_answer
+    body = stack.ask("unsure: hello =")
+    assert body["choices"][0]["text"] == "HELLO"  # served either way: the client set the limit
+    (event,) = [e for e in stack.producer.events if e.kind == "escalation"]
+    assert event.teacher_finish_reason == finish
+    assert (event.teacher_label() is None) == (finish == "length")

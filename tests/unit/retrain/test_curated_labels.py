@@ -196,3 +196,37 @@ def test_a_second_teacher_keeps_only_labels_both_agree_on(store):
     assert sorted(asked) == ["p1", "p2"]  # an answer the application confirmed is not re-asked
     assert ds.rejected == {"second_teacher_disagreed": 1}
     assert ds.by_source == {"teacher_agreed": 2}
+
+
+def test_a_teacher_answer_cut_off_by_the_token_limit_is_never_taught_or_judged_by(store, tmp_path):
+    """The real teacher rambles on some prompts ("El Turco, el Turco, ..." until the limit):
+    served, but a label that never stops teaches the student not to stop."""
+    from retrain import GateConfig, build_suite
+
+    cut = EscalationEvent(
+        request_id="cut",
+        created_at=1.0,
+        prompt="What is the capital of Spain?",
+        teacher_answer="El Turco, el Turco, el Turco, el Turco,",
+        teacher_finish_reason="length",
+        skill="capital",
+    )
+    whole = EscalationEvent(
+        request_id="whole",
+        created_at=2.0,
+        prompt="What is the capital of Japan?",
+        teacher_answer="The capital of Japan is Tokyo.",
+        teacher_finish_reason="stop",
+        skill="capital",
+    )
+    legacy = _escalation(
+        "legacy", "What is the capital of Peru?", "The capital of Peru is Lima.", 3.0, "capital"
+    )
+    store.insert([cut, whole, legacy])
+    pairs, ds = _train(store)
+    assert set(pairs) == {"What is the capital of Japan?", "What is the capital of Peru?"}
+    assert ds.rejected == {"teacher_cut_off": 1}
+    assert cut.teacher_label() is None and whole.teacher_label() == "The capital of Japan is Tokyo."
+    # the gate's suite takes held-out events: every event here, at a holdout share of 1
+    suite = build_suite(GateConfig(suite_per_route=10), tmp_path, store, holdout_fraction=1.0)
+    assert {p.prompt for p in suite} == {"What is the capital of Japan?", "What is the capital of Peru?"}
