@@ -23,6 +23,7 @@ model directory unless the config sets one.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,7 +57,9 @@ __all__ = [
     "judge",
     "kind_thresholds",
     "recalibration",
+    "route_regression",
     "run_gate",
+    "sign_test_p",
     "transformers_factory",
 ]
 
@@ -156,10 +159,13 @@ class EvalResult:
     answers: list[str] = field(default_factory=list, repr=False)
     """The model's greedy answers, holdout then suite (a quantized candidate is also judged
     on how often it answers as its parent: compared here, not generated a second time)."""
+    suite_correct: dict[str, list[bool]] = field(default_factory=dict, repr=False)
+    """Per route, whether each suite item (in suite order) agreed with its label: two models
+    judged on the same suite pair up item by item (``route_regression``)."""
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["answers"]
+        del out["answers"], out["suite_correct"]
         return out
 
 
@@ -233,6 +239,7 @@ def evaluate_model(
         holdout_agreement=(sum(correct[:n_hold]) / n_hold) if n_hold else None,
         suite_accuracy=sum(correct[n_hold:]) / max(1, len(suite)),
         per_skill={k: sum(v) / len(v) for k, v in sorted(per_skill.items())},
+        suite_correct=dict(sorted(per_skill.items())),
         invalid_rate=1 - sum(valid) / len(valid),
         ece=expected_calibration_error(conf[n_hold:], correct[n_hold:]),
         threshold=point.threshold,
@@ -292,12 +299,10 @@ def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
         need = cur.holdout_agreement + config.min_holdout_agreement_gain
         if cand.holdout_agreement < need:
             reasons.append(f"holdout agreement {cand.holdout_agreement:.3f} < required {need:.3f}")
-    for skill, acc in cur.per_skill.items():
-        if (
-            acc >= config.min_route_accuracy
-            and cand.per_skill.get(skill, 0.0) < acc - config.max_skill_regression
-        ):
-            reasons.append(f"route {skill!r} regressed {acc:.3f} -> {cand.per_skill.get(skill, 0.0):.3f}")
+    for skill in cur.per_skill:
+        why = route_regression(skill, cur, cand, config)
+        if why is not None:
+            reasons.append(why)
     ece_bar = max(config.max_ece, cur.ece + config.max_ece_increase)
     if cand.ece > ece_bar + 1e-9:
         reasons.append(f"calibration error {cand.ece:.3f} > {ece_bar:.3f} (current {cur.ece:.3f})")
@@ -321,6 +326,35 @@ def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
             f"> current {cur.escalation_rate:.3f}"
         )
     return reasons
+
+
+def sign_test_p(lost: int, gained: int) -> float:
+    """One-sided exact sign test: the chance of losing at least ``lost`` of the
+    ``lost + gained`` items on which two equally good models differ."""
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    return float(sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n)
+
+
+def route_regression(skill: str, cur: EvalResult, cand: EvalResult, config: GateConfig) -> str | None:
+    """Why ``cand`` forgot route ``skill`` (None: it did not): the route was mastered, its
+    accuracy fell by more than ``max_skill_regression`` and, where both models' answers
+    per suite item are known, the items lost outnumber those gained beyond chance
+    (``sign_test_p`` < ``route_regression_alpha``)."""
+    acc, new = cur.per_skill[skill], cand.per_skill.get(skill, 0.0)
+    if acc < config.min_route_accuracy or new >= acc - config.max_skill_regression:
+        return None
+    why = f"route {skill!r} regressed {acc:.3f} -> {new:.3f}"
+    was, now = cur.suite_correct.get(skill), cand.suite_correct.get(skill)
+    if was is None or now is None or len(was) != len(now):
+        return why
+    lost = sum(a and not b for a, b in zip(was, now, strict=True))
+    gained = sum(b and not a for a, b in zip(was, now, strict=True))
+    p = sign_test_p(lost, gained)
+    if p >= config.route_regression_alpha:
+        return None
+    return f"{why} ({lost} answers lost, {gained} gained of {len(was)}: sign test p={p:.3f})"
 
 
 def recalibration(

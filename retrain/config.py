@@ -189,6 +189,14 @@ class GateConfig(BaseModel):
         suite_per_route (`int`, defaults to 50).
         min_route_accuracy (`float`, defaults to 0.9): only routes the current student
             already masters are protected by ``max_skill_regression``.
+        route_regression_alpha (`float`, defaults to 0.05): a route whose accuracy fell by
+            more than ``max_skill_regression`` counts as regressed only when the drop is
+            also unlikely to be noise: an exact sign test on the suite items of the route
+            that one model answered right and the other wrong (answers lost vs gained)
+            gives p < this. A route suite holds ~50 items, where one answer is 2 points:
+            without the test, two or three answers that changed template ("The order
+            number is 9320." for "The order number in this message is 9320.") refused
+            candidates that served better. 1.0: the accuracy drop alone decides.
     """
 
     min_holdout_agreement_gain: float = 0.0
@@ -208,3 +216,4 @@ class GateConfig(BaseModel):
     suite_file: Path | None = None
     suite_per_route: int = Field(default=50, ge=1)
     min_route_accuracy: float = Field(default=0.9, ge=0.0, le=1.0)
+    route_regression_alpha: float = Field(default=0.05, gt=0.0, le=1.0)
