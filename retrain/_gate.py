@@ -162,10 +162,13 @@ class EvalResult:
     suite_correct: dict[str, list[bool]] = field(default_factory=dict, repr=False)
     """Per route, whether each suite item (in suite order) agreed with its label: two models
     judged on the same suite pair up item by item (``route_regression``)."""
+    suite_escalated: dict[str, list[bool]] = field(default_factory=dict, repr=False)
+    """Per route, whether each suite item would escalate at this model's recalibrated
+    threshold (its kind's, for a structured request): what serving it would do."""
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["answers"], out["suite_correct"]
+        del out["answers"], out["suite_correct"], out["suite_escalated"]
         return out
 
 
@@ -230,16 +233,23 @@ def evaluate_model(
     kept = [check_answer(requests[i], gens[i].text, gens[i].finish_reason).valid for i in structured]
     conf = [score(confidence_logprobs(g, sampled=False)) for g in gens]
     n_hold = len(holdout)
-    per_skill: dict[str, list[bool]] = {}
-    for p, ok in zip(suite, correct[n_hold:], strict=True):
-        per_skill.setdefault(p.skill or "unlabelled", []).append(ok)
     point = pick_threshold(calibration_curve(conf, correct), target_agreement=target_agreement)
+    by_kind = kind_thresholds(
+        kinds, conf, correct, min_answers=min_kind_answers, target_agreement=target_agreement
+    )
+    per_skill: dict[str, list[bool]] = {}
+    escalated: dict[str, list[bool]] = {}
+    for i, p in enumerate(suite, start=n_hold):
+        skill = p.skill or "unlabelled"
+        per_skill.setdefault(skill, []).append(correct[i])
+        escalated.setdefault(skill, []).append(conf[i] < by_kind.get(kinds[i], point.threshold))
     return EvalResult(
         version=read_model_version(model_dir),
         holdout_agreement=(sum(correct[:n_hold]) / n_hold) if n_hold else None,
         suite_accuracy=sum(correct[n_hold:]) / max(1, len(suite)),
         per_skill={k: sum(v) / len(v) for k, v in sorted(per_skill.items())},
         suite_correct=dict(sorted(per_skill.items())),
+        suite_escalated=dict(sorted(escalated.items())),
         invalid_rate=1 - sum(valid) / len(valid),
         ece=expected_calibration_error(conf[n_hold:], correct[n_hold:]),
         threshold=point.threshold,
@@ -248,9 +258,7 @@ def evaluate_model(
         json_validity=sum(kept) / len(kept) if kept else None,
         structural_agreement=sum(correct[i] for i in structured) / len(structured) if structured else None,
         by_kind=dict(sorted(Counter(kinds).items())),
-        kind_thresholds=kind_thresholds(
-            kinds, conf, correct, min_answers=min_kind_answers, target_agreement=target_agreement
-        ),
+        kind_thresholds=by_kind,
         answers=[g.text for g in gens],
     )
 
@@ -300,9 +308,7 @@ def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
         if cand.holdout_agreement < need:
             reasons.append(f"holdout agreement {cand.holdout_agreement:.3f} < required {need:.3f}")
     for skill in cur.per_skill:
-        why = route_regression(skill, cur, cand, config)
-        if why is not None:
-            reasons.append(why)
+        reasons += route_regression(skill, cur, cand, config)
     ece_bar = max(config.max_ece, cur.ece + config.max_ece_increase)
     if cand.ece > ece_bar + 1e-9:
         reasons.append(f"calibration error {cand.ece:.3f} > {ece_bar:.3f} (current {cur.ece:.3f})")
@@ -337,24 +343,58 @@ def sign_test_p(lost: int, gained: int) -> float:
     return float(sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n)
 
 
-def route_regression(skill: str, cur: EvalResult, cand: EvalResult, config: GateConfig) -> str | None:
-    """Why ``cand`` forgot route ``skill`` (None: it did not): the route was mastered, its
-    accuracy fell by more than ``max_skill_regression`` and, where both models' answers
-    per suite item are known, the items lost outnumber those gained beyond chance
-    (``sign_test_p`` < ``route_regression_alpha``)."""
+def route_regression(skill: str, cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
+    """Why ``cand`` would serve route ``skill`` worse than ``cur`` does (empty: it would not).
+    Only a route the current student masters is protected.
+
+    With both models' answers per suite item, what serving them would do is compared, each
+    model at its own recalibrated threshold: the share of items *served wrong* (kept, and
+    disagreeing with the label) may rise by ``max_skill_regression``, the share *escalated*
+    by ``max_route_escalation_increase``, and a rise beyond that counts only when the items
+    that got worse outnumber those that got better beyond chance (``sign_test_p`` <
+    ``route_regression_alpha``). Greedy accuracy alone is not the measure: a candidate that
+    answers a few items in another of the teacher's templates ("The order number is 9320."
+    for "The order number in this message is 9320.") and escalates every one of them serves
+    the route as well, at a cost the escalation check sees. Without per-item answers (a
+    report built from numbers), the accuracy drop decides."""
     acc, new = cur.per_skill[skill], cand.per_skill.get(skill, 0.0)
-    if acc < config.min_route_accuracy or new >= acc - config.max_skill_regression:
-        return None
-    why = f"route {skill!r} regressed {acc:.3f} -> {new:.3f}"
-    was, now = cur.suite_correct.get(skill), cand.suite_correct.get(skill)
-    if was is None or now is None or len(was) != len(now):
-        return why
-    lost = sum(a and not b for a, b in zip(was, now, strict=True))
-    gained = sum(b and not a for a, b in zip(was, now, strict=True))
-    p = sign_test_p(lost, gained)
-    if p >= config.route_regression_alpha:
-        return None
-    return f"{why} ({lost} answers lost, {gained} gained of {len(was)}: sign test p={p:.3f})"
+    if acc < config.min_route_accuracy:
+        return []
+    right = (cur.suite_correct.get(skill), cand.suite_correct.get(skill))
+    esc = (cur.suite_escalated.get(skill), cand.suite_escalated.get(skill))
+    was_right, now_right = right
+    was_esc, now_esc = esc
+    if (
+        was_right is None
+        or now_right is None
+        or was_esc is None
+        or now_esc is None
+        or not len(was_right) == len(now_right) == len(was_esc) == len(now_esc)
+    ):
+        if new < acc - config.max_skill_regression:
+            return [f"route {skill!r} regressed {acc:.3f} -> {new:.3f}"]
+        return []
+    was_wrong = [not e and not r for r, e in zip(was_right, was_esc, strict=True)]
+    now_wrong = [not e and not r for r, e in zip(now_right, now_esc, strict=True)]
+    checks = (
+        ("serves wrong answers", was_wrong, now_wrong, config.max_skill_regression),
+        ("escalates", was_esc, now_esc, config.max_route_escalation_increase),
+    )
+    reasons: list[str] = []
+    for what, before, after, bar in checks:
+        n = len(before)
+        rate_before, rate_after = sum(before) / n, sum(after) / n
+        if rate_after <= rate_before + bar + 1e-9:
+            continue
+        worse = sum(a and not b for b, a in zip(before, after, strict=True))
+        better = sum(b and not a for b, a in zip(before, after, strict=True))
+        p = sign_test_p(worse, better)
+        if p < config.route_regression_alpha:
+            reasons.append(
+                f"route {skill!r} {what} more: {rate_before:.3f} -> {rate_after:.3f} of {n} items"
+                f" ({worse} worse, {better} better: sign test p={p:.3f})"
+            )
+    return reasons
 
 
 def recalibration(

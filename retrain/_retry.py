@@ -37,6 +37,8 @@ _CAUSES: tuple[tuple[str, Cause], ...] = (
     ("json validity", "undertrained"),
     ("focus routes", "undertrained"),
     ("regressed", "forgetting"),
+    ("serves wrong answers more", "forgetting"),
+    ("escalates more", "forgetting"),
     ("other routes", "forgetting"),
     ("calibration error", "calibration"),
 )

@@ -152,7 +152,13 @@ class GateConfig(BaseModel):
             with the teacher on held-out escalations must beat the current student's by
             at least this much (0: not worse).
         max_skill_regression (`float`, defaults to 0.02): on the fixed regression suite,
-            no skill the current student already masters (>= 0.9) may drop more than this.
+            on a route the current student already masters (>= ``min_route_accuracy``),
+            the share of items the candidate would serve wrong (kept at its recalibrated
+            threshold, and disagreeing with the label) may rise by at most this
+            (``retrain._gate.route_regression``).
+        max_route_escalation_increase (`float`, defaults to 0.05): on such a route, the
+            share of suite items the candidate would escalate may rise by at most this
+            (the product's bar for old routes: not worse by more than 5 points).
         max_ece (`float`, defaults to 0.1), max_ece_increase (`float`, defaults to 0.02):
             expected calibration error of the candidate's confidence on the regression
             suite: at most ``max_ece``, or not more than ``max_ece_increase`` above the
@@ -189,18 +195,16 @@ class GateConfig(BaseModel):
         suite_per_route (`int`, defaults to 50).
         min_route_accuracy (`float`, defaults to 0.9): only routes the current student
             already masters are protected by ``max_skill_regression``.
-        route_regression_alpha (`float`, defaults to 0.05): a route whose accuracy fell by
-            more than ``max_skill_regression`` counts as regressed only when the drop is
-            also unlikely to be noise: an exact sign test on the suite items of the route
-            that one model answered right and the other wrong (answers lost vs gained)
-            gives p < this. A route suite holds ~50 items, where one answer is 2 points:
-            without the test, two or three answers that changed template ("The order
-            number is 9320." for "The order number in this message is 9320.") refused
-            candidates that served better. 1.0: the accuracy drop alone decides.
+        route_regression_alpha (`float`, defaults to 0.05): a route's rise in wrong served
+            answers or escalations beyond its bar counts only when it is also unlikely to be
+            noise: an exact sign test on the suite items that got worse vs better gives
+            p < this. A route suite holds ~50 items, where one answer is 2 points. 1.0:
+            the rates alone decide.
     """
 
     min_holdout_agreement_gain: float = 0.0
     max_skill_regression: float = Field(default=0.02, ge=0.0)
+    max_route_escalation_increase: float = Field(default=0.05, ge=0.0)
     max_ece: float = Field(default=0.1, ge=0.0)
     max_ece_increase: float = Field(default=0.02, ge=0.0)
     max_invalid_rate: float = Field(default=0.02, ge=0.0)

@@ -52,43 +52,63 @@ def test_a_gate_with_nothing_to_judge_on_refuses(tmp_path):
     assert not report.passed and "nothing to judge" in report.reasons[0]
 
 
-def _route(right: int, n: int = 51, *, lose: int = 0, gain: int = 0) -> tuple[float, list[bool]]:
-    """A route's suite answers: the first ``right`` items right, then ``lose`` of the right
-    ones turned wrong and ``gain`` of the wrong ones turned right."""
-    items = [i < right for i in range(n)]
-    for i in range(lose):
-        items[i] = False
-    for i in range(gain):
-        items[right + i] = True
-    return sum(items) / n, items
+def _items(n: int, true_at: range) -> list[bool]:
+    return [i in true_at for i in range(n)]
 
 
-def _with_route(acc_items: tuple[float, list[bool]], **kw: object) -> EvalResult:
-    acc, items = acc_items
-    return result(per_skill={"order_number": acc}, suite_correct={"order_number": items}, **kw)
+def _route(right: list[bool], escalated: list[bool], **kw: object) -> EvalResult:
+    """One mastered-or-not route ``order_number`` with per-item answers."""
+    return result(
+        per_skill={"order_number": sum(right) / len(right)},
+        suite_correct={"order_number": right},
+        suite_escalated={"order_number": escalated},
+        **kw,
+    )
 
 
-def test_a_route_drop_of_a_few_answers_that_could_be_noise_is_not_forgetting():
-    """Loop robustness seed 1 (real pair): 4 order_number answers of 51 changed template
-    ("The order number is 9320." for "... in this message is 9320."), all of them escalated;
-    the candidate escalated 23% of the holdout vs 51%. p = 1/16 for 4 lost, 0 gained."""
-    current = _with_route(_route(49))
-    candidate = _with_route(_route(49, lose=4), escalation_rate=0.3)
-    assert candidate.per_skill["order_number"] < 0.9
+N = 51
+CURRENT = _route(_items(N, range(2, N)), _items(N, range(0, 5)))  # 49 right; escalates 5 (both wrong ones)
+
+
+def test_answers_in_another_template_that_all_escalate_are_not_forgetting():
+    """Loop robustness seed 1 (real pair): 5 order_number answers of 51 switched to the
+    teacher's other template ("The order number is 9320." for "... in this message is
+    9320."), which token F1 >= 0.9 calls wrong; the candidate escalated every one of them,
+    and 23% of the held-out traffic against the current's 51%. Greedy accuracy fell 0.961 ->
+    0.863 (5 lost, 0 gained: p = 0.031); what it serves did not get worse."""
+    candidate = _route(_items(N, range(7, N)), _items(N, range(0, 8)), escalation_rate=0.3)
+    assert candidate.per_skill["order_number"] < 0.87
+    assert judge(CURRENT, candidate, GateConfig()) == []
+
+
+def test_a_route_served_wrong_more_often_beyond_chance_is_refused():
+    # 6 more items kept and wrong (the candidate is sure of wrong answers)
+    candidate = _route(_items(N, range(8, N)), _items(N, range(0, 2)), escalation_rate=0.3)
+    (reason,) = judge(CURRENT, candidate, GateConfig())
+    assert reason.startswith("route 'order_number' serves wrong answers more: 0.000 -> 0.118 of 51 items")
+    assert "(6 worse, 0 better: sign test p=0.016)" in reason
+
+
+def test_a_route_that_escalates_more_beyond_its_bar_and_chance_is_refused():
+    candidate = _route(_items(N, range(2, N)), _items(N, range(0, 14)), escalation_rate=0.3)
+    (reason,) = judge(CURRENT, candidate, GateConfig())
+    assert reason.startswith("route 'order_number' escalates more: 0.098 -> 0.275 of 51 items")
+    # within the bar (5 points) or within chance: not refused
+    assert judge(CURRENT, _route(_items(N, range(2, N)), _items(N, range(0, 7))), GateConfig()) == []
+    noisy = _route(_items(N, range(2, N)), _items(N, [*range(0, 3), *range(5, 13)]), escalation_rate=0.3)
+    assert judge(CURRENT, noisy, GateConfig()) == []  # 8 worse, 2 better: p = 0.055
+
+
+def test_a_route_not_mastered_is_not_protected():
+    current = _route(_items(N, range(20, N)), _items(N, range(0, 20)))
+    candidate = _route(_items(N, range(30, N)), _items(N, range(0, 5)), escalation_rate=0.3)
     assert judge(current, candidate, GateConfig()) == []
 
 
-def test_a_route_that_loses_answers_beyond_chance_is_refused_and_the_reason_says_by_how_many():
-    current = _with_route(_route(49))
-    candidate = _with_route(_route(49, lose=9, gain=1), escalation_rate=0.3)
-    (reason,) = judge(current, candidate, GateConfig())
-    assert reason.startswith("route 'order_number' regressed 0.961 -> 0.804")
-    assert "9 answers lost, 1 gained of 51: sign test p=0.011" in reason
-
-
-def test_without_the_sign_test_or_the_items_the_accuracy_drop_alone_decides():
-    current, candidate = _with_route(_route(49)), _with_route(_route(49, lose=4), escalation_rate=0.3)
-    assert judge(current, candidate, GateConfig(route_regression_alpha=1.0))
+def test_without_the_sign_test_the_rates_alone_decide_and_without_items_the_accuracy_drop():
+    candidate = _route(_items(N, range(2, N)), _items(N, range(0, 9)), escalation_rate=0.3)
+    assert judge(CURRENT, candidate, GateConfig()) == []  # +8 points, 4 worse: p = 0.0625
+    assert judge(CURRENT, candidate, GateConfig(route_regression_alpha=1.0))
     bare_cur = result(per_skill={"order_number": 49 / 51})
     bare_cand = result(per_skill={"order_number": 45 / 51}, escalation_rate=0.3)
     assert judge(bare_cur, bare_cand, GateConfig())  # numbers only: no pairing to test
