@@ -26,7 +26,7 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -165,11 +165,24 @@ class EvalResult:
     suite_escalated: dict[str, list[bool]] = field(default_factory=dict, repr=False)
     """Per route, whether each suite item would escalate at this model's recalibrated
     threshold (its kind's, for a structured request): what serving it would do."""
+    suite_scores: dict[str, list[tuple[str, float]]] = field(default_factory=dict, repr=False)
+    """Per route, each suite item's output kind and confidence (``escalated_at``)."""
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["answers"], out["suite_correct"], out["suite_escalated"]
+        for private in ("answers", "suite_correct", "suite_escalated", "suite_scores"):
+            del out[private]
         return out
+
+    def escalated_at(self, calibration: CalibrationRecord) -> EvalResult:
+        """The same answers, escalated at the thresholds of ``calibration`` (the serving
+        student's own record: what users get from it today, not what it would get from a
+        recalibration on the gate's sample)."""
+        escalated = {
+            skill: [conf < calibration.threshold_for(kind) for kind, conf in items]
+            for skill, items in self.suite_scores.items()
+        }
+        return replace(self, suite_escalated=escalated)
 
 
 @dataclass
@@ -239,10 +252,12 @@ def evaluate_model(
     )
     per_skill: dict[str, list[bool]] = {}
     escalated: dict[str, list[bool]] = {}
+    scores: dict[str, list[tuple[str, float]]] = {}
     for i, p in enumerate(suite, start=n_hold):
         skill = p.skill or "unlabelled"
         per_skill.setdefault(skill, []).append(correct[i])
         escalated.setdefault(skill, []).append(conf[i] < by_kind.get(kinds[i], point.threshold))
+        scores.setdefault(skill, []).append((kinds[i], conf[i]))
     return EvalResult(
         version=read_model_version(model_dir),
         holdout_agreement=(sum(correct[:n_hold]) / n_hold) if n_hold else None,
@@ -250,6 +265,7 @@ def evaluate_model(
         per_skill={k: sum(v) / len(v) for k, v in sorted(per_skill.items())},
         suite_correct=dict(sorted(per_skill.items())),
         suite_escalated=dict(sorted(escalated.items())),
+        suite_scores=dict(sorted(scores.items())),
         invalid_rate=1 - sum(valid) / len(valid),
         ece=expected_calibration_error(conf[n_hold:], correct[n_hold:]),
         threshold=point.threshold,
@@ -296,7 +312,13 @@ def run_gate(
         )
 
     cur, cand = evaluate(current_dir), evaluate(candidate_dir)
-    reasons = judge(cur, cand, config)
+    serving = CalibrationRecord.load(current_dir)
+    # Per route, the candidate at the threshold it would be served at (the recalibrated
+    # one, written next to it on promotion) against the current at the one it is served at.
+    # Recalibrated on a gate sample dominated by a drifted route, the current's threshold
+    # can drop far below its own (0.958 vs 0.988 on the real pair), which made it look as if
+    # it escalated almost nothing on its old routes.
+    reasons = judge(cur.escalated_at(serving) if serving is not None else cur, cand, config)
     return GateReport(not reasons, reasons or ["all checks passed"], cand, cur, report_config)
 
 
@@ -347,8 +369,9 @@ def route_regression(skill: str, cur: EvalResult, cand: EvalResult, config: Gate
     """Why ``cand`` would serve route ``skill`` worse than ``cur`` does (empty: it would not).
     Only a route the current student masters is protected.
 
-    With both models' answers per suite item, what serving them would do is compared, each
-    model at its own recalibrated threshold: the share of items *served wrong* (kept, and
+    With both models' answers per suite item, what serving them would do is compared (the
+    current at its served threshold, ``run_gate``; the candidate at its recalibrated one):
+    the share of items *served wrong* (kept, and
     disagreeing with the label) may rise by ``max_skill_regression``, the share *escalated*
     by ``max_route_escalation_increase``, and a rise beyond that counts only when the items
     that got worse outnumber those that got better beyond chance (``sign_test_p`` <

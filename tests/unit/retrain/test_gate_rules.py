@@ -122,3 +122,15 @@ def test_the_sign_test():
     assert sign_test_p(5, 0) == 1 / 32
     assert sign_test_p(1, 1) == 3 / 4
     assert abs(sign_test_p(9, 1) - 11 / 1024) < 1e-12
+
+
+def test_the_current_is_judged_at_the_threshold_it_is_served_at():
+    from common.model_dir import CalibrationRecord
+
+    scored = result(
+        suite_scores={"order_number": [("text", 0.95), ("text", 0.97), ("json", 0.97), ("text", 0.99)]},
+        suite_escalated={"order_number": [False] * 4},
+    )
+    served = CalibrationRecord(scorer="mean_logprob", threshold=0.98, by_kind={"json": 0.96})
+    assert scored.escalated_at(served).suite_escalated == {"order_number": [True, True, False, False]}
+    assert "suite_scores" not in scored.summary()
