@@ -18,7 +18,13 @@ from deploy._follower import RegistryFollower
 from deploy._lease import LEASE_FILE, RefreshLease
 from deploy._registry import ModelRegistry, RegisteredModel
 from deploy._rollout import RolloutState
-from deploy.errors import ModelNotFound, RefreshInProgress, RegistryError, RollbackFailed
+from deploy.errors import (
+    ModelNotFound,
+    RefreshInProgress,
+    RegistryError,
+    RegistryMismatch,
+    RollbackFailed,
+)
 
 __all__ = [
     "LEASE_FILE",
@@ -32,6 +38,7 @@ __all__ = [
     "RegisteredModel",
     "RegistryError",
     "RegistryFollower",
+    "RegistryMismatch",
     "RollbackFailed",
     "RolloutState",
     "LiveMetrics",

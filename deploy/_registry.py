@@ -41,6 +41,7 @@ class RegisteredModel:
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w") as f:
         json.dump(payload, f, indent=2)
@@ -55,10 +56,13 @@ class ModelRegistry:
         self._versions = root / "versions"
         self._pointers = root / "pointers.json"
         self._audit = root / "audit.jsonl"
-        self._versions.mkdir(parents=True, exist_ok=True)
+        # Nothing is created until something is written: a read-only command (``models
+        # list``, ``drift check``) on a fresh checkout leaves no registry behind.
 
     # ---- reading ----------------------------------------------------------------------
     def versions(self) -> list[RegisteredModel]:
+        if not self._versions.is_dir():
+            return []
         out = [self.get(p.name) for p in self._versions.iterdir() if (p / MANIFEST).is_file()]
         return sorted(out, key=lambda m: (m.manifest.get("created", 0), m.version))
 
@@ -179,6 +183,7 @@ class ModelRegistry:
         if target.exists():
             raise RegistryError(f"version {version!r} already exists")
         staging = self._versions / f".staging-{version}-{os.getpid()}"
+        self._versions.mkdir(parents=True, exist_ok=True)
         if staging.exists():
             shutil.rmtree(staging)
         shutil.copytree(source_dir, staging)
@@ -213,6 +218,7 @@ class ModelRegistry:
 
     def _log(self, action: str, **fields: Any) -> None:
         line = json.dumps({"ts": time.time(), "action": action, **fields})
+        self.root.mkdir(parents=True, exist_ok=True)
         with self._audit.open("a") as f:
             f.write(line + "\n")
             f.flush()

@@ -4,14 +4,15 @@ DistilleryError
 └── RegistryError
     ├── ModelNotFound ..... no such version in the registry
     ├── RollbackFailed .... nothing to roll back to
-    └── RefreshInProgress . another refresh holds the registry's lease
+    ├── RefreshInProgress . another refresh holds the registry's lease
+    └── RegistryMismatch .. the registry descends from another student than the configured one
 """
 
 from __future__ import annotations
 
 from common.errors import DistilleryError
 
-__all__ = ["ModelNotFound", "RefreshInProgress", "RegistryError", "RollbackFailed"]
+__all__ = ["ModelNotFound", "RefreshInProgress", "RegistryError", "RegistryMismatch", "RollbackFailed"]
 
 
 class RegistryError(DistilleryError):
@@ -28,3 +29,9 @@ class RollbackFailed(RegistryError):
 
 class RefreshInProgress(RegistryError):
     """Another refresh holds the registry's lease (one refresh at a time per registry)."""
+
+
+class RegistryMismatch(RegistryError):
+    """The registry serves a line of versions that does not start from the configured
+    student: it belongs to another preset or configuration (or to a student since rebuilt).
+    Serving it would answer with the wrong model and retrain it on the wrong traffic."""

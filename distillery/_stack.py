@@ -15,11 +15,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.errors import ConfigError
 from distillery._local import BrokerService, Service, Supervisor, ThreadService
 from distillery.settings import DistillerySettings
+
+if TYPE_CHECKING:
+    from retrain import RefreshLoop
 
 __all__ = ["LocalStack", "build_loop", "serving_factory", "with_bootstrap"]
 
@@ -63,18 +66,24 @@ def build_loop(
     interval_s: float | None = None,
     gateway_url: str | None = None,
     suite: Any = None,
-) -> Any:
-    """The refresh loop these settings describe (``RefreshLoop``), reading the canary's
-    live metrics from ``gateway_url`` (default: the settings' server)."""
+    bootstrap: bool = True,
+) -> RefreshLoop:
+    """The refresh loop these settings describe, reading the canary's live metrics from
+    ``gateway_url`` (default: the settings' server). ``bootstrap``: register and promote
+    the configured student when the registry is empty (``ensure_registry``); False for a
+    read-only use (``distillery drift check``), which must never write the registry."""
     import httpx
 
     from deploy import ModelRegistry
     from feedback import open_store
-    from retrain import RefreshLoop, ensure_registry
+    from retrain import RefreshLoop, ensure_registry, serving_model
     from router import AgreementMetric
 
     registry = ModelRegistry(settings.resolved_registry_dir)
-    ensure_registry(registry, settings.tier_dir("student"))
+    if bootstrap:
+        ensure_registry(registry, settings.tier_dir("student"))
+    else:
+        serving_model(registry, settings.tier_dir("student"))  # the lineage check alone
     url = gateway_url or f"http://{settings.server.host}:{settings.server.port}"
     update: dict[str, Any] = {"sample_rate": settings.feedback.sample_rate}
     if canary is not None:
@@ -163,6 +172,14 @@ class LocalStack:
         self.close()
 
     def _start(self) -> None:
+        if self._want["serve"] and self.settings.follow_registry:
+            # Before anything starts: a registry of another preset or student would be
+            # served (and retrained on this traffic) without a word.
+            from deploy import ModelRegistry
+            from retrain import serving_model
+
+            registry = ModelRegistry(self.settings.resolved_registry_dir)
+            serving_model(registry, self.settings.tier_dir("student"))
         feedback = self.settings.feedback
         if self._want["broker"] and feedback.enabled and not feedback.kafka.bootstrap:
             self._start_broker()

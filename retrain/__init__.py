@@ -15,7 +15,14 @@ from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calib
 from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, VerifierConfig, build_verifiers
 from retrain._loop import EVENTS_FILE, LoopConfig, LoopEvent, LoopMetrics, RefreshLoop, RemoteLoop
 from retrain._quantize import QuantizeOutcome, quantize_version, quantized_version_name
-from retrain._refresh import RefreshOutcome, ensure_registry, run_refresh
+from retrain._refresh import (
+    RefreshOutcome,
+    check_lineage,
+    ensure_registry,
+    lineage,
+    run_refresh,
+    serving_model,
+)
 from retrain._suite import build_suite, load_suite, save_suite
 from retrain._train import TrainResult, distill
 from retrain.config import PRETRAINED_TRAINING, DistillConfig, GateConfig
@@ -62,7 +69,10 @@ __all__ = [
     "load_pairs",
     "save_pairs",
     "distill",
+    "check_lineage",
     "ensure_registry",
+    "lineage",
+    "serving_model",
     "evaluate_model",
     "expected_calibration_error",
     "load_reference",

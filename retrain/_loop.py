@@ -210,7 +210,9 @@ class RefreshLoop:
         tmp.replace(self._state_file)
 
     # ---- one tick -------------------------------------------------------------------
-    def check_drift(self, now: float) -> DriftResult:
+    def check_drift(self, now: float, *, record: bool = True) -> DriftResult:
+        """``record`` False: a look only (``distillery drift check``): no drift report
+        written, no escalation baseline saved, the registry left as it was."""
         current = self._registry.current()
         pairs = load_reference(current.path) if current else []
         reference = [p.prompt for p in pairs]
@@ -230,11 +232,12 @@ class RefreshLoop:
             expected_escalation_rate=baselines.get(version),
             reference_confidence=reference_conf,
             current_confidence=confidence if reference_conf is not None else None,
-            out_dir=self._registry.root / "drift-reports",
+            out_dir=self._registry.root / "drift-reports" if record else None,
             seed=int(now),
         )
         if (
-            version
+            record
+            and version
             and version not in baselines
             and rate is not None
             and not result.drifted

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.model_dir import REFERENCE_FILE, ModelManifest, ModelSource, read_model_version
-from deploy import ModelRegistry, RegisteredModel
+from deploy import ModelNotFound, ModelRegistry, RegisteredModel, RegistryMismatch
 from feedback import FeedbackStore
 from retrain._dataset import Pair, build_dataset, load_reference, save_pairs
 from retrain._gate import BackendFactory, GateReport, recalibration, run_gate, transformers_factory
@@ -24,7 +24,7 @@ from retrain._train import distill
 from retrain.config import DistillConfig, GateConfig
 from router import AgreementMetric
 
-__all__ = ["RefreshOutcome", "ensure_registry", "run_refresh"]
+__all__ = ["RefreshOutcome", "check_lineage", "ensure_registry", "lineage", "run_refresh", "serving_model"]
 
 
 @dataclass
@@ -42,17 +42,63 @@ class RefreshOutcome:
 
 
 def ensure_registry(registry: ModelRegistry, serving_dir: Path) -> RegisteredModel:
-    """The registry's current version; the first time, the serving student becomes it."""
+    """The registry's current version; the first time, the serving student becomes it.
+
+    Raises ``RegistryMismatch`` when the current version does not descend from the
+    serving student (another preset's registry, or a student since rebuilt): serving it
+    would answer with the wrong model and retrain it on this configuration's traffic."""
     current = registry.current()
     if current is not None:
+        check_lineage(registry, current, serving_dir)
         return current
     version = read_model_version(serving_dir)
     try:
         model = registry.get(version)
-    except Exception:
+    except ModelNotFound:
         model = registry.register(serving_dir, version, {"parent": None, "source": "initial"})
     registry.promote(model.version, reason="initial version", actor="bootstrap")
     return model
+
+
+def serving_model(registry: ModelRegistry, serving_dir: Path) -> RegisteredModel:
+    """What serves, without writing anything: the registry's current version (checked as
+    ``ensure_registry`` checks it), else the configured student itself, unregistered
+    (read-only commands: ``distillery drift check``, ``models list``)."""
+    current = registry.current()
+    if current is not None:
+        check_lineage(registry, current, serving_dir)
+        return current
+    return RegisteredModel(read_model_version(serving_dir), serving_dir, {"parent": None, "source": "initial"})
+
+
+def lineage(registry: ModelRegistry, version: str) -> list[str]:
+    """``version`` and its registered ancestors, newest first (stops at a version the
+    registry does not hold, or at a cycle)."""
+    out: list[str] = []
+    step: str | None = version
+    while step and step not in out:
+        out.append(step)
+        try:
+            step = registry.get(step).manifest.get("parent")
+        except ModelNotFound:
+            break
+    return out
+
+
+def check_lineage(registry: ModelRegistry, current: RegisteredModel, serving_dir: Path) -> None:
+    if not serving_dir.is_dir():  # nothing configured to compare with (a registry-only replica)
+        return
+    serving = read_model_version(serving_dir)
+    line = lineage(registry, current.version)
+    if serving in line:
+        return
+    raise RegistryMismatch(
+        f"the registry at {registry.root} serves {current.version}, which descends from "
+        f"{line[-1]}, not from this configuration's student {serving} ({serving_dir}): it "
+        "belongs to another preset or configuration, or to a student since rebuilt. Give "
+        "this configuration its own state directory (var_dir, DISTILLERY_VAR_DIR) or "
+        f"registry_dir, or move {registry.root} aside to start a registry from {serving}."
+    )
 
 
 def run_refresh(

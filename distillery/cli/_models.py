@@ -44,8 +44,27 @@ def cmd_import(args: argparse.Namespace, settings: DistillerySettings) -> int:
     return 0
 
 
+def _registry_read(settings: DistillerySettings) -> Any:
+    """The registry for a read-only command: checked against the configured student, and
+    never written (an empty one stays empty until the stack first starts)."""
+    from retrain import serving_model
+
+    registry = registry_of(settings)
+    serving_model(registry, settings.tier_dir("student"))
+    return registry
+
+
 def cmd_list(args: argparse.Namespace, settings: DistillerySettings) -> int:
-    registry = _registry_ready(settings)
+    registry = _registry_read(settings)
+    if not registry.versions():
+        from common.model_dir import read_model_version
+
+        student = settings.tier_dir("student")
+        print(
+            f"no versions in {registry.root} yet: the first start (`distillery run` or `serve`)"
+            f" registers the configured student {read_model_version(student)} ({student})"
+        )
+        return 0
     ptr = registry.pointers()
     canary, share = registry.canary()
     for m in registry.versions():
@@ -65,7 +84,7 @@ def cmd_list(args: argparse.Namespace, settings: DistillerySettings) -> int:
 
 
 def cmd_show(args: argparse.Namespace, settings: DistillerySettings) -> int:
-    print(json.dumps(_registry_ready(settings).get(args.version).manifest, indent=2, default=str))
+    print(json.dumps(_registry_read(settings).get(args.version).manifest, indent=2, default=str))
     return 0
 
 

@@ -160,7 +160,8 @@ def cmd_loop(args: argparse.Namespace, settings: DistillerySettings) -> int:
 
 
 def cmd_drift_check(args: argparse.Namespace, settings: DistillerySettings) -> int:
-    result = build_loop(settings).check_drift(time.time())
+    # A look, not a tick: nothing is registered, promoted or recorded.
+    result = build_loop(settings, bootstrap=False).check_drift(time.time(), record=False)
     print(json.dumps(asdict(result), indent=2, default=str))
     return 0
 
