@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +90,41 @@ def test_confidence_is_a_drift_column_when_both_sides_have_it(reference):
         current_confidence=[0.5 + rng.random() * 0.3 for _ in current],
     )
     assert shaky.columns["confidence"]["drifted"]
+
+
+def _cli(var: Path, models: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DISTILLERY_VAR_DIR": str(var), "DISTILLERY_MODELS_DIR": str(models)}
+    env.pop("DISTILLERY_REGISTRY_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "distillery.cli", "--preset", "demo", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_read_only_commands_leave_no_registry_behind(demo_models, tmp_path):
+    var = tmp_path / "var"
+    for args in (("drift", "check"), ("models", "list")):
+        done = _cli(var, demo_models, *args)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "no versions in" in done.stdout
+    assert not (var / "registry").exists()
+
+
+def test_a_registry_of_another_student_is_refused_with_what_to_do(demo_models, tmp_path):
+    from deploy import ModelRegistry
+    from retrain import ensure_registry
+
+    var = tmp_path / "var"
+    other = tmp_path / "other-student"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "distillery_model.json").write_text(json.dumps({"version": "student-of-another-preset"}))
+    ensure_registry(ModelRegistry(var / "registry"), other)
+    for args in (("drift", "check"), ("models", "list")):
+        done = _cli(var, demo_models, *args)
+        assert done.returncode == 2
+        assert "student-of-another-preset" in done.stderr and "var_dir" in done.stderr
+        assert "Traceback" not in done.stderr
