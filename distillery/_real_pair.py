@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ __all__ = ["BUILD_REPORT", "RealPairReport", "build_student", "ensure_real_pair"
 BUILD_REPORT = "build_report.json"
 
 logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int, float | None], None]
+"""``(task, done, total, loss)``: the CLI's progress bar (``distillery.cli._common``)."""
 
 
 @dataclass
@@ -107,11 +111,16 @@ def build_student(
     force: bool = False,
     calibrate: bool = True,
     seeds_file: Path | None = None,
+    announce: Callable[[str], None] = logger.info,
+    progress: Progress | None = None,
 ) -> RealPairReport:
     """``distillery student derive``: derive, label seeds with the teacher, bootstrap,
     calibrate (each stage timed). Seeds: ``seeds_file`` (JSONL of ``prompt`` or
     ``messages`` rows, optional ``route``; completions are ignored: the teacher labels
-    them), else ``seed_per_route`` requests per old route of the configured workload."""
+    them), else ``seed_per_route`` requests per old route of the configured workload.
+
+    Minutes of work on CPU: each stage is ``announce``d, and the labelling and the
+    bootstrap report their counts to ``progress``, so a slow build looks slow, not hung."""
     from distillery._calibrate import run_calibration
 
     real = settings.real
@@ -124,6 +133,7 @@ def build_student(
         return report
     teacher_dir, student_dir = settings.tier_dir("teacher"), settings.tier_dir("student")
     t0 = time.monotonic()
+    announce(f"student: keeping {n_layers} of the teacher's layers ({teacher_dir} -> {student_dir})")
     derived = derive_student(teacher_dir, student_dir, num_layers=n_layers)
     report.timings_s["derive"] = round(time.monotonic() - t0, 1)
     report.built = True
@@ -136,17 +146,23 @@ def build_student(
             seeds = [it.pair for it in workload.sample(workload.old_routes, n_seeds, random.Random(1))]
         budget = derived.max_new_tokens or workload.max_tokens
         t0 = time.monotonic()
-        labelled, dropped, stops = asyncio.run(_label(settings, seeds, budget))
+        announce(f"student: the teacher labels {len(seeds)} seed requests ({settings.teacher.kind} engine)")
+        on_batch = (lambda done, total: progress("labelling seeds", done, total, None)) if progress else None
+        labelled, dropped, stops = asyncio.run(_label(settings, seeds, budget, on_batch))
         report.timings_s["label"] = round(time.monotonic() - t0, 1)
         report.seeds, report.dropped_labels, report.stop_rate_by_route = len(seeds), dropped, stops
         config = real.bootstrap.model_copy(update={"steps": steps} if steps else {})
         t0 = time.monotonic()
+        announce(f"student: bootstrap on {len(labelled)} seeds ({dropped} dropped), {config.steps} steps")
         result = bootstrap_student(
             student_dir,
             labelled,
             config,
             training_defaults=real.refresh,
             teacher_dir=teacher_dir,
+            progress=(lambda step, total, loss: progress("student bootstrap", step, total, loss))
+            if progress
+            else None,
         )
         report.timings_s["bootstrap"] = round(time.monotonic() - t0, 1)
         report.train_examples, report.suite_examples = result.train_examples, result.suite_examples
@@ -158,9 +174,9 @@ def build_student(
     report.student_version = manifest.version
     if calibrate and bootstrap:
         t0 = time.monotonic()
-        cal = run_calibration(
-            settings, n=settings.gate.suite_per_route * len(workload_for(settings.workload).routes)
-        )
+        n_cal = settings.gate.suite_per_route * len(workload_for(settings.workload).routes)
+        announce(f"student: calibrating the escalation threshold on {n_cal} labelled requests")
+        cal = run_calibration(settings, n=n_cal)
         report.timings_s["calibrate"] = round(time.monotonic() - t0, 1)
         report.calibration = {
             "threshold": cal.threshold,
@@ -173,11 +189,14 @@ def build_student(
 
 
 async def _label(
-    settings: DistillerySettings, seeds: list[Pair], budget: int
+    settings: DistillerySettings,
+    seeds: list[Pair],
+    budget: int,
+    on_batch: Callable[[int, int], None] | None,
 ) -> tuple[list[Pair], int, dict[str, float]]:
     teacher = build_backend(settings.teacher, default_dir=settings.tier_dir("teacher"), model_id="teacher")
     try:
-        labelled, dropped = await label_with_teacher(teacher, seeds, max_tokens=budget)
+        labelled, dropped = await label_with_teacher(teacher, seeds, max_tokens=budget, on_batch=on_batch)
     finally:
         await teacher.close()
     kept: dict[str, int] = {}
@@ -189,12 +208,18 @@ async def _label(
     return labelled, dropped, {r: round(kept.get(r, 0) / n, 3) for r, n in total.items()}
 
 
-def ensure_real_pair(settings: DistillerySettings, *, force: bool = False) -> RealPairReport:
+def ensure_real_pair(
+    settings: DistillerySettings,
+    *,
+    force: bool = False,
+    announce: Callable[[str], None] = logger.info,
+    progress: Progress | None = None,
+) -> RealPairReport:
     """Teacher imported and student built (each only if missing or stale)."""
     t0 = time.monotonic()
     teacher = import_teacher(settings, force=force)
     import_s = round(time.monotonic() - t0, 1)
-    report = build_student(settings, force=force)
+    report = build_student(settings, force=force, announce=announce, progress=progress)
     report.teacher_version = teacher.version
     report.timings_s = {"import": import_s, **report.timings_s}
     if report.built:  # kept beside the student: later runs (and the benchmarks) quote it

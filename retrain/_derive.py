@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -111,12 +111,20 @@ def derive_student(
 
 
 async def label_with_teacher(
-    teacher: Backend, pairs: Sequence[Pair], *, max_tokens: int, batch_size: int = 32
+    teacher: Backend,
+    pairs: Sequence[Pair],
+    *,
+    max_tokens: int,
+    batch_size: int = 32,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Pair], int]:
     """The teacher's greedy answer as each pair's completion. Answers that are empty or
     were cut by the length limit are dropped (they would teach the student not to stop);
-    returns the labelled pairs and how many were dropped."""
-    gens = await generate_requests(teacher, [p.to_request(max_tokens) for p in pairs], batch_size=batch_size)
+    returns the labelled pairs and how many were dropped. ``on_batch(done, total)``: after
+    each batch (minutes of work on CPU: the caller shows progress)."""
+    gens = await generate_requests(
+        teacher, [p.to_request(max_tokens) for p in pairs], batch_size=batch_size, on_batch=on_batch
+    )
     kept: list[Pair] = []
     for pair, gen in zip(pairs, gens, strict=True):
         if gen.text.strip() and gen.finish_reason == "stop":

@@ -68,7 +68,8 @@ def serving_model(registry: ModelRegistry, serving_dir: Path) -> RegisteredModel
     if current is not None:
         check_lineage(registry, current, serving_dir)
         return current
-    return RegisteredModel(read_model_version(serving_dir), serving_dir, {"parent": None, "source": "initial"})
+    version = read_model_version(serving_dir)
+    return RegisteredModel(version, serving_dir, {"parent": None, "source": "initial"})
 
 
 def lineage(registry: ModelRegistry, version: str) -> list[str]:

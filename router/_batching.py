@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from router._backend import Backend
 from router._types import Generation, GenerationRequest
@@ -22,10 +22,17 @@ async def generate_prompts(
 
 
 async def generate_requests(
-    backend: Backend, requests: Sequence[GenerationRequest], *, batch_size: int = 64
+    backend: Backend,
+    requests: Sequence[GenerationRequest],
+    *,
+    batch_size: int = 64,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> list[Generation]:
-    """Completions of ready-made requests (chat or text), ``batch_size`` at a time, in order."""
+    """Completions of ready-made requests (chat or text), ``batch_size`` at a time, in order;
+    ``on_batch(done, total)`` after each batch (a progress bar for long labelling runs)."""
     out: list[Generation] = []
     for i in range(0, len(requests), batch_size):
         out.extend(await backend.generate(list(requests[i : i + batch_size])))
+        if on_batch is not None:
+            on_batch(len(out), len(requests))
     return out

@@ -15,38 +15,49 @@ __all__ = ["ProgressFn", "logger", "progress_bar", "registry_of", "roll_out"]
 
 logger = logging.getLogger("distillery")
 
-ProgressFn = Callable[[str, int, int, float], None]
+ProgressFn = Callable[[str, int, int, float | None], None]
+"""``(name, done, total, loss)``: a training run reports its loss, other long work
+(labelling seeds with the teacher) passes None."""
 
 
 @contextmanager
 def progress_bar() -> Iterator[ProgressFn]:
-    """A rich progress bar on a TTY; a log line every 100 steps otherwise."""
+    """A rich progress bar with counts and an estimate of the time left on a TTY; a log
+    line at every tenth of the work otherwise."""
     if sys.stderr.isatty():
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
         ) as bar:
             tasks: dict[str, Any] = {}
 
-            def update(name: str, step: int, total: int, loss: float) -> None:
+            def update(name: str, step: int, total: int, loss: float | None) -> None:
+                detail = "" if loss is None else f"loss {loss:.4f}"
                 if name not in tasks:
-                    tasks[name] = bar.add_task(f"training {name}", total=total, loss=loss)
-                bar.update(tasks[name], completed=step, loss=loss)
+                    what = name if loss is None else f"training {name}"
+                    tasks[name] = bar.add_task(what, total=total, detail=detail)
+                bar.update(tasks[name], completed=step, detail=detail)
 
             yield update
     else:
+        logged: dict[str, int] = {}
 
-        def log(name: str, step: int, total: int, loss: float) -> None:
-            if step % 100 == 0 or step == total:
-                logger.info(
-                    "training",
-                    extra={"fields": {"model": name, "step": step, "total": total, "loss": round(loss, 5)}},
-                )
+        def log(name: str, step: int, total: int, loss: float | None) -> None:
+            tenth = step * 10 // max(1, total)
+            if tenth <= logged.get(name, -1):
+                return
+            logged[name] = tenth
+            fields: dict[str, Any] = {"task": name, "done": step, "total": total}
+            if loss is not None:
+                fields["loss"] = round(loss, 5)
+            logger.info("progress", extra={"fields": fields})
 
         yield log
 

@@ -53,7 +53,8 @@ def ensure_models(settings: DistillerySettings) -> None:
     if settings.preset == "smollm2":
         from distillery._real_pair import ensure_real_pair
 
-        report = ensure_real_pair(settings)
+        with progress_bar() as progress:
+            report = ensure_real_pair(settings, announce=print, progress=progress)
         state = "built" if report.built else "cached"
         print(f"real pair ({state}): teacher {report.teacher_version}, student {report.student_version}")
         if report.built:
@@ -139,6 +140,7 @@ def cmd_demo_scenario(args: argparse.Namespace, settings: DistillerySettings) ->
 
     # The stack's own loop runs the refresh (one refresh per registry: a second loop here
     # would train beside it on the same cores); --local-loop for a stack without one.
+    loop: Any
     if args.local_loop:
         loop = build_loop(settings)
     else:

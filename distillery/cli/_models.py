@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distillery.cli._common import registry_of, roll_out
+from distillery.cli._common import progress_bar, registry_of, roll_out
 from distillery.settings import DistillerySettings
 
 __all__ = ["add_models_commands", "add_student_commands"]
@@ -161,15 +161,18 @@ def cmd_quantize(args: argparse.Namespace, settings: DistillerySettings) -> int:
 def cmd_derive(args: argparse.Namespace, settings: DistillerySettings) -> int:
     from distillery._real_pair import build_student
 
-    report = build_student(
-        settings,
-        layers=args.layers,
-        seed_per_route=args.seed_per_route,
-        steps=args.steps,
-        bootstrap=not args.no_bootstrap,
-        force=True,
-        seeds_file=args.seeds_file,
-    )
+    with progress_bar() as progress:
+        report = build_student(
+            settings,
+            layers=args.layers,
+            seed_per_route=args.seed_per_route,
+            steps=args.steps,
+            bootstrap=not args.no_bootstrap,
+            force=True,
+            seeds_file=args.seeds_file,
+            announce=print,
+            progress=progress,
+        )
     print(json.dumps(report.to_dict(), indent=2, default=str))
     return 0
 
