@@ -26,7 +26,9 @@ def test_labelling_reports_done_and_total_after_each_batch():
     seen: list[tuple[int, int]] = []
     pairs = [Pair(prompt=f"q{i}", completion="") for i in range(70)]
     labelled, dropped = asyncio.run(
-        label_with_teacher(teacher, pairs, max_tokens=8, batch_size=32, on_batch=lambda d, t: seen.append((d, t)))
+        label_with_teacher(
+            teacher, pairs, max_tokens=8, batch_size=32, on_batch=lambda d, t: seen.append((d, t))
+        )
     )
     assert (len(labelled), dropped) == (70, 0)
     assert teacher.batches == [32, 32, 6]
@@ -42,6 +44,7 @@ def test_without_a_tty_progress_is_logged_once_per_tenth_with_counts(caplog):
     lines = [r.fields for r in caplog.records if r.getMessage() == "progress"]  # type: ignore[attr-defined]
     labelling = [f for f in lines if f["task"] == "labelling seeds"]
     training = [f for f in lines if f["task"] == "student bootstrap"]
-    assert labelling[0]["done"] == 0 and labelling[-1] == {"task": "labelling seeds", "done": 640, "total": 640}
+    assert labelling[0]["done"] == 0
+    assert labelling[-1] == {"task": "labelling seeds", "done": 640, "total": 640}
     assert len(labelling) == 11 and "loss" not in labelling[0]
     assert len(training) == 11 and training[-1]["loss"] == 0.5
