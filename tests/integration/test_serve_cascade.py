@@ -156,6 +156,7 @@ def test_health_and_metrics_after_traffic(serve_url):
         assert needle in text, needle
 
 
+@pytest.mark.smoke
 def test_escalations_reach_the_feedback_store_redacted(live_stack):
     import time
 

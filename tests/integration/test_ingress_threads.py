@@ -63,7 +63,7 @@ def test_the_rayservice_pods_start_ray_in_the_fast_path_mode() -> None:
     from distillery.settings import load_settings
     from gateway.app import serve_env
 
-    doc = yaml.safe_load((Path(__file__).resolve().parents[3] / "deploy/k8s/rayservice.yaml").read_text())
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy/k8s/rayservice.yaml").read_text())
     cluster = doc["spec"]["rayClusterConfig"]
     containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]] + [
         g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]
