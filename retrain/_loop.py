@@ -205,6 +205,7 @@ class RefreshLoop:
 
     def _save_state(self, **updates: Any) -> None:
         state = {**self._state(), **updates}
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.replace(self._state_file)
@@ -458,6 +459,7 @@ class RefreshLoop:
         self.events.append(event)
         logger.info("loop tick", extra={"fields": asdict(event)})
         try:
+            self._events_file.parent.mkdir(parents=True, exist_ok=True)
             with self._events_file.open("a") as f:
                 f.write(json.dumps(asdict(event), default=str) + "\n")
         except OSError:
