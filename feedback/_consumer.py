@@ -142,9 +142,13 @@ class FeedbackConsumer:
         added = self._store_with_retry(events)
         if added is None:
             return 0  # stopping: offsets stay uncommitted, the batch is redelivered
-        if not self._rewind_lost_partitions():
+        if self._rewind_lost_partitions() is False:
             # (After a rewind the batch is stored but not committed past: the partition is
-            # read again from where the broker now says, and the store drops the repeats.)
+            # read again from where the broker now says, and the store drops the repeats.
+            # Nor when the group's offsets could not be read: a broker just back without
+            # its log answers that way for a while, and committing this instance's old
+            # position into the new log would hide the loss the next check looks for,
+            # skipping every record the new log holds below it.)
             self._commit()
         for kind in ("escalation", "sample", "audit", "feedback"):
             n = sum(1 for e in events if e.kind == kind)
@@ -213,8 +217,9 @@ class FeedbackConsumer:
         self._consumer.commit(timeout_ms=self._config.request_timeout_ms)
         self._ours.update(positions)
 
-    def _rewind_lost_partitions(self) -> bool:
-        """Rewinds every partition whose committed offset is no longer ours; True if any."""
+    def _rewind_lost_partitions(self) -> bool | None:
+        """Rewinds every partition whose committed offset is no longer ours; True if any,
+        None when the group's offsets could not be read (then nothing may be committed)."""
         if not self._ours:
             return False
         try:
@@ -222,7 +227,7 @@ class FeedbackConsumer:
             committed = {tp: self._consumer.committed(tp, timeout_ms=timeout_ms) for tp in self._ours}
         except Exception:
             logger.debug("could not read committed offsets", exc_info=True)
-            return False
+            return None
         rewound = False
         for tp, broker_offset in committed.items():
             ours = self._ours[tp]
