@@ -147,9 +147,29 @@ def render(img_dir: Path) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_run_row(r) for r in data["runs"]]
+    if data.get("recipe"):
+        lines += ["", f"Recipe of these runs: {data['recipe']}."]
+    if data.get("not_yet_measured"):
+        lines += ["", f"Not yet measured: {data['not_yet_measured']}."]
+    history = data.get("recipe_history") or []
+    if history:
+        lines += [
+            "",
+            "Earlier recipes (first refreshes, newest last; partial runs stopped after the verdict):",
+            "",
+            "| recipe | seed | outcome | stages (s) | detail |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [_history_row(h) for h in history]
     if image:
         lines += ["", f"![loop robustness]({Path(image).relative_to(img_dir.parent)})"]
     return [*lines, ""]
+
+
+def _history_row(h: dict[str, Any]) -> str:
+    stages = ", ".join(f"{k} {v:.0f}" for k, v in (h.get("stages_s") or {}).items())
+    detail = h.get("detail", "") + (f" ({h['note']})" if h.get("note") else "")
+    return f"| {h.get('recipe', '')} | {h.get('seed', '')} | {h.get('outcome', '')} | {stages} | {detail} |"
 
 
 def _run_row(r: dict[str, Any]) -> str:
