@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from demo import sample_examples
-from deploy import LEASE_FILE
+from deploy import LEASE_FILE, ModelRegistry
 from feedback import EscalationEvent, SQLiteStore
+from retrain import ensure_registry
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,8 +78,8 @@ def test_retrain_killed_mid_training_leaves_the_registry_untouched_and_a_rerun_s
     )
     store.close()
     env = _env(var, demo_models)
-    subprocess.run(_cli("models", "list"), cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
     registry = var / "registry"
+    ensure_registry(ModelRegistry(registry), demo_models / "student")  # what the first start does
     before = _tree(registry)
     pointers_before = json.loads((registry / "pointers.json").read_text())
 
@@ -97,8 +98,8 @@ def test_retrain_killed_mid_training_leaves_the_registry_untouched_and_a_rerun_s
             line = json.loads(raw)
         except ValueError:
             continue
-        if line.get("msg") == "training" and int(line.get("step", 0)) >= KILL_AT_STEP:
-            seen_step = int(line["step"])
+        if line.get("msg") == "progress" and int(line.get("done", 0)) >= KILL_AT_STEP:
+            seen_step = int(line["done"])
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(60)
