@@ -254,13 +254,21 @@ def judge_focus(split: RouteSplit, config: CanaryConfig) -> tuple[Verdict, str]:
     verdict and the rule that gave it."""
     z = config.confidence_z
     rest_low, _ = wilson_interval(split.canary_rest.escalated, split.canary_rest.answers, z)
-    # Clearly worse at all, not "clearly more than max_escalation_increase worse": a
-    # canary of 56 old-route answers at 8.9% (the current at 0%) has a lower bound of 3.9%
-    # and would pass the latter while breaking the 5-point promise.
+    # Clearly worse (the lower bound above the current's rate) *and* worse than the promise
+    # (the canary's rate more than max_escalation_increase above it). Not "the lower bound
+    # more than max_escalation_increase above": a canary of 56 old-route answers at 8.9%
+    # (the current at 0%) has a lower bound of 3.9% and would pass that while breaking the
+    # 5-point promise. Not "clearly worse" alone either: against a current at 0%, 3 of 132
+    # (2.3%) is clearly worse and well inside the promise (the demo's e2e loop rolled back
+    # a refresh that took its drifted routes from 99% to 12% on that).
     rest_bar = split.current_rest.escalation_rate
+    rest_rate = split.canary_rest.escalation_rate
     judged = split.canary_rest.answers >= config.min_requests and split.current_rest.answers > 0
-    if judged and rest_low > rest_bar:
-        return "rollback", f"other routes clearly worse: escalation >= {rest_low:.3f} > {rest_bar:.3f}"
+    if judged and rest_low > rest_bar and rest_rate > rest_bar + config.max_escalation_increase:
+        return "rollback", (
+            f"other routes clearly worse: escalation >= {rest_low:.3f} > {rest_bar:.3f},"
+            f" {rest_rate:.3f} > {rest_bar:.3f} + {config.max_escalation_increase:g}"
+        )
     if split.canary_focus.answers < config.min_focus_requests:
         return "wait", f"{split.canary_focus.answers:.0f} of {config.min_focus_requests} focus-route answers"
     current_rate = split.current_focus.escalation_rate

@@ -117,7 +117,8 @@ def test_gate_refuses_a_worse_candidate(store, demo_models, tmp_path):
     ds = build_dataset(store, load_reference(student), DistillConfig(min_new_examples=100))
     report = run_gate(student, bad, ds.holdout, demo_regression_suite(50), GateConfig())
     assert not report.passed
-    assert any("regressed" in r for r in report.reasons), report.reasons
+    # the damaged candidate serves its mastered routes worse (more escalations, or more wrong answers)
+    assert any(r.startswith("route ") and " more: " in r for r in report.reasons), report.reasons
 
 
 def test_logit_distillation_runs_through_trl_with_the_local_teacher(store, demo_models, tmp_path):

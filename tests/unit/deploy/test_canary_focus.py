@@ -75,6 +75,10 @@ def test_old_routes_clearly_worse_roll_back_even_when_the_focus_routes_improved(
     assert judge_focus(_split((60, 60), (40, 2), rest_cur=(511, 0), rest_can=(56, 5)), CFG)[0] == "rollback"
     # A few more escalations on the old routes, within noise, do not.
     assert judge_focus(_split((60, 60), (40, 2), rest_cur=(200, 20), rest_can=(60, 9)), CFG)[0] == "promote"
+    # Clearly worse but inside the 5-point promise does not either: the demo's e2e loop,
+    # 3 of 132 old-route answers against the current's 0 of 307 (drifted routes 99% -> 12%).
+    inside = _split((322, 318), (115, 14), rest_cur=(307, 0), rest_can=(132, 3))
+    assert judge_focus(inside, CFG)[0] == "promote"
 
 
 def test_nothing_to_improve_on_the_focus_routes_falls_back_to_not_worse():
