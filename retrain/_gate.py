@@ -371,8 +371,8 @@ def route_regression(skill: str, cur: EvalResult, cand: EvalResult, config: Gate
 
     With both models' answers per suite item, what serving them would do is compared (the
     current at its served threshold, ``run_gate``; the candidate at its recalibrated one):
-    the share of items *served wrong* (kept, and
-    disagreeing with the label) may rise by ``max_skill_regression``, the share *escalated*
+    the share of items *served wrong* (kept, and disagreeing with the label) may rise by
+    ``max_skill_regression``, the share *escalated*
     by ``max_route_escalation_increase``, and a rise beyond that counts only when the items
     that got worse outnumber those that got better beyond chance (``sign_test_p`` <
     ``route_regression_alpha``). Greedy accuracy alone is not the measure: a candidate that
@@ -383,10 +383,8 @@ def route_regression(skill: str, cur: EvalResult, cand: EvalResult, config: Gate
     acc, new = cur.per_skill[skill], cand.per_skill.get(skill, 0.0)
     if acc < config.min_route_accuracy:
         return []
-    right = (cur.suite_correct.get(skill), cand.suite_correct.get(skill))
-    esc = (cur.suite_escalated.get(skill), cand.suite_escalated.get(skill))
-    was_right, now_right = right
-    was_esc, now_esc = esc
+    was_right, now_right = cur.suite_correct.get(skill), cand.suite_correct.get(skill)
+    was_esc, now_esc = cur.suite_escalated.get(skill), cand.suite_escalated.get(skill)
     if (
         was_right is None
         or now_right is None

@@ -20,7 +20,13 @@ CFG = DistillConfig(min_new_examples=1, holdout_fraction=0.01, replay_share=0.0)
 
 
 def _escalation(
-    rid: str, prompt: str, answer: str, t: float, skill: str = "orders", kind: str = "escalation"
+    rid: str,
+    prompt: str,
+    answer: str,
+    t: float,
+    skill: str = "orders",
+    kind: str = "escalation",
+    finish: str | None = None,
 ):
     return EscalationEvent(
         kind=kind,  # type: ignore[arg-type]
@@ -29,6 +35,7 @@ def _escalation(
         prompt=prompt,
         student_answer="?",
         teacher_answer=answer,
+        teacher_finish_reason=finish,  # type: ignore[arg-type]
         skill=skill,
     )
 
@@ -203,30 +210,15 @@ def test_a_teacher_answer_cut_off_by_the_token_limit_is_never_taught_or_judged_b
     served, but a label that never stops teaches the student not to stop."""
     from retrain import GateConfig, build_suite
 
-    cut = EscalationEvent(
-        request_id="cut",
-        created_at=1.0,
-        prompt="What is the capital of Spain?",
-        teacher_answer="El Turco, el Turco, el Turco, el Turco,",
-        teacher_finish_reason="length",
-        skill="capital",
-    )
-    whole = EscalationEvent(
-        request_id="whole",
-        created_at=2.0,
-        prompt="What is the capital of Japan?",
-        teacher_answer="The capital of Japan is Tokyo.",
-        teacher_finish_reason="stop",
-        skill="capital",
-    )
-    legacy = _escalation(
-        "legacy", "What is the capital of Peru?", "The capital of Peru is Lima.", 3.0, "capital"
-    )
+    spain, japan, peru = (f"What is the capital of {c}?" for c in ("Spain", "Japan", "Peru"))
+    cut = _escalation("cut", spain, "El Turco, el Turco, el Turco,", 1.0, "capital", finish="length")
+    whole = _escalation("whole", japan, "The capital of Japan is Tokyo.", 2.0, "capital", finish="stop")
+    legacy = _escalation("legacy", peru, "The capital of Peru is Lima.", 3.0, "capital")
     store.insert([cut, whole, legacy])
     pairs, ds = _train(store)
-    assert set(pairs) == {"What is the capital of Japan?", "What is the capital of Peru?"}
+    assert set(pairs) == {japan, peru}
     assert ds.rejected == {"teacher_cut_off": 1}
     assert cut.teacher_label() is None and whole.teacher_label() == "The capital of Japan is Tokyo."
     # the gate's suite takes held-out events: every event here, at a holdout share of 1
     suite = build_suite(GateConfig(suite_per_route=10), tmp_path, store, holdout_fraction=1.0)
-    assert {p.prompt for p in suite} == {"What is the capital of Japan?", "What is the capital of Peru?"}
+    assert {p.prompt for p in suite} == {japan, peru}
