@@ -191,7 +191,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     from demo import ALL_SKILLS, sample_examples
     from deploy import ModelRegistry
     from distillery._scenario import run_scenario
-    from distillery._workloads import demo_refresh_loop
+    from distillery._stack import build_loop
     from retrain import ensure_registry
 
     quick = os.environ.get("DISTILLERY_BENCH_QUICK") == "1"
@@ -209,13 +209,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         url = stack.url
         registry = ModelRegistry(settings.resolved_registry_dir)
         initial = ensure_registry(registry, settings.tier_dir("student"))
-        loop = demo_refresh_loop(stack, workdir / "candidates")
+        loop = build_loop(settings)  # `distillery run`'s own wiring and defaults
         timed = _TimedLoop(loop, url)
         started = time.monotonic()
         try:
             report = run_scenario(
                 url,
-                timed,  # type: ignore[arg-type]  # duck-typed: only tick() is called
+                timed,  # duck-typed: only tick() is called
                 drift_requests=args.drift_requests,
                 window=args.window,
                 pricing=settings.pricing,

@@ -10,8 +10,10 @@ so no broker or thread outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -138,6 +140,7 @@ class LocalStack:
         self.loop: Any = None
         self._want = {"broker": broker, "consumer": consumer, "loop": loop, "serve": serve}
         self._supervise = supervise
+        self._ray_started_at: float | None = None
         self._metrics_port = metrics_port
         self._announce = announce
         self._services: list[Service] = []
@@ -188,9 +191,12 @@ class LocalStack:
         if self._want["loop"] and self.settings.feedback.enabled:
             self._start_loop()
         if self._want["serve"]:
+            import ray
+
             from gateway.app import run_app  # Ray and Serve: imported only when serving
 
             self._serving = True  # from here on close() shuts Serve down: run_app may fail part way
+            self._ray_started_at = None if ray.is_initialized() else time.time()
             run_app(self.settings)
         if self._supervise:
             self._supervisor = Supervisor(self._services).start()
@@ -252,11 +258,14 @@ class LocalStack:
 
     def close(self) -> None:
         """Stops what runs, in reverse order of start; safe to call twice."""
+        leftovers: list[Any] = []
         if self._serving:
             import ray
             from ray import serve
 
             self._serving = False
+            if self._ray_started_at is not None:  # Ray's processes are ours to stop
+                leftovers = _started_since(self._ray_started_at)
             if ray.is_initialized():
                 _quietly(serve.shutdown, "Serve")
         if self._supervisor is not None:
@@ -268,6 +277,63 @@ class LocalStack:
         ray_module = sys.modules.get("ray")  # never imported: nothing of Ray's to stop
         if ray_module is not None and ray_module.is_initialized():
             _quietly(ray_module.shutdown, "Ray")
+        _stop_leftovers(leftovers)
+
+
+def _started_since(since: float) -> list[Any]:
+    """This process's descendants started since ``since`` (Ray's: raylet, workers, the
+    engines, Serve's HAProxy)."""
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for child in children:
+        try:
+            if child.create_time() >= since - 1.0:
+                out.append(child)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _stop_leftovers(processes: list[Any], grace_s: float = 5.0) -> None:
+    """What Ray's shutdown left running: when Serve's controller does not stop within its
+    30 s, Ray kills the actors and a child such as Serve's HAProxy is orphaned, still
+    holding the gateway's ports (the next ``distillery run`` then cannot start). SIGTERM,
+    then SIGKILL after ``grace_s``."""
+    import psutil
+
+    alive = [p for p in processes if _alive(p)]
+    if not alive:
+        return
+    names = sorted({_name(p) for p in alive})
+    logger.warning("stopping %d process(es) Ray's shutdown left running: %s", len(alive), ", ".join(names))
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, still = psutil.wait_procs(alive, timeout=grace_s)
+    for p in still:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def _alive(p: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def _name(p: Any) -> str:
+    try:
+        return str(p.name())
+    except Exception:
+        return str(p.pid)
 
 
 def _quietly(stop: Callable[[], Any], what: str) -> None:

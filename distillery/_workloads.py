@@ -15,7 +15,6 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from retrain import Pair
@@ -155,29 +154,3 @@ def demo_regression_suite(per_skill: int = 100, seed: int = 31_337) -> list[Pair
     from demo import regression_rows
 
     return [Pair.from_row(r, "suite") for r in regression_rows(per_skill, seed)]
-
-
-def demo_refresh_loop(stack: Any, workdir: Path) -> Any:
-    """The refresh loop the demo scenario ticks (the e2e test and ``bench/loop.py`` run the
-    same one): drift over the last hour from 100 rows, a 30% canary judged on 40 answers,
-    the demo's 50-per-skill regression suite, no nightly run. ``stack``: a ``LocalStack``."""
-    import httpx
-
-    from deploy import CanaryConfig, ModelRegistry
-    from retrain import DriftConfig, LoopConfig, RefreshLoop
-
-    settings = stack.settings
-    url = stack.url
-    return RefreshLoop(
-        stack.store,
-        ModelRegistry(settings.resolved_registry_dir),
-        LoopConfig(
-            nightly_at=None,
-            sample_rate=settings.feedback.sample_rate,
-            drift=DriftConfig(window_s=3600, min_rows=100),
-        ),
-        canary=CanaryConfig(share=0.3, min_requests=40, timeout_s=240),
-        workdir=workdir,
-        suite=demo_regression_suite(50),
-        fetch_metrics=lambda: httpx.get(f"{url}/metrics", timeout=10).text,
-    )

@@ -257,4 +257,5 @@ class GatewayIngress:
             "threshold_override": s_info.get("threshold_override"),
             "auth": "enabled" if self._settings.auth.enabled else "disabled",
             "student_engine_starts": s_info.get("engine_starts"),
+            "student_backend": (s_info.get("backend") or {}).get("kind"),
         }
