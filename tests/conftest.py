@@ -40,6 +40,22 @@ def wait_until(cond: Callable[[], bool], timeout_s: float, every_s: float) -> bo
     return cond()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each selected test N times in a row on the same fixtures (flake hunting)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    times = int(metafunc.config.getoption("repeat"))
+    if times > 1:
+        metafunc.fixturenames.append("_repeat")
+        metafunc.parametrize("_repeat", range(times), ids=lambda i: f"run{i + 1}")
+
+
 @pytest.fixture(scope="session")
 def demo_models() -> Path:
     """The full demo teacher/student (``make test`` builds them first; ~3 min if missing)."""
