@@ -123,14 +123,17 @@ class FeedbackConsumer:
                 failing_since, failures = None, 0
 
     def poll_once(self, timeout_ms: int = 500) -> int:
-        """One poll -> validate -> dead-letter -> store -> commit cycle; rows added."""
-        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
-        records = [r for part in batches.values() for r in part]
+        """One check (partitions, lost logs, lag; every ``CHECK_INTERVAL_S``) -> poll ->
+        validate -> dead-letter -> store -> commit cycle; rows added. The check comes
+        before the poll: one that fails after a poll would drop the polled records from
+        this instance's view (its position is past them, nothing stored or committed)."""
         if time.monotonic() >= self._next_check:
             self._next_check = time.monotonic() + CHECK_INTERVAL_S
             self._assign()
             self._rewind_lost_partitions()
             self._update_lag()
+        batches = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
+        records = [r for part in batches.values() for r in part]
         if not records:
             return 0
         events: list[EscalationEvent] = []
@@ -208,6 +211,10 @@ class FeedbackConsumer:
             return
         if wanted and wanted != set(self._consumer.assignment()):
             self._consumer.assign(sorted(wanted))
+            # A partition gone from the topic (a broker back without its log re-creates it,
+            # possibly with fewer partitions) has no offset of ours left to check: seeking
+            # it raised on every check, and each failed check dropped the batch just polled.
+            self._ours = {tp: offset for tp, offset in self._ours.items() if tp in wanted}
             logger.info(
                 "feedback consumer reads %s", ", ".join(f"{t.topic}/{t.partition}" for t in sorted(wanted))
             )
@@ -215,16 +222,20 @@ class FeedbackConsumer:
     def _commit(self) -> None:
         positions = {tp: self._consumer.position(tp) for tp in self._consumer.assignment()}
         self._consumer.commit(timeout_ms=self._config.request_timeout_ms)
-        self._ours.update(positions)
+        # (A partition whose position is being reset has none yet: nothing of ours to check.)
+        self._ours.update({tp: offset for tp, offset in positions.items() if offset is not None})
 
     def _rewind_lost_partitions(self) -> bool | None:
         """Rewinds every partition whose committed offset is no longer ours; True if any,
         None when the group's offsets could not be read (then nothing may be committed)."""
         if not self._ours:
             return False
+        assigned = set(self._consumer.assignment())
         try:
             timeout_ms = self._config.request_timeout_ms
-            committed = {tp: self._consumer.committed(tp, timeout_ms=timeout_ms) for tp in self._ours}
+            committed = {
+                tp: self._consumer.committed(tp, timeout_ms=timeout_ms) for tp in self._ours if tp in assigned
+            }
         except Exception:
             logger.debug("could not read committed offsets", exc_info=True)
             return None

@@ -43,6 +43,10 @@ class RunProcess:
             "DISTILLERY_VAR_DIR": str(var),
             "DISTILLERY_MODELS_DIR": str(MODELS_DIR),
             "DISTILLERY_SERVER__PORT": str(self.port),
+            # HAProxy's own ports too: another stack on this host (the test session's) holds
+            # the defaults, and HAProxy then exits at start ("cannot bind socket").
+            "DISTILLERY_SERVER__HAPROXY_METRICS_PORT": str(free_port()),
+            "DISTILLERY_SERVER__HAPROXY_STATS_PORT": str(free_port()),
         }
         self.env.pop("RAY_ADDRESS", None)  # its own cluster, not the test session's
         for key, value in (env or {}).items():

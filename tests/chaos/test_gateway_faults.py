@@ -150,6 +150,8 @@ class ChaosStack:
         missing = ids - self.stored_ids()
         counts.events_lost = len(missing)
         if missing:  # where in the scenario they were answered, and what each side reports
+            with (self.var / "lost_ids.txt").open("a") as out:  # late, or lost? (read the store after)
+                out.writelines(f"{counts.scenario}\t{m}\n" for m in sorted(missing))
             order = [o.request_id for o in counts.outcomes]
             print(
                 f"\nLOST in {counts.scenario}: positions {sorted(order.index(m) for m in missing)} "
