@@ -194,9 +194,17 @@ class CalibrationRecord(BaseModel):
     """Thresholds calibrated for one output kind (``json``, ``tool_call``): constrained
     decoding moves log-probs, so a kind with enough calibration answers gets its own bar;
     a kind without one uses ``threshold``."""
+    by_route: dict[str, float] = Field(default_factory=dict)
+    """Thresholds calibrated on one route's answers (the request's route label): a refresh
+    moves routes' confidences apart (one it trained on gains, an old one it did not may
+    lose a little while answering as well), and one bar for all of them escalates the
+    less confident route's right answers. A route without one uses its kind's bar."""
     created: float = Field(default_factory=time.time)
 
-    def threshold_for(self, kind: str) -> float:
+    def threshold_for(self, kind: str, route: str | None = None) -> float:
+        """The route's own bar, else the output kind's, else the overall one."""
+        if route is not None and route in self.by_route:
+            return self.by_route[route]
         return self.by_kind.get(kind, self.threshold)
 
     @classmethod

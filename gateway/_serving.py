@@ -160,6 +160,10 @@ class OpenAIServing:
         self, endpoint: str, request: GenerationRequest, tier: Tier | None, label: str | None = None
     ) -> CascadeResult:
         started = time.perf_counter()
+        # The route before the cascade: the student's answer is judged by its route's bar.
+        route = self._feedback.route_label(request, label) if self._feedback is not None else label
+        if route is not None and request.route != route:
+            request = request.model_copy(update={"route": route})
         try:
             result = await self._router.route(request, force=tier)
         except InvalidRequest:
@@ -171,7 +175,6 @@ class OpenAIServing:
         except Exception:
             self._metrics.observe_error(endpoint, "error")
             raise
-        route = self._feedback.route_label(request, label) if self._feedback is not None else label
         self._metrics.observe(endpoint, result, time.perf_counter() - started, route)
         if self._feedback is not None:
             policy = self._router.policy

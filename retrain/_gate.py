@@ -123,16 +123,42 @@ def kind_thresholds(
     """A threshold per structured output kind (``json``, ``tool_call``) with at least
     ``min_answers`` labelled answers, picked on that kind's answers alone; kinds with
     fewer (and free text) use the overall threshold."""
+    structured = [k if k != "text" else None for k in kinds]
+    return group_thresholds(
+        structured,
+        confidences,
+        correct,
+        min_answers=min_answers,
+        target_agreement=target_agreement,
+        target_escalation_rate=target_escalation_rate,
+    )
+
+
+def group_thresholds(
+    groups: Sequence[str | None],
+    confidences: Sequence[float],
+    correct: Sequence[bool],
+    *,
+    min_answers: int,
+    target_agreement: float | None = None,
+    target_escalation_rate: float | None = None,
+) -> dict[str, float]:
+    """A threshold per group (an output kind, a route) with at least ``min_answers``
+    labelled answers, picked on that group's answers alone at the same target; answers of
+    no group (None) and groups with fewer get none."""
+    members: dict[str, list[int]] = {}
+    for i, group in enumerate(groups):
+        if group is not None:
+            members.setdefault(group, []).append(i)
     out: dict[str, float] = {}
-    for kind in sorted(set(kinds) - {"text"}):
-        idx = [i for i, k in enumerate(kinds) if k == kind]
+    for group, idx in sorted(members.items()):
         if len(idx) < min_answers:
             continue
         curve = calibration_curve([confidences[i] for i in idx], [correct[i] for i in idx])
         point = pick_threshold(
             curve, target_agreement=target_agreement, target_escalation_rate=target_escalation_rate
         )
-        out[kind] = point.threshold
+        out[group] = point.threshold
     return out
 
 
@@ -156,6 +182,8 @@ class EvalResult:
     """Requests judged, per output kind (``text``, ``json``, ``tool_call``)."""
     kind_thresholds: dict[str, float] = field(default_factory=dict)
     """Thresholds recalibrated per structured kind with enough answers."""
+    route_thresholds: dict[str, float] = field(default_factory=dict)
+    """Thresholds recalibrated per route with enough answers (they win over the kind's)."""
     answers: list[str] = field(default_factory=list, repr=False)
     """The model's greedy answers, holdout then suite (a quantized candidate is also judged
     on how often it answers as its parent: compared here, not generated a second time)."""
@@ -179,7 +207,7 @@ class EvalResult:
         student's own record: what users get from it today, not what it would get from a
         recalibration on the gate's sample)."""
         escalated = {
-            skill: [conf < calibration.threshold_for(kind) for kind, conf in items]
+            skill: [conf < calibration.threshold_for(kind, skill) for kind, conf in items]
             for skill, items in self.suite_scores.items()
         }
         return replace(self, suite_escalated=escalated)
@@ -228,8 +256,14 @@ def evaluate_model(
     max_new_tokens: int | None = None,
     batch_size: int = 64,
     min_kind_answers: int = 20,
+    min_route_answers: int | None = None,
 ) -> EvalResult:
-    """``min_kind_answers``: the answers a structured kind needs for its own threshold."""
+    """``min_kind_answers``: the answers a structured kind needs for its own threshold;
+    ``min_route_answers``: a route's for its own (None: one threshold for all routes).
+
+    ``escalation_rate`` and ``served_agreement`` are what serving the model at these
+    thresholds does (each answer judged by its route's bar, else its kind's, else the
+    overall one) on the holdout and suite."""
     agree = agreement or AgreementMetric()
     pairs = list(holdout) + list(suite)
     budget = answer_budget(model_dir, max_new_tokens)
@@ -250,14 +284,28 @@ def evaluate_model(
     by_kind = kind_thresholds(
         kinds, conf, correct, min_answers=min_kind_answers, target_agreement=target_agreement
     )
+    by_route = (
+        group_thresholds(
+            [p.skill for p in pairs],
+            conf,
+            correct,
+            min_answers=min_route_answers,
+            target_agreement=target_agreement,
+        )
+        if min_route_answers is not None
+        else {}
+    )
+    record = CalibrationRecord(scorer=scorer, threshold=point.threshold, by_kind=by_kind, by_route=by_route)
+    served = [conf[i] >= record.threshold_for(kinds[i], pairs[i].skill) for i in range(len(pairs))]
     per_skill: dict[str, list[bool]] = {}
     escalated: dict[str, list[bool]] = {}
     scores: dict[str, list[tuple[str, float]]] = {}
     for i, p in enumerate(suite, start=n_hold):
         skill = p.skill or "unlabelled"
         per_skill.setdefault(skill, []).append(correct[i])
-        escalated.setdefault(skill, []).append(conf[i] < by_kind.get(kinds[i], point.threshold))
+        escalated.setdefault(skill, []).append(not served[i])
         scores.setdefault(skill, []).append((kinds[i], conf[i]))
+    served_right = [c for c, s in zip(correct, served, strict=True) if s]
     return EvalResult(
         version=read_model_version(model_dir),
         holdout_agreement=(sum(correct[:n_hold]) / n_hold) if n_hold else None,
@@ -269,12 +317,13 @@ def evaluate_model(
         invalid_rate=1 - sum(valid) / len(valid),
         ece=expected_calibration_error(conf[n_hold:], correct[n_hold:]),
         threshold=point.threshold,
-        escalation_rate=point.escalation_rate,
-        served_agreement=point.agreement,
+        escalation_rate=1 - len(served_right) / len(served) if served else 0.0,
+        served_agreement=sum(served_right) / len(served_right) if served_right else 1.0,
         json_validity=sum(kept) / len(kept) if kept else None,
         structural_agreement=sum(correct[i] for i in structured) / len(structured) if structured else None,
         by_kind=dict(sorted(Counter(kinds).items())),
         kind_thresholds=by_kind,
+        route_thresholds=by_route,
         answers=[g.text for g in gens],
     )
 
@@ -309,6 +358,7 @@ def run_gate(
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
             min_kind_answers=config.min_kind_calibration,
+            min_route_answers=config.min_route_calibration,
         )
 
     cur, cand = evaluate(current_dir), evaluate(candidate_dir)
@@ -422,12 +472,14 @@ def recalibration(
     report: GateReport, config: GateConfig, *, scorer: str, agreement: str, n: int, source: str
 ) -> CalibrationRecord:
     """The candidate's ``calibration.json``: the threshold the gate recalibrated it to,
-    and one per structured kind that had enough answers (``by_kind``)."""
+    and one per structured kind and per route that had enough answers (``by_kind``,
+    ``by_route``)."""
     cand = report.candidate
     return CalibrationRecord(
         scorer=scorer,
         threshold=cand.threshold,
         by_kind=dict(cand.kind_thresholds),
+        by_route=dict(cand.route_thresholds),
         target={"agreement": config.target_agreement},
         escalation_rate=cand.escalation_rate,
         agreement=cand.served_agreement,

@@ -185,6 +185,12 @@ class GateConfig(BaseModel):
             threshold recalibrated on its answers alone (``calibration.json``'s
             ``by_kind``; constrained decoding moves log-probs); one with fewer, and free
             text, use the overall threshold.
+        min_route_calibration (`int | None`, defaults to 50): a route with at least this
+            many answers in the holdout and suite gets its own threshold, picked on its
+            answers alone at ``target_agreement`` (``calibration.json``'s ``by_route``; the
+            cascade judges a request by its route's bar, else its kind's). A refresh moves
+            routes' confidences apart; one bar for all escalated an old route's right
+            answers. None: one threshold for every route.
         max_new_tokens (`int | None`): answer budget of the evaluation; None takes the
             model directory's ``max_new_tokens``, else 24.
         batch_size (`int`, defaults to 64): requests per generate call of the evaluation.
@@ -212,6 +218,7 @@ class GateConfig(BaseModel):
     min_json_validity: float = Field(default=0.98, ge=0.0, le=1.0)
     target_agreement: float = Field(default=0.995, gt=0.0, le=1.0)
     min_kind_calibration: int = Field(default=20, ge=1)
+    min_route_calibration: int | None = Field(default=50, ge=1)
     min_parent_agreement: float = Field(default=0.98, ge=0.0, le=1.0)
     """A quantized candidate answers as its parent on at least this share of the suite
     (``distillery models quantize``): quantization must not change what is served."""

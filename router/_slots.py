@@ -58,9 +58,9 @@ class Slot:
         canary: bool = False,
     ) -> list[Generation]:
         """Names on each answer the threshold it must be judged by (``router.resolve_threshold``):
-        the one calibrated for its request's output kind (``CalibrationRecord.threshold_for``:
-        constrained decoding moves log-probs), the agreement its version was calibrated at,
-        and whether the canary answered."""
+        the one calibrated for its request's route, else for its output kind
+        (``CalibrationRecord.threshold_for``: constrained decoding moves log-probs), the
+        agreement its version was calibrated at, and whether the canary answered."""
         cal = self.calibration
         if cal is None and threshold_override is None and not canary:
             return gens
@@ -74,7 +74,9 @@ class Slot:
             g.model_copy(
                 update={
                     **common,
-                    "calibrated_threshold": cal.threshold_for(r.output_kind) if cal is not None else None,
+                    "calibrated_threshold": cal.threshold_for(r.output_kind, r.route)
+                    if cal is not None
+                    else None,
                 }
             )
             for r, g in zip(requests, gens, strict=True)

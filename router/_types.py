@@ -103,6 +103,10 @@ class GenerationRequest(BaseModel):
     """(token id, bias in [-100, 100]) pairs, in the answering model's vocabulary."""
     top_logprobs: int = Field(default=0, ge=0, le=20)
     """Alternatives to report per token (``Generation.alternatives``)."""
+    route: str | None = None
+    """The request's route label (``metadata.route``, else ``feedback.route_labeler``'s),
+    set by the gateway before the cascade: the student's answer is judged by its route's
+    calibrated threshold where it has one. Never reaches a model."""
 
     @property
     def sampled(self) -> bool:

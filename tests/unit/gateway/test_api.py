@@ -261,3 +261,30 @@ def test_student_answers_are_counted_per_route_with_a_bounded_label_set():
     routes = {s.labels["route"] for s in metrics.student_answers.collect()[0].samples}
     assert len(routes) == MAX_ROUTE_LABELS + 2  # the bounded set, '' and 'other'
     assert count("other") == 6
+
+
+def test_the_request_reaches_the_cascade_with_its_route_so_its_routes_threshold_can_judge_it():
+    seen: list[str | None] = []
+
+    def student(req):
+        seen.append(req.route)
+        return _student_answer(req)
+
+    router = CascadeRouter(
+        FakeTier(student),
+        FakeTier(lambda r: make_generation("IFMMP", 0.99, "teacher-v1", "teacher")),
+        ThresholdPolicy("mean_logprob", 0.9),
+        CascadeConfig(),
+    )
+    metrics = GatewayMetrics()
+    serving = OpenAIServing(router, metrics, ServerConfig(max_tokens_limit=64), lambda: {})
+
+    async def health():
+        return {}
+
+    client = TestClient(build_api(serving, metrics, health), raise_server_exceptions=False)
+    body = {"model": "distillery", "prompt": "reverse: hello =", "metadata": {"route": "billing"}}
+    assert client.post("/v1/completions", json=body).status_code == 200
+    del body["metadata"]
+    assert client.post("/v1/completions", json=body).status_code == 200
+    assert seen == ["billing", None]

@@ -123,6 +123,48 @@ def test_each_structured_kind_with_enough_answers_gets_its_own_threshold(tmp_pat
     assert record.threshold_for("tool_call") == record.threshold_for("text") == pytest.approx(0.99)
 
 
+def test_each_route_with_enough_answers_gets_its_own_threshold_and_is_judged_by_it(tmp_path):
+    # Both routes answer right above their own bar, but the old route ("order") only at
+    # 0.90-0.93 and the new one ("plural") at 0.99: the one bar for all (0.99, set by the
+    # new route's wrong answers at 0.95) escalates every right "order" answer.
+    holdout, suite, answers = [], [], {}
+    for i in range(30):
+        for route, right, wrong in (("order", 0.9 + (i % 4) / 100, 0.85), ("plural", 0.99, 0.95)):
+            pair = Pair(f"{route}{i}", "yes", skill=route)
+            (holdout if i < 10 else suite).append(pair)
+            answers[pair.prompt] = _gen("yes", right) if i % 5 else _gen("no", wrong)
+    backend = _Backend(lambda r: answers[r.prompt or ""])
+    one_bar = evaluate_model(tmp_path, holdout, suite, backend_factory=lambda _: backend)
+    per_route = evaluate_model(
+        tmp_path, holdout, suite, backend_factory=lambda _: backend, min_route_answers=25
+    )
+    assert one_bar.route_thresholds == {}
+    assert one_bar.threshold == pytest.approx(0.99)
+    assert per_route.route_thresholds == pytest.approx({"order": 0.9, "plural": 0.99})
+    # What serving at these bars does: the old route's right answers are kept, and no
+    # wrong answer of either route is served.
+    assert sum(one_bar.suite_escalated["order"]) == 20
+    assert sum(per_route.suite_escalated["order"]) == 4  # its 4 wrong ones (0.85 < 0.9)
+    assert per_route.escalation_rate == pytest.approx(12 / 60)  # the 12 wrong answers, holdout and suite
+    assert one_bar.escalation_rate == pytest.approx(36 / 60)  # and all 30 of "order"
+    assert per_route.served_agreement == one_bar.served_agreement == 1.0
+
+    report = GateReport(True, [], per_route, one_bar)
+    record = recalibration(report, GateConfig(), scorer="mean_logprob", agreement="exact", n=60, source="t")
+    assert record.by_route == per_route.route_thresholds
+    assert record.threshold_for("text", "order") == pytest.approx(0.9)
+    assert record.threshold_for("text", "unseen") == record.threshold_for("text") == pytest.approx(0.99)
+    # The current student judged at its served record reads the route bars too.
+    assert sum(one_bar.escalated_at(record).suite_escalated["order"]) == 4
+
+
+def test_a_route_with_too_few_answers_keeps_the_overall_threshold(tmp_path):
+    pairs = [Pair(f"r{i}", "yes", skill="rare") for i in range(5)]
+    answers = {p.prompt: _gen("yes", 0.5) for p in pairs}
+    result = _evaluate(tmp_path, pairs, answers, min_route_answers=6)
+    assert result.route_thresholds == {}
+
+
 def _result(**kw: object) -> EvalResult:
     base: dict[str, object] = {
         "version": "v",

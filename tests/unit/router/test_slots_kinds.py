@@ -1,4 +1,5 @@
-"""Each answer is stamped with the threshold calibrated for its request's output kind."""
+"""Each answer is stamped with the threshold calibrated for its request's route, else its
+output kind."""
 
 from __future__ import annotations
 
@@ -50,6 +51,19 @@ async def test_backend_slots_stamp_a_mixed_batch_per_kind():
     slots.threshold_override = 0.5
     (pinned,) = await slots.generate(slots.current, [JSON])
     assert (pinned.calibrated_threshold, pinned.threshold_override) == (0.6, 0.5)
+
+
+def test_a_routes_own_threshold_wins_over_its_kinds_and_an_uncalibrated_route_falls_back():
+    calibration = CALIBRATION.model_copy(update={"by_route": {"reverse": 0.8, "extract": 0.4}})
+    slot = Slot(_Backend(), Path("v1"), calibration)
+    requests = [
+        TEXT.model_copy(update={"route": "reverse"}),
+        JSON.model_copy(update={"route": "extract"}),
+        JSON.model_copy(update={"route": "never-calibrated"}),
+        TEXT,  # no route at all
+    ]
+    gens = slot.stamp(requests, [make_generation("x") for _ in requests], None)
+    assert [g.calibrated_threshold for g in gens] == [0.8, 0.4, 0.6, 0.97]
 
 
 def test_a_slot_without_calibration_stamps_nothing():
