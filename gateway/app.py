@@ -14,6 +14,7 @@ from ray import serve
 from ray.serve import Application
 
 from common.errors import ConfigError
+from common.paths import socket_safe_dir
 from gateway import __version__
 from gateway._ingress import GatewayIngress
 from gateway._model_server import ModelServer, tier_spec
@@ -133,12 +134,12 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
             # The replicas' stdout/stderr (vLLM's engine lines, Serve's access log) stay in
             # Ray's session files unless asked for: a console shows what matters.
             log_to_driver=settings.verbose,
-            _temp_dir=None if joining else str((settings.var_dir / "ray").resolve()),
+            _temp_dir=None if joining else str(ray_temp_dir(settings.var_dir)),
         )
     if not joining:  # Serve's logs (controller, proxy, replicas) are in Ray's session
         logs = settings.logs_dir.resolve()
         logs.mkdir(parents=True, exist_ok=True)
-        _link(logs / "ray", settings.var_dir.resolve() / "ray" / "session_latest" / "logs")
+        _link(logs / "ray", ray_temp_dir(settings.var_dir) / "session_latest" / "logs")
     serve.start(
         http_options={
             "host": settings.server.host,
@@ -146,6 +147,17 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
             "request_timeout_s": settings.server.request_timeout_s,
         }
     )
+
+
+# Ray's longest socket path below its temp dir:
+# /session_<date>_<time>_<usec>_<pid>/sockets/plasma_store
+RAY_SOCKET_ROOM = len("/session_2026-12-06_13-52-03_307472_1234567/sockets/plasma_store")
+
+
+def ray_temp_dir(var_dir: Path) -> Path:
+    """Ray's session directory: ``var_dir/ray``, or a short one linked from it when that
+    path leaves Ray's sockets too little room (``common.paths``)."""
+    return socket_safe_dir(var_dir / "ray", RAY_SOCKET_ROOM, "distillery-ray")
 
 
 def _link(link: Path, target: Path) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from common.model_dir import ModelManifest, read_model_version
+from common.paths import socket_safe_dir
 from router._logits import check_logit_bias, grammar_key, json_grammar
 from router._quantize import scheme_of
 from router._render import prompt_token_ids, render_prompt
@@ -67,7 +68,8 @@ def prepare_vllm_env(cache_dir: Path) -> None:
     and temporary files under the project's ``var/`` instead of ``~/.cache`` and ``/tmp``.
     """
     root = cache_dir.resolve()
-    tmp = root / "tmp"
+    # vLLM's ZMQ ipc sockets are <TMPDIR>/<uuid4>.
+    tmp = socket_safe_dir(root / "tmp", len("/") + 36, "distillery-vllm-tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     defaults = {
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",

@@ -5,10 +5,12 @@ tests drive the same one."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -20,6 +22,7 @@ __all__ = ["RunProcess", "cmdline"]
 
 
 def cmdline(p: psutil.Process) -> str:
+    """Its command line; "" once it has exited (or is a zombie)."""
     try:
         if p.status() == psutil.STATUS_ZOMBIE:
             return ""
@@ -32,8 +35,18 @@ class RunProcess:
     """``env``: settings for this stack alone (``DISTILLERY_*``); a None value removes a
     variable the test session set (``DISTILLERY_STUDENT__KIND``: the product's default)."""
 
-    def __init__(self, var: Path, env: Mapping[str, str | None] | None = None) -> None:
+    def __init__(
+        self,
+        var: Path,
+        env: Mapping[str, str | None] | None = None,
+        *,
+        args: Sequence[str] = (),
+        cwd: Path = REPO,
+    ) -> None:
+        """``args``: before ``run`` (``--preset smollm2``); ``cwd``: where relative paths
+        (a preset's ``var/<preset>``) resolve."""
         self.var = var
+        self.cwd = cwd
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -54,10 +67,11 @@ class RunProcess:
                 self.env.pop(key, None)
             else:
                 self.env[key] = value
+        self.args = list(args)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "distillery.cli", "run", "--port", str(self.port)]
+            [sys.executable, "-m", "distillery.cli", *self.args, "run", "--port", str(self.port)]
             + ["--metrics-port", str(self.metrics_port)],
-            cwd=REPO,
+            cwd=cwd,
             env=self.env,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
@@ -67,8 +81,8 @@ class RunProcess:
     def cli(self, *args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
         """Another ``distillery`` command against this stack (same settings and var dir)."""
         return subprocess.run(
-            [sys.executable, "-m", "distillery.cli", *args],
-            cwd=REPO,
+            [sys.executable, "-m", "distillery.cli", *self.args, *args],
+            cwd=self.cwd,
             env=self.env,
             capture_output=True,
             text=True,
@@ -106,6 +120,21 @@ class RunProcess:
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]
+
+    def stop(self, timeout_s: float = 120.0) -> tuple[int, list[psutil.Process]]:
+        """SIGTERM, as Ctrl-C or ``kill`` would; the exit code, and the processes it had
+        started that are still running 30 s later (none, when it stops as it should)."""
+        children = self.descendants()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout_s)
+        deadline = time.monotonic() + 30
+        left = children
+        while time.monotonic() < deadline:
+            left = [p for p in children if cmdline(p)]  # "" once gone or a zombie
+            if not left:
+                break
+            time.sleep(0.5)
+        return code, left
 
     def kill(self) -> None:
         """The fixture's last resort: SIGKILL the stack and everything it started."""
