@@ -190,13 +190,18 @@ class ShutdownSignal:
     the first one's ``Event.set``, which waited forever on the lock its own thread held: the
     process hung and never stopped. The main thread polls the flag instead.
 
-    Installed after ``ray.init``, which sets its own SIGTERM handler (it aborted the
-    process and left the embedded broker running as an orphan)."""
+    Installed before the stack starts; ``gateway.app.start_ray`` keeps it across
+    ``ray.init``, which sets its own SIGTERM handler (that one aborted the process and left
+    the embedded broker running as an orphan)."""
 
     POLL_S = 0.2
 
     def __init__(self) -> None:
         self.received: str | None = None
+        self.starting = False
+        """While the stack starts, a first signal waits for the start to finish (then it
+        stops in order); a second one stops waiting (KeyboardInterrupt: what has started
+        is stopped as the start unwinds)."""
 
     def install(self) -> ShutdownSignal:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -206,6 +211,9 @@ class ShutdownSignal:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:  # the first signal names the stop; repeats change nothing
             self.received = signal.Signals(signum).name
+        elif self.starting:
+            self.starting = False
+            raise KeyboardInterrupt(signal.Signals(signum).name)
 
     def wait(self, timeout_s: float | None = None) -> str | None:
         """The signal's name once one arrived (None if ``timeout_s`` ran out first)."""

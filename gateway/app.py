@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,7 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
         else:
             _check_fast_path(settings.server)
             os.environ.update(serve_env(settings.server))
+        kept = _custom_signal_handlers()
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
@@ -136,6 +139,8 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
             log_to_driver=settings.verbose,
             _temp_dir=None if joining else str(ray_temp_dir(settings.var_dir)),
         )
+        for sig, handler in kept.items():  # ray.init installs its own: the caller's stay
+            signal.signal(sig, handler)
     if not joining:  # Serve's logs (controller, proxy, replicas) are in Ray's session
         logs = settings.logs_dir.resolve()
         logs.mkdir(parents=True, exist_ok=True)
@@ -147,6 +152,21 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
             "request_timeout_s": settings.server.request_timeout_s,
         }
     )
+
+
+def _custom_signal_handlers() -> dict[signal.Signals, Any]:
+    """The Python handlers this process installed for SIGTERM/SIGINT (``distillery run``'s
+    ordered stop). ``ray.init`` replaces SIGTERM's: a stop signal that arrived while Serve
+    deployed (``/healthz`` already answering) killed the process without stopping the
+    broker or the replicas' engines."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    out: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(sig)
+        if callable(handler) and handler is not signal.default_int_handler:
+            out[sig] = handler
+    return out
 
 
 # Ray's longest socket path below its temp dir:

@@ -46,8 +46,12 @@ def _serve_forever(stack: LocalStack) -> int:
     """Starts ``stack``, serves until SIGTERM or SIGINT, then stops it in order; returns 0."""
     from distillery._local import ShutdownSignal
 
+    # Before the start: a stop asked for while it starts is honoured once it has started
+    # (``start_ray`` keeps these handlers across ``ray.init``, which installs its own).
+    stop = ShutdownSignal().install()
+    stop.starting = True
     with stack:
-        stop = ShutdownSignal().install()  # after ray.init, which installs its own SIGTERM handler
+        stop.starting = False
         _print_banner(stack.settings)
         received = stop.wait()
         print(f"\n{received}: finishing the requests in flight, then stopping", flush=True)

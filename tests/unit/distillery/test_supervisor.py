@@ -97,3 +97,31 @@ def test_a_burst_of_signals_still_stops_once_and_never_hangs():
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_a_signal_while_the_stack_starts_waits_for_the_start_and_a_second_one_stops_waiting():
+    """``/healthz`` answers before ``distillery run`` has finished starting; a SIGTERM then
+    (a test, a supervisor, Ctrl-C) killed the process with Ray's handler, leaving the broker
+    and the engines behind. Now the first one is honoured once the start is done; a second
+    one interrupts a start that hangs."""
+    import os
+    import signal
+
+    import pytest
+
+    from distillery._local import ShutdownSignal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        stop = ShutdownSignal().install()
+        stop.starting = True
+        os.kill(os.getpid(), signal.SIGTERM)  # the start goes on
+        assert stop.received == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(50):  # delivered between two bytecodes of this thread
+                pass
+        assert stop.wait(1) == "SIGTERM"
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
