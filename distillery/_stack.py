@@ -292,7 +292,9 @@ def _started_since(since: float) -> list[Any]:
     out = []
     for child in children:
         try:
-            if child.create_time() >= since - 1.0:
+            # (multiprocessing's resource tracker belongs to this process, not to Ray: it
+            # stays until this process exits, and stops with it.)
+            if child.create_time() >= since - 1.0 and "resource_tracker" not in " ".join(child.cmdline()):
                 out.append(child)
         except psutil.Error:
             continue
