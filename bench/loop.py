@@ -54,14 +54,18 @@ TARGETS = {
 
 class _TimedLoop:
     """Wraps the refresh loop: wall clock of each tick, and the swap (promotion until the
-    gateway's ``/healthz`` reports the new student version)."""
+    gateway's ``/healthz`` reports the new student version). Each tick is asked for, as
+    ``distillery demo scenario`` asks the running stack's loop (a manual refresh: the
+    default ``min_new_examples`` bars only drift- and nightly-triggered ones)."""
 
-    def __init__(self, loop: Any, url: str) -> None:
+    def __init__(self, loop: Any, url: str, registry: Any) -> None:
         self._loop = loop
         self._url = url
+        self._registry = registry
         self.ticks: list[dict[str, Any]] = []
 
     def tick(self) -> Any:
+        self._registry.request_refresh(reason="bench.loop", actor="bench")
         started = time.time()
         event = self._loop.tick()
         ended = time.time()
@@ -210,7 +214,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         registry = ModelRegistry(settings.resolved_registry_dir)
         initial = ensure_registry(registry, settings.tier_dir("student"))
         loop = build_loop(settings)  # `distillery run`'s own wiring and defaults
-        timed = _TimedLoop(loop, url)
+        timed = _TimedLoop(loop, url, registry)
         started = time.monotonic()
         try:
             report = run_scenario(
