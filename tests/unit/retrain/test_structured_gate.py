@@ -140,7 +140,8 @@ def test_each_route_with_enough_answers_gets_its_own_threshold_and_is_judged_by_
     )
     assert one_bar.route_thresholds == {}
     assert one_bar.threshold == pytest.approx(0.99)
-    assert per_route.route_thresholds == pytest.approx({"order": 0.9, "plural": 0.99})
+    # "plural"'s own bar is the shared one (0.99): only a lower bar is kept.
+    assert per_route.route_thresholds == pytest.approx({"order": 0.9})
     # What serving at these bars does: the old route's right answers are kept, and no
     # wrong answer of either route is served.
     assert sum(one_bar.suite_escalated["order"]) == 20
@@ -156,6 +157,22 @@ def test_each_route_with_enough_answers_gets_its_own_threshold_and_is_judged_by_
     assert record.threshold_for("text", "unseen") == record.threshold_for("text") == pytest.approx(0.99)
     # The current student judged at its served record reads the route bars too.
     assert sum(one_bar.escalated_at(record).suite_escalated["order"]) == 4
+
+
+def test_a_route_never_gets_a_bar_above_the_shared_one(tmp_path):
+    """Live (loop robustness, seed 2): the candidate's few confident wrong answers on an old
+    route set that route's bar at 0.996 against a shared 0.977; it escalated 29% of the
+    route's suite where the current escalated 16%, and the gate refused it."""
+    pairs, answers = [], {}
+    for i in range(60):
+        old = Pair(f"old{i}", "yes", skill="old")
+        new = Pair(f"new{i}", "yes", skill="new")
+        pairs += [old, new]
+        answers[old.prompt] = _gen("no", 0.97) if i % 10 == 0 else _gen("yes", 0.95 + (i % 5) / 100)
+        answers[new.prompt] = _gen("yes", 0.8) if i % 10 else _gen("no", 0.5)
+    result = _evaluate(tmp_path, pairs, answers, min_route_answers=50)
+    assert "old" not in result.route_thresholds  # its own pick (above 0.97) would be stricter
+    assert result.route_thresholds["new"] < result.threshold
 
 
 def test_a_route_with_too_few_answers_keeps_the_overall_threshold(tmp_path):
