@@ -116,6 +116,7 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
     fast path, else Serve's Python proxy). Ray's session logs, Serve's among them, are
     linked from ``settings.logs_dir``/ray."""
     joining = bool(os.environ.get("RAY_ADDRESS"))
+    ray_dir = None if joining else ray_temp_dir(settings.var_dir)
     if not settings.verbose:
         for name in ("ray", "ray.serve"):  # the driver's own narration of starts and deploys
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -137,14 +138,14 @@ def start_ray(settings: GatewaySettings, *, num_cpus: int | None = None) -> None
             # The replicas' stdout/stderr (vLLM's engine lines, Serve's access log) stay in
             # Ray's session files unless asked for: a console shows what matters.
             log_to_driver=settings.verbose,
-            _temp_dir=None if joining else str(ray_temp_dir(settings.var_dir)),
+            _temp_dir=None if ray_dir is None else str(ray_dir),
         )
         for sig, handler in kept.items():  # ray.init installs its own: the caller's stay
             signal.signal(sig, handler)
-    if not joining:  # Serve's logs (controller, proxy, replicas) are in Ray's session
+    if ray_dir is not None:  # Serve's logs (controller, proxy, replicas) are in Ray's session
         logs = settings.logs_dir.resolve()
         logs.mkdir(parents=True, exist_ok=True)
-        _link(logs / "ray", ray_temp_dir(settings.var_dir) / "session_latest" / "logs")
+        _link(logs / "ray", ray_dir / "session_latest" / "logs")
     serve.start(
         http_options={
             "host": settings.server.host,

@@ -44,6 +44,17 @@ def _events(prefix: str, n: int) -> list[EscalationEvent]:
     ]
 
 
+def _produce_plain(bootstrap: str, events: list[EscalationEvent]) -> None:
+    """A plain kafka-python producer (no spool, no replay of what the broker lost)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for e in events:
+        producer.send(FAST_KAFKA.topic, key=e.request_id.encode(), value=e.to_wire())
+    producer.flush()
+    producer.close()
+
+
 def _wait(cond: Callable[[], bool], timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -130,26 +141,17 @@ def test_consumer_rereads_a_log_the_broker_lost_even_once_it_outgrew_the_old_pos
     at once, past the consumer's old position before it notices anything. Every one is
     stored: the vanished group offset sends it back to the new log's start. (A group
     consumer stays wedged in its rejoin on this broker instead: DESIGN.md, Tansu.)"""
-    from kafka import KafkaProducer
-
-    def produce(bootstrap: str, events: list[EscalationEvent]) -> None:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        for e in events:
-            producer.send(FAST_KAFKA.topic, key=e.request_id.encode(), value=e.to_wire())
-        producer.flush()
-        producer.close()
-
     broker = TansuBroker().start()
     store = SQLiteStore(tmp_path / "feedback.db")
     metrics = FeedbackMetrics()
     consumer = FeedbackConsumer(FAST_KAFKA, broker.bootstrap, store, metrics)
     try:
         before, after = _events("old-log", 100), _events("new-log", 150)
-        produce(broker.bootstrap, before)
+        _produce_plain(broker.bootstrap, before)
         assert _wait(lambda: (consumer.poll_once(), store.count())[1] == 100, 30)
         broker.kill()
         broker.start()
-        produce(broker.bootstrap, after)
+        _produce_plain(broker.bootstrap, after)
         assert _wait(lambda: (consumer.poll_once(), store.count())[1] == 250, 60), store.count()
         assert store.request_ids() == sorted(e.request_id for e in before + after)
         assert metrics.registry.get_sample_value("distillery_feedback_consumer_rewinds_total") == 1
@@ -167,15 +169,7 @@ def test_a_lost_log_is_reread_even_when_the_group_offsets_cannot_be_read_just_af
     into the new log hides the loss from every later check and skips the new log's first
     records; it must commit nothing until it can tell. (Fault injected in the test: the
     client's ``committed`` fails; the consumer, broker and store are the real ones.)"""
-    from kafka import KafkaProducer
     from kafka.errors import KafkaTimeoutError
-
-    def produce(bootstrap: str, events: list[EscalationEvent]) -> None:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-        for e in events:
-            producer.send(FAST_KAFKA.topic, key=e.request_id.encode(), value=e.to_wire())
-        producer.flush()
-        producer.close()
 
     broker = TansuBroker().start()
     store = SQLiteStore(tmp_path / "feedback.db")
@@ -194,11 +188,11 @@ def test_a_lost_log_is_reread_even_when_the_group_offsets_cannot_be_read_just_af
     client.committed = committed
     try:
         before, after = _events("old-log", 100), _events("new-log", 150)
-        produce(broker.bootstrap, before)
+        _produce_plain(broker.bootstrap, before)
         assert _wait(lambda: (consumer.poll_once(), store.count())[1] == 100, 30)
         broker.kill()
         broker.start()
-        produce(broker.bootstrap, after)
+        _produce_plain(broker.bootstrap, after)
         unreadable["calls"] = 3  # the first batch's checks, and the next periodic one
         assert _wait(lambda: (consumer.poll_once(), store.count())[1] == 250, 60), (
             f"{250 - store.count()} of the new log's events never stored"
