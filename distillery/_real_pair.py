@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import CALIBRATION_FILE, ModelManifest, read_model_version
+from common.model_dir import CALIBRATION_FILE, CalibrationRecord, ModelManifest, read_model_version
 from distillery._workloads import workload_for
 from distillery.settings import DistillerySettings
 from retrain import Pair, load_pairs
 from retrain._derive import bootstrap_student, derive_student, label_with_teacher
-from router import build_backend
+from router import AgreementMetric, build_backend
 
 __all__ = ["BUILD_REPORT", "RealPairReport", "build_student", "ensure_real_pair", "import_teacher"]
 
@@ -121,8 +121,6 @@ def build_student(
 
     Minutes of work on CPU: each stage is ``announce``d, and the labelling and the
     bootstrap report their counts to ``progress``, so a slow build looks slow, not hung."""
-    from distillery._calibrate import run_calibration
-
     real = settings.real
     n_layers = layers or real.student_layers
     per_route = seed_per_route or real.seed_per_route
@@ -130,6 +128,13 @@ def build_student(
     report = RealPairReport(teacher_version=read_model_version(settings.tier_dir("teacher")))
     if not force and _is_current(settings, key):
         report.student_version = read_model_version(settings.tier_dir("student"))
+        stale = _calibrated_under(settings)
+        if calibrate and stale != AgreementMetric(settings.agreement).name:
+            announce(
+                f"student: calibrated judging answers by {stale}, configured "
+                f"{AgreementMetric(settings.agreement).name}: recalibrating its threshold"
+            )
+            _calibrate(settings, report, announce)
         return report
     teacher_dir, student_dir = settings.tier_dir("teacher"), settings.tier_dir("student")
     t0 = time.monotonic()
@@ -173,19 +178,34 @@ def build_student(
     manifest.save(student_dir)
     report.student_version = manifest.version
     if calibrate and bootstrap:
-        t0 = time.monotonic()
-        n_cal = settings.gate.suite_per_route * len(workload_for(settings.workload).routes)
-        announce(f"student: calibrating the escalation threshold on {n_cal} labelled requests")
-        cal = run_calibration(settings, n=n_cal)
-        report.timings_s["calibrate"] = round(time.monotonic() - t0, 1)
-        report.calibration = {
-            "threshold": cal.threshold,
-            "escalation_rate": cal.escalation_rate,
-            "agreement": cal.agreement,
-            "student_agreement": cal.student_agreement,
-            "auroc": cal.auroc,
-        }
+        _calibrate(settings, report, announce)
     return report
+
+
+def _calibrated_under(settings: DistillerySettings) -> str | None:
+    """The agreement metric the built student's threshold was calibrated with: a threshold
+    picked to reach a target agreement means something only under the metric that judged
+    it, so changing ``agreement`` in the config recalibrates (minutes) instead of
+    rebuilding (the build key leaves the metric out) or serving a stale bar."""
+    record = CalibrationRecord.load(settings.tier_dir("student"))
+    return record.agreement_metric if record is not None else None
+
+
+def _calibrate(settings: DistillerySettings, report: RealPairReport, announce: Callable[[str], None]) -> None:
+    from distillery._calibrate import run_calibration
+
+    t0 = time.monotonic()
+    n_cal = settings.gate.suite_per_route * len(workload_for(settings.workload).routes)
+    announce(f"student: calibrating the escalation threshold on {n_cal} labelled requests")
+    cal = run_calibration(settings, n=n_cal)
+    report.timings_s["calibrate"] = round(time.monotonic() - t0, 1)
+    report.calibration = {
+        "threshold": cal.threshold,
+        "escalation_rate": cal.escalation_rate,
+        "agreement": cal.agreement,
+        "student_agreement": cal.student_agreement,
+        "auroc": cal.auroc,
+    }
 
 
 async def _label(

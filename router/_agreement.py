@@ -14,7 +14,11 @@ the metric is configurable:
 
 Soft metrics can call a changed number "agreeing" when the rest of a long answer is
 equal; ``key_tokens`` (defaults to digits) makes any difference in such tokens a
-disagreement whatever the score, which is what extraction workloads need.
+disagreement whatever the score, which is what extraction workloads need. And where the
+number is the whole content of a short templated answer, the words around it are the
+teacher's own choice of template ("The order number is 5249." and "The order number in
+this message is 5249." from one model for one route): ``numbers_decide`` lets equal
+numbers agree whatever the words, so a student is not judged wrong for the other template.
 """
 
 from __future__ import annotations
@@ -86,6 +90,10 @@ class AgreementConfig(BaseModel):
             call two answers agreeing (ignored by ``exact`` and ``normalized``).
         key_tokens (`bool`, defaults to True): with a soft metric, answers whose numbers
             differ never agree (an order number off by one digit is a wrong answer).
+        numbers_decide (`bool`, defaults to False): with a soft metric and ``key_tokens``,
+            answers that both carry numbers, the same ones in the same order, agree
+            whatever the words around them. For workloads whose numbered answers are an
+            extraction in a sentence; not for free text where a number is a detail.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -93,11 +101,13 @@ class AgreementConfig(BaseModel):
     metric: Literal["exact", "normalized", "token_f1", "chrf"] = "exact"
     threshold: float = Field(default=0.8, ge=0.0, le=1.0)
     key_tokens: bool = True
+    numbers_decide: bool = False
 
     def describe(self) -> str:
         if self.metric in ("exact", "normalized"):
             return self.metric
-        return f"{self.metric}>={self.threshold:g}"
+        numbers = "|numbers" if self.key_tokens and self.numbers_decide else ""
+        return f"{self.metric}>={self.threshold:g}{numbers}"
 
 
 def agreement_score(answer: str, reference: str, metric: str) -> float:
@@ -130,6 +140,10 @@ class AgreementMetric:
         cfg = self.config
         if cfg.metric in ("exact", "normalized"):
             return self.score(answer, reference) == 1.0
-        if cfg.key_tokens and _DIGITS.findall(answer) != _DIGITS.findall(reference):
-            return False
+        if cfg.key_tokens:
+            numbers = _DIGITS.findall(answer)
+            if numbers != _DIGITS.findall(reference):
+                return False
+            if numbers and cfg.numbers_decide:
+                return True
         return self.score(answer, reference) >= cfg.threshold

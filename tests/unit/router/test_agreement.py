@@ -45,6 +45,23 @@ def test_a_different_number_never_agrees_under_a_soft_metric_with_key_tokens():
     assert not metric("chrf", 0.5)(a, b)
 
 
+def test_with_numbers_deciding_the_teachers_other_template_agrees_but_another_number_does_not():
+    decide = AgreementMetric(AgreementConfig(metric="token_f1", threshold=0.9, numbers_decide=True))
+    short, long_ = "The order number is 2311.", "The order number in this message is 2311."
+    assert decide(short, long_) and not metric("token_f1", 0.9)(short, long_)
+    assert not decide("The order number is 2313.", long_)
+    assert not decide("The order number is 2311 or 2313.", long_)  # numbers differ as a list
+    # Without numbers the words decide, as before.
+    assert not decide("The capital of Russia is Kiev.", "The capital of Russia is Moscow.")
+    assert decide("The capital of Canada is Ottawa", "The capital of Canada is Ottawa.")
+    # Off without key tokens, and named so a calibration records which rule judged it.
+    loose = AgreementMetric(
+        AgreementConfig(metric="token_f1", threshold=0.9, key_tokens=False, numbers_decide=True)
+    )
+    assert not loose(short, long_)
+    assert decide.name == "token_f1>=0.9|numbers" and loose.name == "token_f1>=0.9"
+
+
 def test_chrf_is_one_for_equal_text_and_falls_with_edits():
     assert agreement_score("knives", "knives", "chrf") == pytest.approx(1.0)
     assert agreement_score("The plural of knife is knives.", "The plural of knife is knifes.", "chrf") < 1.0
