@@ -8,6 +8,7 @@ from router._batching import generate_prompts, generate_requests
 from router._calibration import CalibrationPoint, calibration_curve, pick_threshold
 from router._cascade import CascadeResult, CascadeRouter, GenerationClient, Tier
 from router._contract import AnswerCheck, answer_agrees, check_answer, decoding_schema, structural_agreement
+from router._early import CommitRule, CommitSample, EarlyDecider, calibrate_commit
 from router._factory import build_backend
 from router._openai_backend import OpenAIHTTPBackend
 from router._policy import Decision, ThresholdPolicy
@@ -28,12 +29,15 @@ from router._scoring import (
     confidence_logprobs,
     get_scorer,
 )
+from router._streaming import Chunk, StreamBroken, StreamEnd, StreamingCascade
 from router._types import (
     ChatTurn,
     Generation,
     GenerationRequest,
     OutputKind,
     ResponseFormat,
+    StreamHead,
+    TokenDelta,
     ToolCall,
     ToolSpec,
 )
@@ -41,6 +45,16 @@ from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig, RequestCost, TierPrice
 
 __all__ = [
+    "Chunk",
+    "CommitRule",
+    "CommitSample",
+    "EarlyDecider",
+    "StreamBroken",
+    "StreamEnd",
+    "StreamHead",
+    "StreamingCascade",
+    "TokenDelta",
+    "calibrate_commit",
     "AnswerCheck",
     "OutputKind",
     "ResponseFormat",

@@ -6,15 +6,16 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from router._contract import check_answer
 from router._policy import Decision, ThresholdPolicy, resolve_threshold
 from router._resilience import (
     BreakerState,
     CircuitBreaker,
+    Permit,
     RetryPolicy,
     TeacherObserver,
     classify_teacher_error,
@@ -35,6 +36,7 @@ __all__ = ["CascadeResult", "CascadeRouter", "GenerationClient", "Tier"]
 logger = logging.getLogger(__name__)
 
 Tier = Literal["student", "teacher"]
+T = TypeVar("T")
 
 
 class GenerationClient(Protocol):
@@ -205,6 +207,19 @@ class CascadeRouter:
         )
 
     async def _call_teacher(self, request: GenerationRequest) -> tuple[Generation, float]:
+        async def attempt(left_s: float) -> Generation:
+            return await asyncio.wait_for(self._teacher.generate(request), timeout=left_s)
+
+        gen, _permit, latency = await self.teacher_attempts(attempt, settle=True)
+        return gen, latency
+
+    async def teacher_attempts(
+        self, attempt: Callable[[float], Awaitable[T]], *, settle: bool
+    ) -> tuple[T, Permit, float]:
+        """``attempt(seconds_left)`` under the teacher's failure policy: one deadline for
+        all attempts, retries with backoff, the breaker. ``settle``: a success is recorded
+        at once (a whole answer); else the caller records it with the returned permit when
+        it knows (a stream whose first piece arrived can still fail later)."""
         timeout_s = self._config.teacher_timeout_s
         started = time.monotonic()
         deadline = started + timeout_s
@@ -222,11 +237,11 @@ class CascadeRouter:
                 )
             verdict = False
             try:
-                left = deadline - time.monotonic()
-                gen = await asyncio.wait_for(self._teacher.generate(request), timeout=left)
-                self.breaker.record_success(permit)
+                value = await attempt(deadline - time.monotonic())
+                if settle:
+                    self.breaker.record_success(permit)
                 verdict = True
-                return gen, time.monotonic() - started
+                return value, permit, time.monotonic() - started
             except Exception as exc:
                 failure = classify_teacher_error(exc)
                 if failure is None:  # the request itself is invalid: says nothing about the teacher

@@ -6,6 +6,7 @@ malformed one should fail loudly at the boundary, not deep inside generation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +17,8 @@ __all__ = [
     "GenerationRequest",
     "OutputKind",
     "ResponseFormat",
+    "StreamHead",
+    "TokenDelta",
     "ToolCall",
     "ToolChoice",
     "ToolSpec",
@@ -170,3 +173,32 @@ class Generation(BaseModel):
     value): live audits of this version are compared with it."""
     canary: bool = False
     """Answered by the canary slot (audits sample it at a raised share)."""
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """One streamed token: its text, id and log-probability (a dataclass, not a model:
+    one crosses the Serve handle per token). ``top_logprob``: the most likely token's
+    log-prob at that step, what a sampled request is scored on (``None``: not reported)."""
+
+    token: str
+    token_id: int
+    logprob: float
+    top_logprob: float | None = None
+
+
+@dataclass(frozen=True)
+class StreamHead:
+    """What a student stream says before its first token: who answers, and the bars the
+    cascade judges it by (``Generation``'s stamp, which a stream only has at its end)."""
+
+    model_version: str
+    model_id: str = ""
+    calibrated_threshold: float | None = None
+    calibrated_scorer: str | None = None
+    threshold_override: float | None = None
+    commit_tokens: int | None = None
+    """The version's calibrated commit point for this request's kind (``router._early``);
+    ``None``: decide on the whole answer."""
+    commit_bar: float | None = None
+    canary: bool = False

@@ -47,7 +47,7 @@ from router._logits import check_logit_bias, grammar_key, json_grammar
 from router._quantize import scheme_of
 from router._render import prompt_token_ids, render_prompt
 from router._stop import to_generation
-from router._types import Generation, GenerationRequest
+from router._types import Generation, GenerationRequest, TokenDelta
 from router.config import VLLMEngineConfig
 from router.errors import InvalidRequest
 
@@ -124,15 +124,6 @@ class _StatsRecorder:
 
     def record_sleep_state(self, is_awake: int, level: int) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class TokenDelta:
-    """One streamed token: its text, id and log-probability."""
-
-    token: str
-    token_id: int
-    logprob: float
 
 
 class VLLMBackend:

@@ -67,3 +67,102 @@ class FakeProducer:
 
     def close(self) -> None:
         pass
+
+
+class FakeStreamingStudent:
+    """A student that streams ``tokens`` (text, probability) after a ``StreamHead``, then
+    the whole answer. Pull-driven like a real stream: it produces a token only when the
+    consumer asks, so ``produced`` says how far generation got when something happened;
+    ``closed`` says the consumer cancelled it. ``fail_at``: raise instead of that token."""
+
+    def __init__(
+        self,
+        tokens: list[tuple[str, float]],
+        *,
+        commit_tokens: int | None = None,
+        commit_bar: float | None = None,
+        fail_at: int | None = None,
+        fail: Exception | None = None,
+        version: str = "s1",
+    ) -> None:
+        from router import StreamHead
+
+        self.tokens = tokens
+        self.head = StreamHead(model_version=version, commit_tokens=commit_tokens, commit_bar=commit_bar)
+        self.fail_at = fail_at
+        self.fail = fail or RuntimeError("student engine died")
+        self.produced = 0
+        self.closed = False
+        self.finished = False
+        self.whole_calls = 0
+        self.version = version
+
+    def whole(self) -> Generation:
+        return Generation(
+            text="".join(t for t, _ in self.tokens),
+            tokens=[t for t, _ in self.tokens],
+            token_logprobs=[math.log(p) for _, p in self.tokens],
+            finish_reason="stop",
+            prompt_tokens=5,
+            completion_tokens=len(self.tokens),
+            model_id="fake",
+            model_version=self.version,
+        )
+
+    async def stream(self, request: GenerationRequest) -> Any:
+        from router import TokenDelta
+
+        try:
+            yield self.head
+            for i, (text, prob) in enumerate(self.tokens):
+                await asyncio.sleep(0)
+                if self.fail_at == i:
+                    raise self.fail
+                self.produced += 1
+                yield TokenDelta(text, i, math.log(prob))
+            self.finished = True
+            yield self.whole()
+        except GeneratorExit:
+            self.closed = True
+            raise
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.whole_calls += 1
+        return self.whole()
+
+
+class FakeStreamingTeacher:
+    """A teacher that streams ``pieces`` then the whole answer; can fail before its first
+    piece (``fail_first``: that many attempts) or after ``fail_after`` pieces."""
+
+    def __init__(
+        self,
+        pieces: list[str],
+        *,
+        fail_first: int = 0,
+        fail_after: int | None = None,
+        fail: Exception | None = None,
+    ) -> None:
+        self.pieces = pieces
+        self.fail_first = fail_first
+        self.fail_after = fail_after
+        self.fail = fail or ConnectionError("teacher connection reset")
+        self.calls = 0
+        self.sent = 0
+        self.closed = False
+
+    async def stream(self, request: GenerationRequest) -> Any:
+        self.calls += 1
+        try:
+            if self.calls <= self.fail_first:
+                raise self.fail
+            for i, piece in enumerate(self.pieces):
+                await asyncio.sleep(0)
+                if self.fail_after == i:
+                    raise self.fail
+                self.sent += 1
+                yield piece
+            yield make_generation("".join(self.pieces), 0.99, "t1", model_id="teacher")
+        except GeneratorExit:
+            self.closed = True
+            raise

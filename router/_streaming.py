@@ -1,0 +1,375 @@
+"""The cascade, streamed: the student's tokens flow once a prefix decides, an escalation
+streams the teacher as it writes.
+
+``CascadeRouter.route`` judges a finished answer, so a stream built on it is a replay:
+the first token leaves with the last. Here the student's tokens are held until its
+commit rule (``router._early``, calibrated per version and output kind, carried on the
+stream's ``StreamHead``) decides: ``serve`` releases the held prefix and every later
+token as it comes; ``escalate`` closes the student's stream at once (the replica's
+generation is cancelled, its engine slot freed) and relays the teacher's. An answer that
+ends before its commit point, a structured answer (its contract needs the whole answer)
+and a version without a commit rule are judged whole, exactly as ``route`` judges them.
+
+Failures keep ``route``'s rules while nothing has been sent: a student that fails
+escalates, a teacher that fails before its first piece falls back to the student's answer
+(asked for again if its stream was cancelled) under ``serve_student``. After the first
+piece has gone out nothing can be taken back: the stream ends with ``StreamBroken``,
+which the gateway writes as an error event. A consumer that stops reading (a client gone)
+closes this generator, which closes whichever tier stream is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from router._cascade import CascadeResult, CascadeRouter, Tier
+from router._contract import check_answer
+from router._early import CommitRule, EarlyDecider
+from router._policy import Decision
+from router._resilience import classify_teacher_error
+from router._scoring import all_scores, confidence_logprobs
+from router._types import Generation, GenerationRequest, StreamHead, TokenDelta
+from router.errors import InvalidRequest, StudentUnavailable, TeacherUnavailable
+
+__all__ = [
+    "Chunk",
+    "StreamBroken",
+    "StreamEnd",
+    "StreamingCascade",
+    "StudentStreamClient",
+    "TeacherStreamClient",
+]
+
+
+StudentItem = StreamHead | TokenDelta | Generation
+TeacherItem = str | Generation
+
+
+class StudentStreamClient(Protocol):
+    """The student as the streaming cascade sees it: a ``StreamHead``, its tokens, then
+    the whole ``Generation``; and a whole answer on request (the fallback)."""
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[StudentItem, None]: ...
+
+    async def generate(self, request: GenerationRequest) -> Generation: ...
+
+
+class TeacherStreamClient(Protocol):
+    """The teacher's pieces of text as it writes them, then the whole ``Generation``."""
+
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[TeacherItem, None]: ...
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Text for the client, from one tier."""
+
+    text: str
+    tier: Tier
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item: what was served and how it was decided."""
+
+    result: CascadeResult
+    decided_at: int | None
+    """Student tokens seen when a commit rule decided (``None``: judged whole)."""
+    late_doubt: bool = False
+    """Committed early, and the whole answer scores below the whole-answer bar: the answer
+    stands; the request is recorded so the audits and the next dataset can use it."""
+    student_cancelled: bool = False
+
+
+class StreamBroken(Exception):
+    """A tier failed after its first piece reached the client: nothing can be retracted,
+    the stream ends with an error event."""
+
+    def __init__(self, tier: Tier, message: str) -> None:
+        super().__init__(message)
+        self.tier: Tier = tier
+
+
+@dataclass
+class _StudentRun:
+    head: StreamHead | None = None
+    final: Generation | None = None
+    held: list[str] | None = None
+    decider: EarlyDecider | None = None
+    committed: bool = False
+    cancelled: bool = False
+    latency_s: float = 0.0
+
+
+class StreamingCascade:
+    """Streams one request through ``router``'s policy, breaker and fallbacks."""
+
+    def __init__(
+        self, router: CascadeRouter, student: StudentStreamClient, teacher: TeacherStreamClient
+    ) -> None:
+        self._router = router
+        self._student = student
+        self._teacher = teacher
+
+    async def stream(
+        self, request: GenerationRequest, force: Tier | None = None
+    ) -> AsyncGenerator[Chunk | StreamEnd, None]:
+        kind = request.output_kind
+        if force == "teacher":
+            async with aclosing(self._relay_teacher(request, None, None, 0.0, None, 0.0)) as items:
+                async for item in items:
+                    yield item
+            return
+        run = _StudentRun(held=[])
+        try:
+            async with aclosing(self._run_student(request, run, force)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except (InvalidRequest, StreamBroken, StudentUnavailable):
+            raise
+        except Exception as exc:
+            if force == "student":
+                raise StudentUnavailable(
+                    f"the student failed: {type(exc).__name__}: {str(exc)[:200]}"
+                ) from exc
+            relay = self._relay_teacher(request, None, None, run.latency_s, "student_failed", 0.0)
+            async with aclosing(relay) as items:
+                async for item in items:
+                    yield item
+            return
+        if run.committed:
+            assert run.final is not None and run.decider is not None
+            evidence = confidence_logprobs(run.final, sampled=request.sampled, mode=self._mode)
+            decision = self._decision(run.decider.rule.scorer, run.decider.rule.threshold, evidence, False)
+            result = CascadeResult(
+                run.final, "student", decision, False, False, None, run.latency_s, 0.0, "ok",
+                run.decider.rule.threshold, kind,
+            )  # fmt: skip
+            late = run.decider.late_doubt(evidence)
+            yield StreamEnd(result, run.decider.rule.commit_tokens, late_doubt=late)
+            return
+        if run.cancelled:  # escalated on its prefix
+            assert run.decider is not None and run.decider.prefix_confidence is not None
+            rule = run.decider.rule
+            decision = self._decision(rule.scorer, rule.threshold, run.decider.logprobs, True)
+            relay = self._relay_teacher(
+                request, decision, None, run.latency_s, "ok", rule.threshold, decided_at=rule.commit_tokens
+            )
+            async with aclosing(relay) as items:
+                async for item in items:
+                    yield item
+            return
+        # Judged whole, as ``CascadeRouter.route`` judges an answer.
+        final = run.final
+        assert final is not None
+        policy = self._router.policy_for(final)
+        evidence = confidence_logprobs(final, sampled=request.sampled, mode=self._mode)
+        decision = policy.decide(evidence)
+        if kind != "text":
+            check = check_answer(request, final.text, final.finish_reason)
+            if not check.valid:
+                decision = Decision(decision.confidence, True, decision.scores, check.reason)
+        if force == "student" or not decision.escalate:
+            if kind == "text" and final.text:
+                yield Chunk(final.text, "student")
+            result = CascadeResult(
+                final,
+                "student",
+                decision,
+                False,
+                False,
+                None,
+                run.latency_s,
+                0.0,
+                "ok",
+                policy.threshold,
+                kind,
+            )
+            yield StreamEnd(result, None)
+            return
+        relay = self._relay_teacher(request, decision, final, run.latency_s, "ok", policy.threshold)
+        async with aclosing(relay) as items:
+            async for item in items:
+                yield item
+
+    @property
+    def _mode(self) -> Literal["top_token", "sampled_token"]:
+        return self._router._config.sampled_confidence
+
+    async def _run_student(
+        self, request: GenerationRequest, run: _StudentRun, force: Tier | None
+    ) -> AsyncGenerator[Chunk, None]:
+        """Reads the student's stream into ``run``; yields its text once committed."""
+        assert run.held is not None
+        started = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self._router._config.student_timeout_s
+        async with aclosing(self._student.stream(request)) as items:
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        item = await anext(items)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    if run.committed:
+                        raise StreamBroken(
+                            "student", f"the student failed mid-answer: {type(exc).__name__}"
+                        ) from exc
+                    raise
+                if isinstance(item, StreamHead):
+                    run.head = item
+                    run.decider = self._decider(request, item, force)
+                elif isinstance(item, TokenDelta):
+                    if run.committed:
+                        yield Chunk(item.token, "student")
+                        continue
+                    run.held.append(item.token)
+                    if run.decider is None:
+                        continue
+                    lp = (
+                        item.top_logprob if request.sampled and item.top_logprob is not None else item.logprob
+                    )
+                    verdict = run.decider.feed(lp)
+                    if verdict == "serve":
+                        run.committed = True
+                        yield Chunk("".join(run.held), "student")
+                    elif verdict == "escalate":
+                        run.cancelled = True  # leaving the block closes the student's stream
+                        break
+                else:
+                    run.final = item
+        run.latency_s = time.perf_counter() - started
+        if run.final is None and not run.cancelled:
+            raise StudentUnavailable("the student's stream ended without an answer")
+
+    def _decider(
+        self, request: GenerationRequest, head: StreamHead, force: Tier | None
+    ) -> EarlyDecider | None:
+        """A commit rule for text answers of a version that has one; ``force=student``
+        streams from the first token (there is nothing to escalate to)."""
+        if request.output_kind != "text":
+            return None
+        policy = self._router.policy_for(_stamp(head))
+        if force == "student":
+            return EarlyDecider(CommitRule(1, 0.0, policy.threshold, policy.scorer))
+        if head.commit_tokens is None or head.commit_bar is None:
+            return None
+        return EarlyDecider(CommitRule(head.commit_tokens, head.commit_bar, policy.threshold, policy.scorer))
+
+    @staticmethod
+    def _decision(scorer: str, threshold: float, evidence: Sequence[float], escalate: bool) -> Decision:
+        scores = all_scores(evidence)
+        return Decision(scores[scorer], escalate, scores)
+
+    async def _relay_teacher(
+        self,
+        request: GenerationRequest,
+        decision: Decision | None,
+        student: Generation | None,
+        student_latency_s: float,
+        outcome: Literal["ok", "student_failed"] | None,
+        threshold: float,
+        *,
+        decided_at: int | None = None,
+    ) -> AsyncGenerator[Chunk | StreamEnd, None]:
+        """The teacher's stream; ``outcome`` None: asked for by name (not an escalation)."""
+        kind = request.output_kind
+        escalated = outcome is not None
+        student_failed = outcome == "student_failed"
+
+        async def first_piece(
+            left_s: float,
+        ) -> tuple[AsyncGenerator[TeacherItem, None], TeacherItem]:
+            pieces = self._teacher.stream(request)
+            try:
+                async with asyncio.timeout(left_s):
+                    return pieces, await anext(pieces)
+            except StopAsyncIteration:
+                raise TeacherUnavailable("the teacher's stream ended before its first piece") from None
+            except BaseException:
+                await pieces.aclose()
+                raise
+
+        started = time.monotonic()
+        try:
+            (pieces, first), permit, _ = await self._router.teacher_attempts(first_piece, settle=False)
+        except TeacherUnavailable:
+            policy = self._router._config.teacher_failure_policy
+            if (
+                not escalated
+                or student_failed
+                or policy != "serve_student"
+                or (decision and decision.invalid)
+            ):
+                raise
+            fallback = student or await self._student.generate(request)
+            if kind == "text" and fallback.text:
+                yield Chunk(fallback.text, "student")
+            result = CascadeResult(
+                fallback, "student", decision, True, True, fallback, student_latency_s, 0.0,
+                "teacher_failed_served_student", threshold, kind,
+            )  # fmt: skip
+            yield StreamEnd(result, decided_at, student_cancelled=student is None)
+            return
+        breaker = self._router.breaker
+        settled = False
+        deadline = started + self._router._config.teacher_timeout_s
+        final: Generation | None = None
+        try:
+            async with aclosing(pieces):
+                item: str | Generation | None = first
+                while item is not None:
+                    if isinstance(item, Generation):
+                        final = item
+                    elif kind == "text" and item:
+                        yield Chunk(item, "teacher")
+                    try:
+                        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                            item = await anext(pieces)
+                    except StopAsyncIteration:
+                        item = None
+                    except Exception as exc:
+                        failure = classify_teacher_error(exc)
+                        breaker.record_failure(permit)
+                        settled = True
+                        self._router._observer.teacher_error(failure.reason if failure else "error")
+                        why = f"the teacher failed mid-answer: {type(exc).__name__}"
+                        raise StreamBroken("teacher", why) from exc
+                if final is None:
+                    breaker.record_failure(permit)
+                    settled = True
+                    raise StreamBroken("teacher", "the teacher's stream ended without its answer")
+                breaker.record_success(permit)
+                settled = True
+        finally:
+            if not settled:  # the client went away: no verdict on the teacher's health
+                breaker.release(permit)
+        assert final is not None
+        t_lat = time.monotonic() - started
+        result = CascadeResult(
+            final, "teacher", decision, escalated, False, student, student_latency_s, t_lat,
+            outcome or "ok", threshold, kind,
+        )  # fmt: skip
+        yield StreamEnd(result, decided_at, student_cancelled=decided_at is not None)
+
+
+def _stamp(head: StreamHead) -> Generation:
+    """A token-less ``Generation`` carrying the head's stamp, for ``policy_for``."""
+    return Generation(
+        text="",
+        tokens=[],
+        token_logprobs=[],
+        finish_reason="stop",
+        prompt_tokens=0,
+        completion_tokens=0,
+        model_id=head.model_id,
+        model_version=head.model_version,
+        calibrated_threshold=head.calibrated_threshold,
+        calibrated_scorer=head.calibrated_scorer,
+        threshold_override=head.threshold_override,
+    )
