@@ -32,6 +32,7 @@ __all__ = [
     "REFERENCE_FILE",
     "SUITE_FILE",
     "CalibrationRecord",
+    "CommitRecord",
     "ModelManifest",
     "ModelSource",
     "QuantizationRecord",
@@ -171,6 +172,18 @@ class ModelManifest(BaseModel):
         return path
 
 
+class CommitRecord(BaseModel):
+    """A calibrated commit point: decide at ``tokens`` tokens, serving a prefix that
+    scores at least ``bar`` (what ``router._early.calibrate_commit`` chose, and why)."""
+
+    tokens: int = Field(ge=1)
+    bar: float = Field(ge=0.0, le=1.000001)
+    escalation_rate: float | None = None
+    agreement: float | None = None
+    flips: float | None = None
+    n: int | None = None
+
+
 class CalibrationRecord(BaseModel):
     """``calibration.json``: the threshold calibrated for one model version."""
 
@@ -199,6 +212,9 @@ class CalibrationRecord(BaseModel):
     moves routes' confidences apart (one it trained on gains, an old one it did not may
     lose a little while answering as well), and one bar for all of them escalates the
     less confident route's right answers. A route without one uses its kind's bar."""
+    commit: dict[str, CommitRecord] = Field(default_factory=dict)
+    """Per output kind, where a streamed answer is decided (``router._early``): a kind
+    without one is decided on the whole answer before any text leaves."""
     created: float = Field(default_factory=time.time)
 
     def threshold_for(self, kind: str, route: str | None = None) -> float:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.model_dir import CalibrationRecord
 from router._backend import Backend
-from router._types import Generation, GenerationRequest
+from router._types import Generation, GenerationRequest, StreamHead, TokenDelta
 
 __all__ = ["BackendSlots", "Slot", "continuous_batching"]
 
@@ -82,6 +83,38 @@ class Slot:
             for r, g in zip(requests, gens, strict=True)
         ]
 
+    def head(
+        self, request: GenerationRequest, threshold_override: float | None, *, canary: bool
+    ) -> StreamHead:
+        """What a stream says before its first token: ``stamp``'s bars, and the commit
+        point calibrated for the request's output kind (none: decided on the whole answer)."""
+        cal = self.calibration
+        commit = cal.commit.get(request.output_kind) if cal is not None else None
+        return StreamHead(
+            model_version=self.backend.version,
+            model_id=self.backend.model_id,
+            calibrated_threshold=cal.threshold_for(request.output_kind, request.route) if cal else None,
+            calibrated_scorer=cal.scorer if cal is not None else None,
+            threshold_override=threshold_override,
+            commit_tokens=commit.tokens if commit is not None else None,
+            commit_bar=commit.bar if commit is not None else None,
+            canary=canary,
+        )
+
+
+def _replayed(gen: Generation) -> list[TokenDelta]:
+    """A whole answer as the deltas a stream would have carried: one per scored token,
+    their texts joining to the answer's text (where the backend's token pieces do not,
+    the last delta carries it all: the decision needs the scores, the client the text)."""
+    scored = gen.token_logprobs
+    if not scored:
+        return []
+    tops = gen.top_logprobs if len(gen.top_logprobs) == len(scored) else [None] * len(scored)
+    texts = list(gen.tokens[: len(scored)])
+    if len(texts) != len(scored) or "".join(texts) != gen.text:
+        texts = [""] * (len(scored) - 1) + [gen.text]
+    return [TokenDelta(t, -1, lp, top) for t, lp, top in zip(texts, scored, tops, strict=True)]
+
 
 class BackendSlots:
     """The current slot, an optional canary taking ``canary_share`` of requests, and the
@@ -132,6 +165,42 @@ class BackendSlots:
             async with self._idle:
                 self._idle.notify_all()
         return slot.stamp(requests, gens, self.threshold_override, canary=slot is self.canary)
+
+    async def stream(
+        self, slot: Slot, request: GenerationRequest
+    ) -> AsyncGenerator[StreamHead | TokenDelta | Generation, None]:
+        """The slot's ``StreamHead``, its tokens as the engine writes them, then the whole
+        answer, stamped (``router._streaming``'s student stream). A backend that cannot
+        stream answers whole and its tokens follow at once: the same items, no earlier.
+        Counted in flight like ``generate``, so a swap never closes an engine mid-stream;
+        closing the stream (the consumer is gone, or escalated) cancels the generation."""
+        key = id(slot.backend)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        canary = slot is self.canary
+        try:
+            yield slot.head(request, self.threshold_override, canary=canary)
+            streamer = getattr(slot.backend, "stream_generation", None)
+            whole: Generation | None = None
+            if streamer is None:
+                whole = (await slot.backend.generate([request]))[0]
+                for delta in _replayed(whole):
+                    yield delta
+            else:
+                async with aclosing(streamer(request)) as items:
+                    async for item in items:
+                        if isinstance(item, Generation):
+                            whole = item
+                        else:
+                            yield item
+            if whole is None:
+                raise RuntimeError(f"{slot.backend.version}'s stream ended without its answer")
+            yield slot.stamp([request], [whole], self.threshold_override, canary=canary)[0]
+        finally:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+            async with self._idle:
+                self._idle.notify_all()
 
     async def apply(
         self,

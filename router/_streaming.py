@@ -226,7 +226,8 @@ class StreamingCascade:
                     run.decider = self._decider(request, item, force)
                 elif isinstance(item, TokenDelta):
                     if run.committed:
-                        yield Chunk(item.token, "student")
+                        if item.token:
+                            yield Chunk(item.token, "student")
                         continue
                     run.held.append(item.token)
                     if run.decider is None:
@@ -237,7 +238,8 @@ class StreamingCascade:
                     verdict = run.decider.feed(lp)
                     if verdict == "serve":
                         run.committed = True
-                        yield Chunk("".join(run.held), "student")
+                        if prefix := "".join(run.held):
+                            yield Chunk(prefix, "student")
                     elif verdict == "escalate":
                         run.cancelled = True  # leaving the block closes the student's stream
                         break

@@ -87,6 +87,8 @@ def print_calibration(report: Any) -> None:
         f"chosen threshold {report.threshold:.6f}: escalation {report.escalation_rate:.1%}, "
         f"served agreement {report.agreement:.1%} (target {report.target})"
     )
+    for kind, choice in report.commit.items():
+        print(f"streamed {kind} answers: {choice.why}")
     if report.path is not None:
         print(f"written to {report.path}")
 
