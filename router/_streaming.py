@@ -102,6 +102,8 @@ class _StudentRun:
     held: list[str] | None = None
     decider: EarlyDecider | None = None
     committed: bool = False
+    sent: str = ""
+    """The student's text already yielded (once committed)."""
     cancelled: bool = False
     latency_s: float = 0.0
 
@@ -144,6 +146,10 @@ class StreamingCascade:
             return
         if run.committed:
             assert run.final is not None and run.decider is not None
+            # Text a delta held back (a character split across tokens at the very end):
+            # the whole answer is the authority on what the client reads.
+            if len(run.final.text) > len(run.sent) and run.final.text.startswith(run.sent):
+                yield Chunk(run.final.text[len(run.sent) :], "student")
             evidence = confidence_logprobs(run.final, sampled=request.sampled, mode=self._mode)
             decision = self._decision(run.decider.rule.scorer, run.decider.rule.threshold, evidence, False)
             result = CascadeResult(
@@ -227,6 +233,7 @@ class StreamingCascade:
                 elif isinstance(item, TokenDelta):
                     if run.committed:
                         if item.token:
+                            run.sent += item.token
                             yield Chunk(item.token, "student")
                         continue
                     run.held.append(item.token)
@@ -239,6 +246,7 @@ class StreamingCascade:
                     if verdict == "serve":
                         run.committed = True
                         if prefix := "".join(run.held):
+                            run.sent = prefix
                             yield Chunk(prefix, "student")
                     elif verdict == "escalate":
                         run.cancelled = True  # leaving the block closes the student's stream

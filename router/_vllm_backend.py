@@ -35,7 +35,8 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from common.paths import socket_safe_dir
 from router._logits import check_logit_bias, grammar_key, json_grammar
 from router._quantize import scheme_of
 from router._render import prompt_token_ids, render_prompt
-from router._stop import to_generation
+from router._stop import to_generation, truncate_at_stop
 from router._types import Generation, GenerationRequest, TokenDelta
 from router.config import VLLMEngineConfig
 from router.errors import InvalidRequest
@@ -356,7 +357,9 @@ class VLLMBackend:
             return steps  # not expected; the engine's own scores rather than none
         return scored + steps[fits:]
 
-    async def _submit(self, ids: list[int], request: GenerationRequest, sampling: Any) -> AsyncIterator[Any]:
+    async def _submit(
+        self, ids: list[int], request: GenerationRequest, sampling: Any
+    ) -> AsyncGenerator[Any, None]:
         from vllm.exceptions import VLLMValidationError
         from vllm.inputs.engine import tokens_input
 
@@ -367,13 +370,63 @@ class VLLMBackend:
         request_id = f"{request.request_id or 'req'}-{next(_ids)}-{uuid.uuid4().hex[:8]}"
         self._in_flight += 1
         try:
-            # Cancelling this generator (client gone) aborts the request inside vLLM.
-            async for out in self._engine.generate(tokens_input(ids), sampling, request_id=request_id):
-                yield out
+            # Closing this generator (client gone, an escalation) closes the engine's, which
+            # aborts the request inside vLLM: explicitly, not whenever the GC finalizes it.
+            outputs = self._engine.generate(tokens_input(ids), sampling, request_id=request_id)
+            async with aclosing(outputs):
+                async for out in outputs:
+                    yield out
         except VLLMValidationError as exc:  # raised before the engine took the request
             raise InvalidRequest(f"the engine refused the request: {exc}") from exc
         finally:
             self._in_flight -= 1
+
+    async def stream_generation(self, request: GenerationRequest) -> AsyncIterator[TokenDelta | Generation]:
+        """A text request's tokens as the engine writes them, then the whole answer, cut
+        and scored exactly as ``generate`` cuts and scores it. A delta's text is what the
+        answer's text gains with its token (a character split across tokens waits for its
+        last byte); a token that completes a stop string, and the end-of-text token, are
+        not streamed. A structured request (its scores need a second, unmasked pass) or one
+        asking for alternatives answers whole: its stream is only the answer."""
+        if grammar_key(request) is not None or request.top_logprobs:
+            yield await self._generate_one(request)
+            return
+        ids = self._ids(request)
+        eos = self._tokenizer.eos_token_id
+        token_ids: list[int] = []
+        logprobs: list[float] = []
+        tops: list[float] = []
+        sent, ended = "", False
+        async with aclosing(self._submit(ids, request, self._sampling(request, stream=True))) as outs:
+            async for out in outs:
+                completion = out.outputs[0]
+                for step, tid in zip(completion.logprobs or [], completion.token_ids, strict=True):
+                    tid = int(tid)
+                    token_ids.append(tid)
+                    logprobs.append(float(step[tid].logprob))
+                    tops.append(max(float(lp.logprob) for lp in step.values()))
+                    if ended or tid == eos or len(token_ids) > request.max_tokens:
+                        ended = True
+                        continue
+                    text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
+                    if request.stop and truncate_at_stop([text], request.stop)[1]:
+                        ended = True  # this token completes a stop string: cut before it
+                        continue
+                    if text.endswith("\ufffd") or not text.startswith(sent):
+                        piece = ""  # mid-character (or re-segmented): the next token carries it
+                    else:
+                        piece, sent = text[len(sent) :], text
+                    yield TokenDelta(piece, tid, logprobs[-1], tops[-1])
+        yield to_generation(
+            self._tokenizer,
+            request,
+            token_ids,
+            logprobs,
+            len(ids),
+            model_id=self.model_id,
+            model_version=self.version,
+            top_logprobs=tops,
+        )
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TokenDelta]:
         """Tokens as the engine emits them (the end-of-text token is not yielded)."""

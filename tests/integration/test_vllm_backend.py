@@ -12,6 +12,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 
 from bench._traffic import Traffic
 from demo import ALL_SKILLS, sample_examples
-from router import BackendConfig, GenerationRequest, generate_prompts
+from router import BackendConfig, Generation, GenerationRequest, generate_prompts
 from router._transformers_backend import TransformersBackend
 from tests.conftest import REPO
 
@@ -174,6 +175,38 @@ def test_streaming_yields_the_answer_token_by_token(vllm_student, engine_loop):
     assert len(deltas) == whole.completion_tokens > 1
     assert "".join(d.token for d in deltas) == whole.text
     assert [d.logprob for d in deltas] == pytest.approx(whole.token_logprobs[: len(deltas)], abs=1e-6)
+
+
+def test_a_generation_stream_ends_with_the_answer_generate_gives_and_closing_it_aborts(
+    vllm_student, engine_loop
+):
+    """``stream_generation`` (the streaming cascade's student side): deltas that join to
+    the answer, then that answer exactly as ``generate`` cuts and scores it, stop strings
+    included; closing the stream after one token aborts the request inside the engine."""
+    plain = GenerationRequest(prompt="reverse: abcdefg =", max_tokens=MAX_TOKENS)
+    stopped = GenerationRequest(prompt="reverse: abcdefg =", max_tokens=MAX_TOKENS, stop=("d",))
+
+    async def collect(req: GenerationRequest) -> list[Any]:
+        return [item async for item in vllm_student.stream_generation(req)]
+
+    for req in (plain, stopped):
+        *deltas, final = engine_loop.run(collect(req))
+        [whole] = engine_loop.run(vllm_student.generate([req]))
+        assert isinstance(final, Generation)
+        assert (final.text, final.finish_reason) == (whole.text, whole.finish_reason)
+        assert final.token_logprobs == pytest.approx(whole.token_logprobs, abs=1e-6)
+        assert "".join(d.token for d in deltas) == whole.text
+        assert [d.logprob for d in deltas] == pytest.approx(whole.token_logprobs[: len(deltas)], abs=1e-6)
+    assert "d" not in engine_loop.run(vllm_student.generate([stopped]))[0].text
+
+    async def one_token_then_gone() -> int:
+        long_req = GenerationRequest(prompt="reverse: abcdefghijklmnop =", max_tokens=MAX_TOKENS)
+        async with aclosing(vllm_student.stream_generation(long_req)) as items:
+            await anext(items)
+            assert vllm_student.in_flight() == 1
+        return vllm_student.in_flight()
+
+    assert engine_loop.run(one_token_then_gone()) == 0
 
 
 def test_close_shuts_the_engine_down(vllm_student, engine_loop):

@@ -183,3 +183,12 @@ async def test_the_teacher_asked_for_by_name_streams_without_the_student():
     chunks, end = await collect(streaming.stream(REQ, force="teacher"))
     assert [c.text for c in chunks] == TEACHER and student.produced == 0
     assert end.result.tier == "teacher" and not end.result.escalated and end.result.decision is None
+
+
+async def test_text_a_delta_held_back_is_flushed_from_the_whole_answer():
+    """A character split across tokens reaches the client from the whole answer's text."""
+    student = FakeStreamingStudent([("caf", 0.99), ("", 0.99), ("", 0.99)], commit_tokens=1, commit_bar=0.5)
+    student.whole = lambda: make_generation("café!", 0.99, "s1")  # type: ignore[method-assign]
+    streaming, _ = cascade(student, FakeStreamingTeacher(TEACHER))
+    chunks, end = await collect(streaming.stream(REQ))
+    assert "".join(c.text for c in chunks) == "café!" == end.result.generation.text
