@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, NoReturn
 
 from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayActorError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from common.errors import DistilleryError
 from deploy import ModelRegistry
@@ -39,6 +40,7 @@ from router import (
     GenerationRequest,
     ShadowAuditor,
     ThresholdPolicy,
+    TierItem,
 )
 from router._policy import resolve_threshold
 from router.errors import ReplicaUnavailable
@@ -58,6 +60,9 @@ class _LocalClient:
     async def generate(self, request: GenerationRequest) -> Generation:
         return await self._server.generate(request)
 
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[TierItem, None]:
+        return self._server.stream(request)
+
 
 class _HandleClient:
     """Adapts a Serve handle to the router's ``GenerationClient`` protocol.
@@ -73,16 +78,39 @@ class _HandleClient:
     async def generate(self, request: GenerationRequest) -> Generation:
         try:
             result: Generation = await self._handle.generate.remote(request)
-        except RayActorError as exc:  # ActorDiedError, ActorUnavailableError
-            # The replica died (or is unreachable) under the call: Serve replaces it, so
-            # the router may retry (teacher) or fall back (student).
-            raise ReplicaUnavailable(f"{type(exc).__name__}: the replica died under the call") from exc
         except Exception as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, DistilleryError):
-                raise cause from None
-            raise
+            _raise_unwrapped(exc)
         return result
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[TierItem, None]:
+        """The replica's ``ModelServer.stream`` through a streaming handle. Closed before
+        its end (an escalation, a client gone), it cancels the call, which cancels the
+        generation in the replica's engine."""
+        # stream=True answers a generator; the stubs say it may be either kind of response.
+        call = self._handle.options(stream=True).stream
+        response: DeploymentResponseGenerator[TierItem] = call.remote(request)  # type: ignore[assignment]
+        finished = False
+        try:
+            async for item in response:
+                yield item
+            finished = True
+        except Exception as exc:
+            finished = True
+            _raise_unwrapped(exc)
+        finally:
+            if not finished:
+                response.cancel()  # type: ignore[no-untyped-call]  # Ray's own annotation is missing
+
+
+def _raise_unwrapped(exc: Exception) -> NoReturn:
+    if isinstance(exc, RayActorError):  # ActorDiedError, ActorUnavailableError
+        # The replica died (or is unreachable) under the call: Serve replaces it, so the
+        # router may retry (teacher) or fall back (student).
+        raise ReplicaUnavailable(f"{type(exc).__name__}: the replica died under the call") from exc
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, DistilleryError):
+        raise cause from None
+    raise exc
 
 
 def resolve_policy(settings: GatewaySettings, calibration: dict[str, Any]) -> ThresholdPolicy:

@@ -11,6 +11,8 @@ own process (``ModelServer.open``).
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from ray import serve
 
 from deploy import ModelRegistry, RegistryFollower, RolloutState
 from gateway.settings import GatewaySettings
-from router import Backend, BackendConfig, Generation, GenerationRequest
+from router import Backend, BackendConfig, Generation, GenerationRequest, TierItem
 from router._context import check_fits
 from router._factory import BackendChoice, build_backend_with_choice
 from router._slots import BackendSlots, continuous_batching
@@ -114,6 +116,16 @@ class ModelServer:
         if is_canary:
             return await self._batched_canary(request)
         return await self._batched(request)
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[TierItem, None]:
+        """The streaming cascade's tier stream (``BackendSlots.stream``): called through a
+        streaming handle, cancelled by the caller's ``cancel()`` (an escalation, a client
+        gone), which cancels the generation in the engine."""
+        slot, _ = self._slots.pick()
+        check_fits(slot.backend, request, self._spec.tier)
+        async with aclosing(self._slots.stream(slot, request)) as items:
+            async for item in items:
+                yield item
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _batched(self, requests: list[GenerationRequest]) -> list[Generation]:

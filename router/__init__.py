@@ -29,7 +29,7 @@ from router._scoring import (
     confidence_logprobs,
     get_scorer,
 )
-from router._streaming import Chunk, StreamBroken, StreamEnd, StreamingCascade
+from router._streaming import Chunk, Decided, StreamBroken, StreamEnd, StreamingCascade, TierItem
 from router._types import (
     ChatTurn,
     Generation,
@@ -46,6 +46,7 @@ from router.pricing import PricingConfig, RequestCost, TierPrice
 
 __all__ = [
     "Chunk",
+    "Decided",
     "CommitRule",
     "CommitSample",
     "EarlyDecider",
@@ -53,6 +54,7 @@ __all__ = [
     "StreamEnd",
     "StreamHead",
     "StreamingCascade",
+    "TierItem",
     "TokenDelta",
     "calibrate_commit",
     "AnswerCheck",

@@ -38,31 +38,33 @@ from router.errors import InvalidRequest, StudentUnavailable, TeacherUnavailable
 
 __all__ = [
     "Chunk",
+    "Decided",
     "StreamBroken",
     "StreamEnd",
     "StreamingCascade",
     "StudentStreamClient",
     "TeacherStreamClient",
+    "TierItem",
 ]
 
 
-StudentItem = StreamHead | TokenDelta | Generation
-TeacherItem = str | Generation
+TierItem = StreamHead | TokenDelta | Generation
+"""What a tier's stream carries (``BackendSlots.stream``, ``ModelServer.stream``)."""
 
 
 class StudentStreamClient(Protocol):
     """The student as the streaming cascade sees it: a ``StreamHead``, its tokens, then
     the whole ``Generation``; and a whole answer on request (the fallback)."""
 
-    def stream(self, request: GenerationRequest) -> AsyncGenerator[StudentItem, None]: ...
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[TierItem, None]: ...
 
     async def generate(self, request: GenerationRequest) -> Generation: ...
 
 
 class TeacherStreamClient(Protocol):
-    """The teacher's pieces of text as it writes them, then the whole ``Generation``."""
+    """The teacher as a tier stream: its head, its text as it writes it, the whole answer."""
 
-    def stream(self, request: GenerationRequest) -> AsyncGenerator[TeacherItem, None]: ...
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[TierItem, None]: ...
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,19 @@ class Chunk:
 
     text: str
     tier: Tier
+
+
+@dataclass(frozen=True)
+class Decided:
+    """Before the first text: which tier answers, on what evidence (the response's
+    headers and its first chunk's routing info are written from it)."""
+
+    tier: Tier
+    escalated: bool
+    confidence: float | None
+    threshold: float
+    model_version: str
+    low_confidence: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,7 @@ class StreamingCascade:
 
     async def stream(
         self, request: GenerationRequest, force: Tier | None = None
-    ) -> AsyncGenerator[Chunk | StreamEnd, None]:
+    ) -> AsyncGenerator[Chunk | Decided | StreamEnd, None]:
         kind = request.output_kind
         if force == "teacher":
             async with aclosing(self._relay_teacher(request, None, None, 0.0, None, 0.0)) as items:
@@ -181,6 +196,7 @@ class StreamingCascade:
             if not check.valid:
                 decision = Decision(decision.confidence, True, decision.scores, check.reason)
         if force == "student" or not decision.escalate:
+            yield Decided("student", False, decision.confidence, policy.threshold, final.model_version)
             if kind == "text" and final.text:
                 yield Chunk(final.text, "student")
             result = CascadeResult(
@@ -209,7 +225,7 @@ class StreamingCascade:
 
     async def _run_student(
         self, request: GenerationRequest, run: _StudentRun, force: Tier | None
-    ) -> AsyncGenerator[Chunk, None]:
+    ) -> AsyncGenerator[Chunk | Decided, None]:
         """Reads the student's stream into ``run``; yields its text once committed."""
         assert run.held is not None
         started = time.perf_counter()
@@ -245,6 +261,11 @@ class StreamingCascade:
                     verdict = run.decider.feed(lp)
                     if verdict == "serve":
                         run.committed = True
+                        rule = run.decider.rule
+                        version = run.head.model_version if run.head is not None else ""
+                        yield Decided(
+                            "student", False, run.decider.prefix_confidence, rule.threshold, version
+                        )
                         if prefix := "".join(run.held):
                             run.sent = prefix
                             yield Chunk(prefix, "student")
@@ -286,19 +307,22 @@ class StreamingCascade:
         threshold: float,
         *,
         decided_at: int | None = None,
-    ) -> AsyncGenerator[Chunk | StreamEnd, None]:
+    ) -> AsyncGenerator[Chunk | Decided | StreamEnd, None]:
         """The teacher's stream; ``outcome`` None: asked for by name (not an escalation)."""
         kind = request.output_kind
         escalated = outcome is not None
         student_failed = outcome == "student_failed"
 
-        async def first_piece(
-            left_s: float,
-        ) -> tuple[AsyncGenerator[TeacherItem, None], TeacherItem]:
+        async def first_piece(left_s: float) -> tuple[AsyncGenerator[TierItem, None], TierItem, str]:
+            """The teacher's stream up to its first token (or its whole answer): a
+            failure before it is retried or falls back; its head says who answers."""
             pieces = self._teacher.stream(request)
+            version = ""
             try:
                 async with asyncio.timeout(left_s):
-                    return pieces, await anext(pieces)
+                    while isinstance(item := await anext(pieces), StreamHead):
+                        version = item.model_version
+                    return pieces, item, version
             except StopAsyncIteration:
                 raise TeacherUnavailable("the teacher's stream ended before its first piece") from None
             except BaseException:
@@ -306,18 +330,18 @@ class StreamingCascade:
                 raise
 
         started = time.monotonic()
+        confidence = decision.confidence if decision is not None else None
         try:
-            (pieces, first), permit, _ = await self._router.teacher_attempts(first_piece, settle=False)
+            (pieces, first, version), permit, _ = await self._router.teacher_attempts(
+                first_piece, settle=False
+            )
         except TeacherUnavailable:
             policy = self._router._config.teacher_failure_policy
-            if (
-                not escalated
-                or student_failed
-                or policy != "serve_student"
-                or (decision and decision.invalid)
-            ):
+            invalid = decision is not None and decision.invalid is not None
+            if not escalated or student_failed or policy != "serve_student" or invalid:
                 raise
             fallback = student or await self._student.generate(request)
+            yield Decided("student", True, confidence, threshold, fallback.model_version, low_confidence=True)
             if kind == "text" and fallback.text:
                 yield Chunk(fallback.text, "student")
             result = CascadeResult(
@@ -326,18 +350,19 @@ class StreamingCascade:
             )  # fmt: skip
             yield StreamEnd(result, decided_at, student_cancelled=student is None)
             return
+        yield Decided("teacher", escalated, confidence, threshold, version)
         breaker = self._router.breaker
         settled = False
         deadline = started + self._router._config.teacher_timeout_s
         final: Generation | None = None
         try:
             async with aclosing(pieces):
-                item: str | Generation | None = first
+                item: TierItem | None = first
                 while item is not None:
                     if isinstance(item, Generation):
                         final = item
-                    elif kind == "text" and item:
-                        yield Chunk(item, "teacher")
+                    elif isinstance(item, TokenDelta) and kind == "text" and item.token:
+                        yield Chunk(item.token, "teacher")
                     try:
                         async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                             item = await anext(pieces)

@@ -132,8 +132,8 @@ class FakeStreamingStudent:
 
 
 class FakeStreamingTeacher:
-    """A teacher that streams ``pieces`` then the whole answer; can fail before its first
-    piece (``fail_first``: that many attempts) or after ``fail_after`` pieces."""
+    """A teacher tier that streams its head, ``pieces``, then the whole answer; can fail
+    before its first piece (``fail_first``: that many attempts) or after ``fail_after``."""
 
     def __init__(
         self,
@@ -152,8 +152,11 @@ class FakeStreamingTeacher:
         self.closed = False
 
     async def stream(self, request: GenerationRequest) -> Any:
+        from router import StreamHead, TokenDelta
+
         self.calls += 1
         try:
+            yield StreamHead(model_version="t1", model_id="teacher")
             if self.calls <= self.fail_first:
                 raise self.fail
             for i, piece in enumerate(self.pieces):
@@ -161,7 +164,7 @@ class FakeStreamingTeacher:
                 if self.fail_after == i:
                     raise self.fail
                 self.sent += 1
-                yield piece
+                yield TokenDelta(piece, i, 0.0)
             yield make_generation("".join(self.pieces), 0.99, "t1", model_id="teacher")
         except GeneratorExit:
             self.closed = True

@@ -7,6 +7,7 @@ from router import (
     CascadeConfig,
     CascadeRouter,
     Chunk,
+    Decided,
     GenerationRequest,
     ResponseFormat,
     StreamBroken,
@@ -30,13 +31,19 @@ def cascade(student, teacher, threshold=0.9, **cfg):
     return StreamingCascade(router, student, teacher), router
 
 
-async def collect(items):
+async def collect(items, decided=None):
+    """The chunks and the end; asserts one ``Decided`` comes before any text and says
+    the tier every chunk is from."""
     chunks, end = [], None
     async for item in items:
-        if isinstance(item, Chunk):
+        if isinstance(item, Decided):
+            assert decided is None and not chunks
+            decided = item
+        elif isinstance(item, Chunk):
+            assert decided is not None and item.tier == decided.tier
             chunks.append(item)
         else:
-            assert isinstance(item, StreamEnd) and end is None
+            assert isinstance(item, StreamEnd) and end is None and decided is not None
             end = item
     return chunks, end
 
@@ -45,10 +52,13 @@ async def test_a_sure_prefix_streams_the_student_before_it_has_finished():
     student = FakeStreamingStudent(SURE_ANSWER, commit_tokens=2, commit_bar=0.9)
     streaming, _ = cascade(student, FakeStreamingTeacher(TEACHER))
     items = streaming.stream(REQ)
+    decided = await anext(items)
+    assert (decided.tier, decided.escalated, decided.model_version) == ("student", False, "s1")
+    assert decided.confidence == pytest.approx(0.99)
     first = await anext(items)
     assert first == Chunk("The order", "student")
     assert student.produced == 2 and not student.finished  # the rest is not written yet
-    chunks, end = await collect(items)
+    chunks, end = await collect(items, decided)
     assert "".join(c.text for c in [first, *chunks]) == "The order number is 4818."
     assert {c.tier for c in chunks} == {"student"}
     assert end.result.tier == "student" and not end.result.escalated and end.decided_at == 2
@@ -71,9 +81,10 @@ async def test_without_a_commit_rule_the_answer_is_judged_whole_before_any_text_
     student = FakeStreamingStudent(SURE_ANSWER)  # a version calibrated without a commit point
     streaming, _ = cascade(student, FakeStreamingTeacher(TEACHER))
     items = streaming.stream(REQ)
+    decided = await anext(items)
     first = await anext(items)
     assert student.finished and first == Chunk("The order number is 4818.", "student")
-    _, end = await collect(items)
+    _, end = await collect(items, decided)
     assert end.decided_at is None and end.result.tier == "student"
 
 
@@ -106,7 +117,8 @@ async def test_a_student_that_fails_before_deciding_escalates_and_after_committi
     with pytest.raises(StreamBroken) as broken:
         async for item in streaming.stream(REQ):
             seen.append(item)
-    assert broken.value.tier == "student" and [c.text for c in seen] == ["The order", " number", " is"]
+    assert broken.value.tier == "student" and isinstance(seen[0], Decided)
+    assert [c.text for c in seen[1:]] == ["The order", " number", " is"]
 
 
 async def test_a_teacher_failing_before_its_first_piece_falls_back_to_the_students_answer():
@@ -136,7 +148,8 @@ async def test_a_teacher_failing_mid_answer_ends_the_stream_with_an_error_and_co
     with pytest.raises(StreamBroken) as broken:
         async for item in streaming.stream(REQ):
             seen.append(item)
-    assert broken.value.tier == "teacher" and [c.text for c in seen] == TEACHER[:2]
+    assert broken.value.tier == "teacher" and isinstance(seen[0], Decided)
+    assert [c.text for c in seen[1:]] == TEACHER[:2]
     assert router.breaker.consecutive_failures == 1
 
 
@@ -145,6 +158,8 @@ async def test_a_client_that_goes_away_closes_the_teachers_stream_without_blamin
     student = FakeStreamingStudent(UNSURE_START, commit_tokens=1, commit_bar=0.9)
     streaming, router = cascade(student, teacher, breaker_failure_threshold=1)
     items = streaming.stream(REQ)
+    decided = await anext(items)
+    assert (decided.tier, decided.escalated, decided.model_version) == ("teacher", True, "t1")
     assert (await anext(items)).tier == "teacher"
     await items.aclose()
     assert teacher.closed and teacher.sent == 1
@@ -155,6 +170,7 @@ async def test_a_client_that_goes_away_mid_student_answer_cancels_the_students_g
     student = FakeStreamingStudent(SURE_ANSWER, commit_tokens=1, commit_bar=0.9)
     streaming, _ = cascade(student, FakeStreamingTeacher(TEACHER))
     items = streaming.stream(REQ)
+    assert isinstance(await anext(items), Decided)
     await anext(items)
     await anext(items)
     await items.aclose()
