@@ -39,6 +39,7 @@ from router import (
     GenerationClient,
     GenerationRequest,
     ShadowAuditor,
+    StreamingCascade,
     ThresholdPolicy,
     TierItem,
 )
@@ -191,7 +192,7 @@ class GatewayIngress:
         self._settings = settings
         self._metrics = GatewayMetrics(pricing=settings.pricing)
         self._local_student: ModelServer | None = None
-        student_client: GenerationClient
+        student_client: _LocalClient | _HandleClient
         if student is None:  # student_placement: ingress
             self._local_student = await ModelServer.open(tier_spec(settings, "student"))
             student_client = _LocalClient(self._local_student)
@@ -226,6 +227,7 @@ class GatewayIngress:
             self._feedback,
             auditor=self._auditor,
             ledger=ResponseLedger(settings.ratings) if settings.ratings.enabled else None,
+            streaming=StreamingCascade(self._router, student_client, teacher_client),
         )
         logger.info("cascade policy: %s >= %.6f keeps the student", policy.scorer, policy.threshold)
         if settings.auth.enabled:

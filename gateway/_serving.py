@@ -25,6 +25,7 @@ from typing import Any
 from feedback import SpoolWriteError
 from gateway._feedback_sink import FeedbackSink
 from gateway._ledger import IssuedAnswer, ResponseLedger, feedback_fingerprint
+from gateway._live import LiveStream, chat_sse, completion_sse, routing_of
 from gateway._structured import answer_message, chat_fields, response_format, sampling_fields
 from gateway.errors import BadRequest, FeedbackDisabled, ModelNotFound, ResponseNotFound
 from gateway.metrics import GatewayMetrics
@@ -50,7 +51,17 @@ from gateway.protocol import (
     UsageInfo,
 )
 from gateway.settings import ServerConfig
-from router import CascadeResult, CascadeRouter, Generation, GenerationRequest, ShadowAuditor, Tier
+from router import (
+    CascadeResult,
+    CascadeRouter,
+    Decided,
+    Generation,
+    GenerationRequest,
+    ShadowAuditor,
+    StreamEnd,
+    StreamingCascade,
+    Tier,
+)
 from router.errors import EmptyPrompt, InvalidRequest, TeacherUnavailable
 
 __all__ = ["OpenAIServing", "Served"]
@@ -86,7 +97,9 @@ class OpenAIServing:
         *,
         auditor: ShadowAuditor | None = None,
         ledger: ResponseLedger | None = None,
+        streaming: StreamingCascade | None = None,
     ) -> None:
+        self._streaming = streaming if server.stream_mode == "live" else None
         self._feedback = feedback
         self._auditor = auditor
         self._ledger = ledger if feedback is not None else None
@@ -183,6 +196,66 @@ class OpenAIServing:
             with contextlib.suppress(SpoolWriteError):
                 self._feedback.record(endpoint, request, result, result.threshold, policy.scorer, route)
         return result
+
+    def _live_requested(self, stream: bool, n: int) -> bool:
+        """One streamed answer (``n`` choices stream through the replay path)."""
+        return self._streaming is not None and stream and n == 1
+
+    async def _open_live(
+        self,
+        endpoint: str,
+        request: GenerationRequest,
+        tier: Tier | None,
+        label: str | None,
+        principal: str,
+        response_id: str,
+    ) -> tuple[LiveStream, GenerationRequest, Callable[[], Awaitable[None]]]:
+        """The streaming cascade's stream, opened up to its ``Decided`` (failures before it
+        are HTTP errors, counted as ``_route`` counts them); the hooks that record the
+        answer when it ends; the audit offer to run after the response."""
+        assert self._streaming is not None
+        started = time.perf_counter()
+        route = self._feedback.route_label(request, label) if self._feedback is not None else label
+        if route is not None and request.route != route:
+            request = request.model_copy(update={"route": route})
+        events = self._streaming.stream(request, force=tier)
+        try:
+            first = await anext(events)
+        except InvalidRequest:
+            self._metrics.observe_error(endpoint, "client_error")
+            raise
+        except TeacherUnavailable:
+            self._metrics.observe_error(endpoint, "teacher_error")
+            raise
+        except Exception:
+            self._metrics.observe_error(endpoint, "error")
+            raise
+        if not isinstance(first, Decided):  # the cascade's contract: a decision before any text
+            await events.aclose()
+            raise RuntimeError(f"the streaming cascade opened with {type(first).__name__}")
+        offers: list[Callable[[], Awaitable[None]]] = []
+        routed = request
+
+        def on_end(end: StreamEnd) -> None:
+            result = end.result
+            self._metrics.observe(endpoint, result, time.perf_counter() - started, route)
+            if self._feedback is not None:
+                with contextlib.suppress(SpoolWriteError):
+                    self._feedback.record(
+                        endpoint, routed, result, result.threshold, self._router.policy.scorer, route
+                    )
+            offer = self._issued(response_id, [(routed, result)], label, principal)
+            if offer is not None:
+                offers.append(offer)
+
+        def on_break(reason: str) -> None:
+            self._metrics.observe_error(endpoint, reason)
+
+        async def after() -> None:
+            for offer in offers:
+                await offer()
+
+        return LiveStream(first, events, on_end, on_break), request, after
 
     def _issued(
         self,
@@ -297,13 +370,25 @@ class OpenAIServing:
             )
         ]
         label = (req.metadata or {}).get("route")
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if self._live_requested(req.stream, len(gen_reqs)) and req.logprobs is None:
+            live, routed, after_live = await self._open_live(
+                "completions", gen_reqs[0], tier, label, principal, request_id
+            )
+            info = routing_of(live.decided, self._router.policy.scorer)
+
+            def whole_text(end: StreamEnd) -> str:  # a structured answer, judged whole
+                return end.result.generation.text if routed.output_kind != "text" else ""
+
+            usage_of = (lambda end: self._usage([end.result], shared_prompt=False)) if include_usage else None
+            stream = completion_sse(live, request_id, req.model, info, whole_text, usage_of)
+            return Served(None, stream, self._headers([info]), after_live)
         results = await asyncio.gather(*(self._route("completions", g, tier, label) for g in gen_reqs))
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
         usage = self._usage(results, shared_prompt=False)
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             stream = self._completion_stream(
                 request_id, req.model, results[0], infos[0], usage if include_usage else None
             )
@@ -411,13 +496,23 @@ class OpenAIServing:
         )
         gen_reqs = self._fan_out(base, n)
         label = (req.metadata or {}).get("route")
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if self._live_requested(req.stream, n) and not req.logprobs:
+            live, routed, after_live = await self._open_live("chat", base, tier, label, principal, request_id)
+            info = routing_of(live.decided, self._router.policy.scorer)
+
+            def whole_message(end: StreamEnd) -> list[ChatDelta]:  # a structured answer, judged whole
+                return [] if routed.output_kind == "text" else _message_deltas(routed, end.result.generation)
+
+            usage_of = (lambda end: self._usage([end.result], shared_prompt=True)) if include_usage else None
+            stream = chat_sse(live, request_id, req.model, info, whole_message, usage_of)
+            return Served(None, stream, self._headers([info]), after_live)
         results = await asyncio.gather(*(self._route("chat", g, tier, label) for g in gen_reqs))
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
         usage = self._usage(results, shared_prompt=True)
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             stream = self._chat_stream(
                 request_id, req.model, gen_reqs, results, infos, usage if include_usage else None
             )
@@ -513,3 +608,15 @@ class OpenAIServing:
             final = ChatCompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage)
             yield _sse(final.model_dump_json(exclude_none=True))
         yield _sse("[DONE]")
+
+
+def _message_deltas(request: GenerationRequest, gen: Generation) -> list[ChatDelta]:
+    """A whole structured answer as chat deltas: its content, then one per tool call."""
+    message, _ = answer_message(request, gen)
+    deltas = [ChatDelta(content=message.content)] if message.content else []
+    for k, call in enumerate(message.tool_calls or []):
+        function = {"name": call.function.name, "arguments": call.function.arguments}
+        deltas.append(
+            ChatDelta(tool_calls=[ToolCallDelta(index=k, id=call.id, type="function", function=function)])
+        )
+    return deltas

@@ -71,6 +71,10 @@ class ServerConfig(BaseModel):
     haproxy_metrics_port: int = Field(default=9103, ge=1, le=65535)
     haproxy_stats_port: int = Field(default=8404, ge=1, le=65535)
     drain_s: float = Field(default=2.0, ge=0)
+    stream_mode: Literal["live", "replay"] = "replay"
+    """``stream: true``: ``live`` streams through the streaming cascade (``router._streaming``:
+    the student's tokens once its calibrated commit point decides, an escalation's teacher
+    as it writes); ``replay`` decides on the whole answer, then sends it in chunks."""
 
 
 class GatewaySettings(BaseSettings):

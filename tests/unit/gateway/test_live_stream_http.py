@@ -1,0 +1,119 @@
+"""``stream_mode: live`` over HTTP with fake tier streams: the SSE a client reads, its
+headers, and what is counted when the stream ends, breaks or fails before any text."""
+
+import json
+
+from fastapi.testclient import TestClient
+
+from gateway._api import build_api
+from gateway._serving import OpenAIServing
+from gateway.metrics import GatewayMetrics
+from gateway.settings import ServerConfig
+from router import CascadeConfig, CascadeRouter, StreamingCascade, ThresholdPolicy
+from tests.fakes.clients import FakeStreamingStudent, FakeStreamingTeacher, FakeTier, make_generation
+
+SURE = [(t, 0.99) for t in ("The", " order", " number", " is", " 4818", ".")]
+UNSURE = [("A", 0.3), (" guess", 0.4), (".", 0.9)]
+TEACHER = ["The order", " number is", " 4818."]
+CHAT = {"model": "distillery", "stream": True, "messages": [{"role": "user", "content": "order number?"}]}
+
+
+def _client(student, teacher, mode="live", **cascade):
+    whole = FakeTier(lambda r: make_generation("unused"))
+    router = CascadeRouter(whole, whole, ThresholdPolicy("mean_logprob", 0.9), CascadeConfig(**cascade))
+    metrics = GatewayMetrics()
+    serving = OpenAIServing(
+        router,
+        metrics,
+        ServerConfig(max_tokens_limit=64, stream_mode=mode),
+        lambda: {"student": ("student", "s1"), "teacher": ("teacher", "t1")},
+        streaming=StreamingCascade(router, student, teacher),
+    )
+
+    async def health():
+        return {"student": "s1"}
+
+    return TestClient(build_api(serving, metrics, health), raise_server_exceptions=False), metrics
+
+
+def _events(resp):
+    lines = [line for line in resp.iter_lines() if line]
+    return lines[-1], [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+
+
+def test_a_committed_student_answer_streams_with_its_routing_in_the_headers_and_first_chunk():
+    student = FakeStreamingStudent(SURE, commit_tokens=2, commit_bar=0.9)
+    client, metrics = _client(student, FakeStreamingTeacher(TEACHER))
+    with client.stream("POST", "/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status_code == 200 and resp.headers["x-distillery-tier"] == "student"
+        assert resp.headers["x-distillery-model-version"] == "s1"
+        done, chunks = _events(resp)
+    assert done == "data: [DONE]"
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[0]["distillery"]["tier"] == "student" and not chunks[0]["distillery"]["escalated"]
+    pieces = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
+    assert pieces == ["The order", " number", " is", " 4818", "."]  # the held prefix, then token by token
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    text = metrics.render().decode()
+    assert 'distillery_requests_total{endpoint="chat",outcome="ok",tier="student"} 1.0' in text
+
+
+def test_an_escalated_stream_carries_only_the_teachers_text():
+    student = FakeStreamingStudent(UNSURE, commit_tokens=1, commit_bar=0.9)
+    client, metrics = _client(student, FakeStreamingTeacher(TEACHER))
+    with client.stream("POST", "/v1/chat/completions", json=CHAT) as resp:
+        assert resp.headers["x-distillery-tier"] == "teacher"
+        _, chunks = _events(resp)
+    assert chunks[0]["distillery"]["escalated"] and chunks[0]["distillery"]["model_version"] == "t1"
+    assert (
+        "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "The order number is 4818."
+    )
+    assert student.closed and not student.finished
+    assert 'distillery_escalations_total{reason="low_confidence"} 1.0' in metrics.render().decode()
+
+
+def test_a_teacher_failing_mid_answer_ends_the_stream_with_an_error_event_and_done():
+    student = FakeStreamingStudent(UNSURE, commit_tokens=1, commit_bar=0.9)
+    client, metrics = _client(student, FakeStreamingTeacher(TEACHER, fail_after=1))
+    with client.stream("POST", "/v1/chat/completions", json=CHAT) as resp:
+        assert resp.status_code == 200
+        done, chunks = _events(resp)
+    assert done == "data: [DONE]"
+    assert chunks[-1]["error"]["code"] == "teacher_failed" and "incomplete" in chunks[-1]["error"]["message"]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]] == ["The order"]
+    assert 'outcome="teacher_error",tier="none"} 1.0' in metrics.render().decode()
+
+
+def test_a_teacher_failing_before_any_text_is_an_http_error_not_a_broken_stream():
+    student = FakeStreamingStudent(UNSURE, commit_tokens=1, commit_bar=0.9)
+    client, _ = _client(student, FakeStreamingTeacher(TEACHER, fail_first=99))
+    resp = client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "teacher_unavailable"
+    assert "Traceback" not in resp.text
+
+
+def test_a_completion_streams_live_and_asks_for_usage():
+    student = FakeStreamingStudent(SURE, commit_tokens=2, commit_bar=0.9)
+    client, _ = _client(student, FakeStreamingTeacher(TEACHER))
+    body = {
+        "model": "distillery",
+        "stream": True,
+        "prompt": "order number?",
+        "stream_options": {"include_usage": True},
+    }
+    with client.stream("POST", "/v1/completions", json=body) as resp:
+        done, chunks = _events(resp)
+    assert done == "data: [DONE]"
+    assert chunks[0]["distillery"]["tier"] == "student" and chunks[0]["choices"][0]["text"] == "The order"
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == "The order number is 4818."
+    assert chunks[-1]["usage"]["completion_tokens"] == len(SURE)
+
+
+def test_replay_mode_keeps_the_whole_answer_path():
+    student = FakeStreamingStudent(SURE, commit_tokens=2, commit_bar=0.9)
+    client, _ = _client(student, FakeStreamingTeacher(TEACHER), mode="replay")
+    with client.stream("POST", "/v1/chat/completions", json=CHAT) as resp:
+        assert resp.headers["x-distillery-tier"] == "student"  # the whole-answer fake tier answered
+        _, chunks = _events(resp)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "unused"
+    assert student.produced == 0
