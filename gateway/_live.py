@@ -62,6 +62,7 @@ def routing_of(decided: Decided, scorer: str) -> RoutingInfo:
         scorer=scorer,
         model_version=decided.model_version,
         low_confidence=decided.low_confidence,
+        decided_at_tokens=decided.at_tokens,
     )
 
 

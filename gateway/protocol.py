@@ -239,6 +239,9 @@ class RoutingInfo(BaseModel):
     scorer: str
     model_version: str
     low_confidence: bool = False
+    decided_at_tokens: int | None = None
+    """A live stream decided on a prefix: the student tokens written when it was decided
+    (its first text left then). Absent: decided on the whole answer."""
 
 
 class CompletionRequest(_AnswerShaping):

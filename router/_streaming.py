@@ -86,6 +86,9 @@ class Decided:
     threshold: float
     model_version: str
     low_confidence: bool = False
+    at_tokens: int | None = None
+    """Student tokens written when a commit rule decided (``None``: judged whole, or no
+    student answer): the first text left when the student had written this many."""
 
 
 @dataclass(frozen=True)
@@ -263,9 +266,9 @@ class StreamingCascade:
                         run.committed = True
                         rule = run.decider.rule
                         version = run.head.model_version if run.head is not None else ""
-                        yield Decided(
-                            "student", False, run.decider.prefix_confidence, rule.threshold, version
-                        )
+                        at = len(run.decider.logprobs)
+                        sure = run.decider.prefix_confidence
+                        yield Decided("student", False, sure, rule.threshold, version, at_tokens=at)
                         if prefix := "".join(run.held):
                             run.sent = prefix
                             yield Chunk(prefix, "student")
@@ -350,7 +353,7 @@ class StreamingCascade:
             )  # fmt: skip
             yield StreamEnd(result, decided_at, student_cancelled=student is None)
             return
-        yield Decided("teacher", escalated, confidence, threshold, version)
+        yield Decided("teacher", escalated, confidence, threshold, version, at_tokens=decided_at)
         breaker = self._router.breaker
         settled = False
         deadline = started + self._router._config.teacher_timeout_s

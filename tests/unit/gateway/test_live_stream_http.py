@@ -51,6 +51,7 @@ def test_a_committed_student_answer_streams_with_its_routing_in_the_headers_and_
     assert done == "data: [DONE]"
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert chunks[0]["distillery"]["tier"] == "student" and not chunks[0]["distillery"]["escalated"]
+    assert chunks[0]["distillery"]["decided_at_tokens"] == 2
     pieces = [c["choices"][0]["delta"].get("content") for c in chunks[1:-1]]
     assert pieces == ["The order", " number", " is", " 4818", "."]  # the held prefix, then token by token
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
@@ -65,6 +66,7 @@ def test_an_escalated_stream_carries_only_the_teachers_text():
         assert resp.headers["x-distillery-tier"] == "teacher"
         _, chunks = _events(resp)
     assert chunks[0]["distillery"]["escalated"] and chunks[0]["distillery"]["model_version"] == "t1"
+    assert chunks[0]["distillery"]["decided_at_tokens"] == 1  # escalated on its first token
     assert (
         "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "The order number is 4818."
     )
