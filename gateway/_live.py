@@ -51,6 +51,8 @@ class LiveStream:
     events: Events
     on_end: Callable[[StreamEnd], None]
     on_break: Callable[[str], None]
+    on_text: Callable[[str, float, bool], None] = lambda tier, at, first: None
+    """Each text chunk sent: its tier, ``time.perf_counter()`` then, whether it is the first."""
 
 
 def routing_of(decided: Decided, scorer: str) -> RoutingInfo:
@@ -88,9 +90,13 @@ async def _relay(live: LiveStream, write: Callable[[Chunk], str]) -> AsyncIterat
     ended = False
     try:
         async with aclosing(live.events) as events:
+            first = True
             async for item in events:
                 if isinstance(item, Chunk):
-                    yield write(item)
+                    line = write(item)
+                    live.on_text(item.tier, time.perf_counter(), first)
+                    first = False
+                    yield line
                 elif isinstance(item, StreamEnd):
                     ended = True
                     live.on_end(item)

@@ -233,12 +233,23 @@ class OpenAIServing:
         if not isinstance(first, Decided):  # the cascade's contract: a decision before any text
             await events.aclose()
             raise RuntimeError(f"the streaming cascade opened with {type(first).__name__}")
+        self._metrics.observe_stream_timing(first.tier, time.perf_counter() - started, "decision")
         offers: list[Callable[[], Awaitable[None]]] = []
         routed = request
+        last_text = started
+
+        def on_text(tier: str, at: float, first_text: bool) -> None:
+            nonlocal last_text
+            self._metrics.observe_stream_timing(
+                tier, at - last_text, "first_token" if first_text else "inter_token"
+            )
+            last_text = at
 
         def on_end(end: StreamEnd) -> None:
             result = end.result
             self._metrics.observe(endpoint, result, time.perf_counter() - started, route)
+            if end.late_doubt:
+                self._metrics.observe_late_doubt(result.generation.model_version)
             if self._feedback is not None:
                 with contextlib.suppress(SpoolWriteError):
                     self._feedback.record(
@@ -255,7 +266,7 @@ class OpenAIServing:
             for offer in offers:
                 await offer()
 
-        return LiveStream(first, events, on_end, on_break), request, after
+        return LiveStream(first, events, on_end, on_break, on_text), request, after
 
     def _issued(
         self,

@@ -73,6 +73,34 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.stream_decision = Histogram(
+            "distillery_stream_time_to_decision_seconds",
+            "Live streams: from the request to the cascade's decision, by the tier it chose.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_first_token = Histogram(
+            "distillery_stream_time_to_first_token_seconds",
+            "Live streams: from the request to the first text the client was sent.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stream_inter_token = Histogram(
+            "distillery_stream_inter_token_latency_seconds",
+            "Live streams: between consecutive text chunks sent to the client.",
+            ["tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.late_doubts = Counter(
+            "distillery_late_doubts_total",
+            "Live streams committed on a prefix whose whole answer scored below the threshold"
+            " (the answer stood; the request is recorded for the audits and the dataset).",
+            ["model_version"],
+            registry=r,
+        )
         self.confidence = Histogram(
             "distillery_confidence",
             "Student confidence score of each routed request.",
@@ -341,6 +369,18 @@ class GatewayMetrics:
         if result.tier == "teacher":
             self.cost.labels("teacher").inc(prices.teacher.cost(gen.prompt_tokens, gen.completion_tokens))
         self.teacher_equivalent_cost.inc(prices.teacher.cost(gen.prompt_tokens, gen.completion_tokens))
+
+    def observe_stream_timing(self, tier: str, seconds: float, what: str) -> None:
+        """``what``: ``decision``, ``first_token`` or ``inter_token``."""
+        histogram = {
+            "decision": self.stream_decision,
+            "first_token": self.stream_first_token,
+            "inter_token": self.stream_inter_token,
+        }[what]
+        histogram.labels(tier).observe(seconds)
+
+    def observe_late_doubt(self, model_version: str) -> None:
+        self.late_doubts.labels(model_version).inc()
 
     def observe_error(self, endpoint: str, outcome: str) -> None:
         self.requests.labels(endpoint, "none", outcome).inc()

@@ -57,6 +57,20 @@ def test_a_committed_student_answer_streams_with_its_routing_in_the_headers_and_
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     text = metrics.render().decode()
     assert 'distillery_requests_total{endpoint="chat",outcome="ok",tier="student"} 1.0' in text
+    assert 'distillery_stream_time_to_decision_seconds_count{tier="student"} 1.0' in text
+    assert 'distillery_stream_time_to_first_token_seconds_count{tier="student"} 1.0' in text
+    assert 'distillery_stream_inter_token_latency_seconds_count{tier="student"} 4.0' in text
+
+
+def test_a_committed_answer_whose_whole_score_falls_is_counted_as_a_late_doubt():
+    lost = [("The", 0.99), (" order", 0.99), (" number", 0.3), (" is", 0.2), (" 12", 0.1), (".", 0.2)]
+    client, metrics = _client(
+        FakeStreamingStudent(lost, commit_tokens=2, commit_bar=0.9), FakeStreamingTeacher(TEACHER)
+    )
+    with client.stream("POST", "/v1/chat/completions", json=CHAT) as resp:
+        assert resp.headers["x-distillery-tier"] == "student"
+        _events(resp)
+    assert 'distillery_late_doubts_total{model_version="s1"} 1.0' in metrics.render().decode()
 
 
 def test_an_escalated_stream_carries_only_the_teachers_text():
