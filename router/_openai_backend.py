@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Literal
 
 import httpx
 
 from router._contract import forced_tool, tool_calls_text
-from router._types import ChatTurn, Generation, GenerationRequest, ToolCall, ToolSpec
+from router._types import ChatTurn, Generation, GenerationRequest, TokenDelta, ToolCall, ToolSpec
 from router.errors import (
     EmptyPrompt,
     TeacherConnectionError,
@@ -178,8 +178,88 @@ class OpenAIHTTPBackend:
             model_version=str(payload.get("model") or self.version),
         )
 
+    async def stream_generation(
+        self, req: GenerationRequest
+    ) -> AsyncGenerator[TokenDelta | Generation, None]:
+        """A text request streamed upstream (``stream: true``): each SSE chunk's text as it
+        arrives, then the whole answer built from them (usage from the last chunk when the
+        server sends it). Structured requests and ones asking for alternatives answer
+        whole: their tool calls and ranked alternatives are parsed from one response.
+        Closing the generator closes the upstream stream (the remote server stops)."""
+        if req.response_format is not None or req.offers_tools or req.top_logprobs:
+            yield await self._one(req)
+            return
+        path, body = self._request_body(req)
+        body.update(stream=True, stream_options={"include_usage": True})
+        pieces: list[str] = []
+        tokens: list[str] = []
+        logprobs: list[float] = []
+        finish: Literal["stop", "length"] = "stop"
+        usage: dict[str, Any] = {}
+        model = self.version
+        try:
+            async with self._client.stream("POST", path, json=body) as resp:
+                if resp.status_code != 200:
+                    text = (await resp.aread()).decode(errors="replace")
+                    raise TeacherHTTPError(
+                        f"teacher answered HTTP {resp.status_code}: {text[:300]}", resp.status_code
+                    )
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[len("data:") :].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise TeacherUnavailable(f"teacher failed mid-answer: {str(chunk['error'])[:300]}")
+                    model = str(chunk.get("model") or model)
+                    usage = chunk.get("usage") or usage
+                    for choice in chunk.get("choices") or []:
+                        piece, chunk_tokens, chunk_lps = _streamed(choice, chat=req.messages is not None)
+                        if choice.get("finish_reason") == "length":
+                            finish = "length"
+                        tokens += chunk_tokens
+                        logprobs += chunk_lps
+                        if piece:
+                            pieces.append(piece)
+                            yield TokenDelta(piece, -1, sum(chunk_lps))
+        except httpx.TimeoutException as exc:
+            raise TeacherTimeout(f"teacher at {self._client.base_url} timed out") from exc
+        except httpx.TransportError as exc:
+            raise TeacherConnectionError(
+                f"teacher at {self._client.base_url} unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise TeacherUnavailable(f"teacher sent a malformed stream: {exc}") from exc
+        yield Generation(
+            text="".join(pieces),
+            tokens=tokens,
+            token_logprobs=logprobs,
+            finish_reason=finish,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", len(tokens))),
+            model_id=self.model_id,
+            model_version=model,
+        )
+
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _streamed(choice: dict[str, Any], *, chat: bool) -> tuple[str, list[str], list[float]]:
+    """One streamed choice's text, tokens and their log-probs (chat or completions shape)."""
+    if chat:
+        piece = str((choice.get("delta") or {}).get("content") or "")
+        content = (choice.get("logprobs") or {}).get("content") or []
+        return piece, [str(c["token"]) for c in content], [float(c["logprob"]) for c in content]
+    lp = choice.get("logprobs") or {}
+    tokens = [str(t) for t in lp.get("tokens") or []]
+    return (
+        str(choice.get("text") or ""),
+        tokens,
+        [float(x) for x in lp.get("token_logprobs") or [] if x is not None],
+    )
 
 
 def _response_format(req: GenerationRequest) -> dict[str, Any] | None:
