@@ -18,35 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import CALIBRATION_FILE, CalibrationRecord, CommitRecord
+from common.model_dir import CALIBRATION_FILE, CalibrationRecord
 from distillery._workloads import WorkItem, workload_for
 from distillery.settings import DistillerySettings
 from retrain import Pair, load_pairs
-from retrain._gate import answer_budget, kind_thresholds
+from retrain._gate import CommitChoice, answer_budget, commit_points, kind_thresholds
 from router import (
     SCORER_NAMES,
     AgreementMetric,
     CalibrationPoint,
-    CommitSample,
-    Generation,
-    GenerationRequest,
     all_scores,
     answer_agrees,
     auroc,
     build_backend,
-    calibrate_commit,
     calibration_curve,
     confidence_logprobs,
     generate_requests,
     pick_threshold,
 )
 
-__all__ = ["CalibrationReport", "CommitChoice", "commit_points", "run_calibration", "sample_items"]
+__all__ = ["CalibrationReport", "run_calibration", "sample_items"]
 
 
 @dataclass(frozen=True)
@@ -67,44 +62,6 @@ class CalibrationReport:
     """Thresholds of the structured output kinds with enough rows."""
     commit: dict[str, CommitChoice] = field(default_factory=dict)
     """Where a streamed answer of each kind is decided (``router._early``), and why."""
-
-
-@dataclass(frozen=True)
-class CommitChoice:
-    record: CommitRecord | None
-    why: str
-
-
-def commit_points(
-    requests: Sequence[GenerationRequest],
-    answers: Sequence[Generation],
-    agrees: Sequence[bool],
-    *,
-    threshold: float,
-    scorer: str,
-) -> dict[str, CommitChoice]:
-    """The commit point for text answers (structured ones are decided whole: their
-    contract needs the whole answer), calibrated on the same answers as the threshold."""
-    samples = [
-        CommitSample(tuple(confidence_logprobs(g, sampled=False)), ok)
-        for r, g, ok in zip(requests, answers, agrees, strict=True)
-        if r.output_kind == "text"
-    ]
-    cal = calibrate_commit(samples, threshold=threshold, scorer=scorer)
-    chosen = cal.chosen
-    record = (
-        CommitRecord(
-            tokens=chosen.commit_tokens,
-            bar=chosen.bar,
-            escalation_rate=chosen.escalation_rate,
-            agreement=chosen.agreement,
-            flips=chosen.flips,
-            n=cal.n,
-        )
-        if chosen is not None
-        else None
-    )
-    return {"text": CommitChoice(record, cal.why)}
 
 
 def sample_items(

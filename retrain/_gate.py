@@ -30,14 +30,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from common.model_dir import CalibrationRecord, ModelManifest, read_model_version
+from common.model_dir import CalibrationRecord, CommitRecord, ModelManifest, read_model_version
 from retrain._dataset import Pair
 from retrain.config import GateConfig
 from router import (
     AgreementMetric,
     Backend,
+    CommitSample,
     Generation,
     GenerationRequest,
+    calibrate_commit,
     calibration_curve,
     confidence_logprobs,
     generate_requests,
@@ -47,6 +49,8 @@ from router import (
 from router._contract import answer_agrees, check_answer
 
 __all__ = [
+    "CommitChoice",
+    "commit_points",
     "DEFAULT_MAX_NEW_TOKENS",
     "BackendFactory",
     "EvalResult",
@@ -184,6 +188,9 @@ class EvalResult:
     """Thresholds recalibrated per structured kind with enough answers."""
     route_thresholds: dict[str, float] = field(default_factory=dict)
     """Thresholds recalibrated per route with enough answers (they win over the kind's)."""
+    commit: dict[str, CommitRecord] = field(default_factory=dict)
+    """Where a live stream of each kind is decided, calibrated on these answers at the
+    recalibrated threshold (``router._early``); a kind without one is decided whole."""
     answers: list[str] = field(default_factory=list, repr=False)
     """The model's greedy answers, holdout then suite (a quantized candidate is also judged
     on how often it answers as its parent: compared here, not generated a second time)."""
@@ -200,6 +207,7 @@ class EvalResult:
         out = asdict(self)
         for private in ("answers", "suite_correct", "suite_escalated", "suite_scores"):
             del out[private]
+        out["commit"] = {kind: record.model_dump(exclude_none=True) for kind, record in self.commit.items()}
         return out
 
     def escalated_at(self, calibration: CalibrationRecord) -> EvalResult:
@@ -229,6 +237,44 @@ class GateReport:
             "current": self.current.summary(),
             "config": self.config,
         }
+
+
+@dataclass(frozen=True)
+class CommitChoice:
+    record: CommitRecord | None
+    why: str
+
+
+def commit_points(
+    requests: Sequence[GenerationRequest],
+    answers: Sequence[Generation],
+    agrees: Sequence[bool],
+    *,
+    threshold: float,
+    scorer: str,
+) -> dict[str, CommitChoice]:
+    """The commit point for text answers (structured ones are decided whole: their
+    contract needs the whole answer), calibrated on the same answers as the threshold."""
+    samples = [
+        CommitSample(tuple(confidence_logprobs(g, sampled=False)), ok)
+        for r, g, ok in zip(requests, answers, agrees, strict=True)
+        if r.output_kind == "text"
+    ]
+    cal = calibrate_commit(samples, threshold=threshold, scorer=scorer)
+    chosen = cal.chosen
+    record = (
+        CommitRecord(
+            tokens=chosen.commit_tokens,
+            bar=chosen.bar,
+            escalation_rate=chosen.escalation_rate,
+            agreement=chosen.agreement,
+            flips=chosen.flips,
+            n=cal.n,
+        )
+        if chosen is not None
+        else None
+    )
+    return {"text": CommitChoice(record, cal.why)}
 
 
 def _answers(
@@ -335,6 +381,13 @@ def evaluate_model(
         by_kind=dict(sorted(Counter(kinds).items())),
         kind_thresholds=by_kind,
         route_thresholds=by_route,
+        commit={
+            kind: choice.record
+            for kind, choice in commit_points(
+                requests, gens, correct, threshold=point.threshold, scorer=scorer
+            ).items()
+            if choice.record is not None
+        },
         answers=[g.text for g in gens],
     )
 
@@ -491,6 +544,7 @@ def recalibration(
         threshold=cand.threshold,
         by_kind=dict(cand.kind_thresholds),
         by_route=dict(cand.route_thresholds),
+        commit=dict(cand.commit),
         target={"agreement": config.target_agreement},
         escalation_rate=cand.escalation_rate,
         agreement=cand.served_agreement,

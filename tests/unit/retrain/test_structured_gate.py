@@ -231,3 +231,30 @@ def test_the_gate_report_carries_the_structured_numbers():
         "kind_thresholds": {"json": 0.8},
     }
     json.dumps(summary)
+
+
+def _tokens(*probs: float, text: str = "yes") -> Generation:
+    gen = _gen(text, 0.5)
+    return gen.model_copy(
+        update={"token_logprobs": [math.log(p) for p in probs], "tokens": ["t"] * len(probs)}
+    )
+
+
+def test_the_gate_calibrates_a_commit_point_for_text_answers_and_writes_it(tmp_path):
+    """Wrong answers show on their first token (a prefix of 1 decides as the whole answer
+    does): the candidate's record carries a commit point at 1; too few text answers: none."""
+    pairs, answers = [], {}
+    for i in range(60):
+        pair = Pair(f"q{i}", "yes", skill="order")
+        pairs.append(pair)
+        answers[pair.prompt] = _tokens(0.99, 0.99, 0.99) if i % 4 else _tokens(0.5, 0.99, 0.99, text="no")
+    result = _evaluate(tmp_path, pairs, answers, target_agreement=1.0)
+    assert set(result.commit) == {"text"}
+    assert result.commit["text"].tokens == 1 and result.commit["text"].n == 60
+    assert result.summary()["commit"]["text"]["tokens"] == 1
+    report = GateReport(True, [], result, result)
+    record = recalibration(report, GateConfig(), scorer="mean_logprob", agreement="exact", n=60, source="t")
+    assert record.commit["text"].tokens == 1
+
+    few = _evaluate(tmp_path, pairs[:20], answers, target_agreement=1.0)
+    assert few.commit == {}
