@@ -16,10 +16,9 @@ chunk when asked for, ``[DONE]``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Literal
@@ -83,7 +82,7 @@ def _error_event(broken: StreamBroken) -> str:
     return _sse(json.dumps(body))
 
 
-async def _relay(live: LiveStream, write: Callable[[Chunk], str]) -> AsyncIterator[str | StreamEnd]:
+async def _relay(live: LiveStream, write: Callable[[Chunk], str]) -> AsyncGenerator[str | StreamEnd, None]:
     """The stream's SSE content lines, then its ``StreamEnd``; an error event when a tier
     breaks; ``cancelled`` when the client goes away (the task is cancelled, or the
     response closes this generator)."""
@@ -106,12 +105,10 @@ async def _relay(live: LiveStream, write: Callable[[Chunk], str]) -> AsyncIterat
         live.on_break(f"{broken.tier}_error")
         yield _error_event(broken)
         yield _sse("[DONE]")
-    except (asyncio.CancelledError, GeneratorExit):
-        ended = True
-        live.on_break("cancelled")
-        raise
     finally:
-        if not ended:  # closed by its consumer without an exception reaching here
+        # The client went away (the task cancelled, or this generator closed) before the
+        # stream ended: counted once, as cancelled; the tiers' streams are closed above.
+        if not ended:
             live.on_break("cancelled")
 
 
@@ -122,7 +119,7 @@ async def chat_sse(
     info: RoutingInfo,
     structured: Callable[[StreamEnd], list[ChatDelta]],
     usage: Callable[[StreamEnd], UsageInfo] | None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """``structured``: the deltas of an answer the cascade judged whole (tool calls, JSON),
     written once it ended; text answers arrive as ``Chunk``s."""
     created = int(time.time())
@@ -140,23 +137,24 @@ async def chat_sse(
         return _sse(body.model_dump_json(exclude_none=True))
 
     yield chunk(ChatDelta(role="assistant", content=""), routing=info)
-    async for line in _relay(live, lambda c: chunk(ChatDelta(content=c.text))):
-        if not isinstance(line, StreamEnd):
-            yield line
-            continue
-        deltas = structured(line)
-        for delta in deltas:
-            yield chunk(delta)
-        finish: FinishReason = (
-            "tool_calls" if any(d.tool_calls for d in deltas) else line.result.generation.finish_reason
-        )
-        yield chunk(ChatDelta(), finish)
-        if usage is not None:
-            body = ChatCompletionChunk(
-                id=request_id, created=created, model=model, choices=[], usage=usage(line)
+    async with aclosing(_relay(live, lambda c: chunk(ChatDelta(content=c.text)))) as lines:
+        async for line in lines:
+            if not isinstance(line, StreamEnd):
+                yield line
+                continue
+            deltas = structured(line)
+            for delta in deltas:
+                yield chunk(delta)
+            finish: FinishReason = (
+                "tool_calls" if any(d.tool_calls for d in deltas) else line.result.generation.finish_reason
             )
-            yield _sse(body.model_dump_json(exclude_none=True))
-        yield _sse("[DONE]")
+            yield chunk(ChatDelta(), finish)
+            if usage is not None:
+                body = ChatCompletionChunk(
+                    id=request_id, created=created, model=model, choices=[], usage=usage(line)
+                )
+                yield _sse(body.model_dump_json(exclude_none=True))
+            yield _sse("[DONE]")
 
 
 async def completion_sse(
@@ -166,7 +164,7 @@ async def completion_sse(
     info: RoutingInfo,
     structured: Callable[[StreamEnd], str],
     usage: Callable[[StreamEnd], UsageInfo] | None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     created = int(time.time())
     first = True
 
@@ -182,14 +180,17 @@ async def completion_sse(
         first = False
         return _sse(body.model_dump_json(exclude_none=True))
 
-    async for line in _relay(live, lambda c: chunk(c.text)):
-        if not isinstance(line, StreamEnd):
-            yield line
-            continue
-        if text := structured(line):
-            yield chunk(text)
-        yield chunk("", line.result.generation.finish_reason)
-        if usage is not None:
-            body = CompletionChunk(id=request_id, created=created, model=model, choices=[], usage=usage(line))
-            yield _sse(body.model_dump_json(exclude_none=True))
-        yield _sse("[DONE]")
+    async with aclosing(_relay(live, lambda c: chunk(c.text))) as lines:
+        async for line in lines:
+            if not isinstance(line, StreamEnd):
+                yield line
+                continue
+            if text := structured(line):
+                yield chunk(text)
+            yield chunk("", line.result.generation.finish_reason)
+            if usage is not None:
+                body = CompletionChunk(
+                    id=request_id, created=created, model=model, choices=[], usage=usage(line)
+                )
+                yield _sse(body.model_dump_json(exclude_none=True))
+            yield _sse("[DONE]")

@@ -392,7 +392,9 @@ class OpenAIServing:
                 return end.result.generation.text if routed.output_kind != "text" else ""
 
             usage_of = (lambda end: self._usage([end.result], shared_prompt=False)) if include_usage else None
-            stream = completion_sse(live, request_id, req.model, info, whole_text, usage_of)
+            stream: AsyncIterator[str] = completion_sse(
+                live, request_id, req.model, info, whole_text, usage_of
+            )
             return Served(None, stream, self._headers([info]), after_live)
         results = await asyncio.gather(*(self._route("completions", g, tier, label) for g in gen_reqs))
         infos = [self._routing(r) for r in results]
@@ -516,7 +518,7 @@ class OpenAIServing:
                 return [] if routed.output_kind == "text" else _message_deltas(routed, end.result.generation)
 
             usage_of = (lambda end: self._usage([end.result], shared_prompt=True)) if include_usage else None
-            stream = chat_sse(live, request_id, req.model, info, whole_message, usage_of)
+            stream: AsyncIterator[str] = chat_sse(live, request_id, req.model, info, whole_message, usage_of)
             return Served(None, stream, self._headers([info]), after_live)
         results = await asyncio.gather(*(self._route("chat", g, tier, label) for g in gen_reqs))
         infos = [self._routing(r) for r in results]

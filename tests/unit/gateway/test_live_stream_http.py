@@ -9,7 +9,7 @@ from gateway._api import build_api
 from gateway._serving import OpenAIServing
 from gateway.metrics import GatewayMetrics
 from gateway.settings import ServerConfig
-from router import CascadeConfig, CascadeRouter, StreamingCascade, ThresholdPolicy
+from router import CascadeConfig, CascadeRouter, GenerationRequest, StreamingCascade, ThresholdPolicy
 from tests.fakes.clients import FakeStreamingStudent, FakeStreamingTeacher, FakeTier, make_generation
 
 SURE = [(t, 0.99) for t in ("The", " order", " number", " is", " 4818", ".")]
@@ -133,3 +133,32 @@ def test_replay_mode_keeps_the_whole_answer_path():
         _, chunks = _events(resp)
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "unused"
     assert student.produced == 0
+
+
+async def _live_stream(student, teacher):
+    from gateway._live import LiveStream
+
+    whole = FakeTier(lambda r: make_generation("unused"))
+    router = CascadeRouter(whole, whole, ThresholdPolicy("mean_logprob", 0.9), CascadeConfig())
+    events = StreamingCascade(router, student, teacher).stream(GenerationRequest(prompt="order number?"))
+    decided = await anext(events)
+    ends, breaks = [], []
+    return LiveStream(decided, events, ends.append, breaks.append), ends, breaks
+
+
+async def test_a_client_gone_mid_stream_is_counted_once_as_cancelled_and_a_finished_one_never():
+    from gateway._live import chat_sse, routing_of
+
+    student = FakeStreamingStudent(SURE, commit_tokens=2, commit_bar=0.9)
+    live, ends, breaks = await _live_stream(student, FakeStreamingTeacher(TEACHER))
+    lines = chat_sse(live, "id", "distillery", routing_of(live.decided, "mean_logprob"), lambda end: [], None)
+    await anext(lines)  # the role chunk
+    await anext(lines)  # the held prefix
+    await lines.aclose()  # the client went away
+    assert breaks == ["cancelled"] and ends == [] and student.closed and not student.finished
+
+    student = FakeStreamingStudent(SURE, commit_tokens=2, commit_bar=0.9)
+    live, ends, breaks = await _live_stream(student, FakeStreamingTeacher(TEACHER))
+    lines = chat_sse(live, "id", "distillery", routing_of(live.decided, "mean_logprob"), lambda end: [], None)
+    sent = [line async for line in lines]
+    assert sent[-1] == "data: [DONE]\n\n" and len(ends) == 1 and breaks == []
