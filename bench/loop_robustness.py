@@ -344,15 +344,28 @@ def follow(follower: Follower, stack: Stack, deadline: float, attempts: int) -> 
 
 
 # ---- one run -----------------------------------------------------------------------------
-def _per_route(items: Sequence[Any], bodies: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _per_route(
+    items: Sequence[Any], bodies: list[dict[str, Any]], agree: Callable[[str, str], bool]
+) -> dict[str, dict[str, float]]:
+    """Per route: requests, escalation rate, and agreement of the served answers with the
+    ground truth where the workload has one (what moved, where the window's agreement moved)."""
     from distillery._workloads import answer_of
 
     counts: dict[str, list[int]] = {}
     for item, body in zip(items, bodies, strict=True):
-        c = counts.setdefault(item.route, [0, 0])
+        text, info = answer_of(body)
+        c = counts.setdefault(item.route, [0, 0, 0, 0])
         c[0] += 1
-        c[1] += bool(answer_of(body)[1].get("escalated"))
-    return {r: {"requests": n, "escalation_rate": round(e / n, 4)} for r, (n, e) in sorted(counts.items())}
+        c[1] += bool(info.get("escalated"))
+        if item.truth is not None:
+            c[2] += 1
+            c[3] += agree(text, item.truth)
+    out: dict[str, dict[str, float]] = {}
+    for route, (n, escalated, judged, right) in sorted(counts.items()):
+        out[route] = {"requests": n, "escalation_rate": round(escalated / n, 4)}
+        if judged:
+            out[route]["agreement"] = round(right / judged, 4)
+    return out
 
 
 class Windows:
@@ -375,7 +388,7 @@ class Windows:
         per_route: dict[str, dict[str, float]] = {}
 
         def observe(_: str, items: Sequence[Any], bodies: list[dict[str, Any]]) -> None:
-            per_route.update(_per_route(items, bodies))
+            per_route.update(_per_route(items, bodies, self._agree))
 
         t0 = time.time()
         stats = send_window(
