@@ -193,29 +193,44 @@ def _best_bar(
     floor: float,
 ) -> CommitPoint:
     """Answers of at least ``k`` tokens are decided on their prefix (as ``EarlyDecider``
-    does: at the k-th token it cannot know the answer ends there), shorter ones whole."""
+    does: at the k-th token it cannot know the answer ends there), shorter ones whole.
+
+    One sweep over the long answers sorted by prefix score: raising the bar past an
+    answer's score moves it from served to escalated, so each count moves by one."""
     n = len(samples)
-    long_ = [i for i, s in enumerate(samples) if len(s.logprobs) >= k]
-    prefix = {i: score(samples[i].logprobs[:k]) for i in long_}
-    # Candidate bars: every split of the long answers, from "serve all" upwards.
-    bars = [0.0, *sorted(set(prefix.values())), min(1.000001, max(prefix.values(), default=0.0) + 1e-6)]
-    best: CommitPoint | None = None
-    for bar in bars:
-        escalate = [prefix[i] < bar if i in prefix else whole[i] for i in range(n)]
-        agreement = sum(esc or s.agrees for esc, s in zip(escalate, samples, strict=True)) / n
-        point = CommitPoint(
+    long_ = sorted((score(s.logprobs[:k]), i) for i, s in enumerate(samples) if len(s.logprobs) >= k)
+    short = [i for i, s in enumerate(samples) if len(s.logprobs) < k]
+    escalated = sum(whole[i] for i in short)
+    served_right = sum(samples[i].agrees for i in short if not whole[i])
+    served_right += sum(samples[i].agrees for _, i in long_)
+    flips = sum(whole[i] for _, i in long_)  # every long answer served: flipped where whole escalated
+
+    def point(bar: float) -> CommitPoint:
+        return CommitPoint(
             commit_tokens=k,
             bar=bar,
-            escalation_rate=sum(escalate) / n,
-            agreement=agreement,
-            flips=sum(a != b for a, b in zip(escalate, whole, strict=True)) / n,
+            escalation_rate=escalated / n,
+            agreement=(escalated + served_right) / n,
+            flips=flips / n,
             decided_early=len(long_) / n,
         )
-        if agreement >= floor - 1e-12:
-            return point
-        best = point
+
+    # Candidate bars: "serve every long answer", then each distinct prefix score (an
+    # answer escalates strictly below the bar), then just above the highest.
+    bars = [0.0, *sorted({c for c, _ in long_}), min(1.000001, (long_[-1][0] if long_ else 0.0) + 1e-6)]
+    moved = 0
+    last = point(0.0)
+    for bar in bars:
+        while moved < len(long_) and long_[moved][0] < bar:
+            i = long_[moved][1]
+            escalated += 1
+            served_right -= samples[i].agrees
+            flips += -1 if whole[i] else 1
+            moved += 1
+        last = point(bar)
+        if last.agreement >= floor - 1e-12:
+            return last
     # Escalating every long answer never serves less well than the whole-answer rule
     # (escalated answers count as agreeing), so with a floor at or below it the loop
     # returns; a floor above it (a negative allowed drop) may not be met.
-    assert best is not None
-    return best
+    return last

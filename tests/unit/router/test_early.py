@@ -106,3 +106,36 @@ def test_too_few_calibration_answers_keep_whole_answers():
     cal = calibrate_commit(samples, threshold=0.95)
     assert cal.chosen is None and "< 50" in cal.why
     assert calibrate_commit([], threshold=0.9).chosen is None
+
+
+def _brute(samples, threshold, k, floor):
+    """The definition, answer by answer: the lowest bar meeting ``floor``."""
+    from router._scoring import get_scorer
+
+    score = get_scorer("mean_logprob")
+    whole = [score(s.logprobs) < threshold for s in samples]
+    prefix = {i: score(s.logprobs[:k]) for i, s in enumerate(samples) if len(s.logprobs) >= k}
+    bars = [0.0, *sorted(set(prefix.values())), min(1.000001, max(prefix.values(), default=0.0) + 1e-6)]
+    for bar in bars:
+        esc = [prefix[i] < bar if i in prefix else whole[i] for i in range(len(samples))]
+        agreement = sum(e or s.agrees for e, s in zip(esc, samples, strict=True)) / len(samples)
+        if agreement >= floor - 1e-12:
+            flips = sum(a != b for a, b in zip(esc, whole, strict=True)) / len(samples)
+            return bar, sum(esc) / len(samples), agreement, flips
+    return None
+
+
+def test_the_sweep_finds_what_trying_every_bar_finds():
+    rng = random.Random(7)
+    for _ in range(40):
+        samples = [
+            CommitSample(
+                tuple(math.log(rng.uniform(0.3, 1.0)) for _ in range(rng.randint(1, 8))), rng.random() < 0.8
+            )
+            for _ in range(rng.randint(50, 120))
+        ]
+        cal = calibrate_commit(samples, threshold=0.8, candidates=(1, 3, 5), max_extra_escalation=1.0)
+        for point in cal.points:
+            bar, esc, agreement, flips = _brute(samples, 0.8, point.commit_tokens, cal.whole_agreement)
+            assert (point.bar, point.escalation_rate, point.flips) == pytest.approx((bar, esc, flips))
+            assert point.agreement == pytest.approx(agreement)
