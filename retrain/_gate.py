@@ -326,7 +326,14 @@ def evaluate_model(
     kept = [check_answer(requests[i], gens[i].text, gens[i].finish_reason).valid for i in structured]
     conf = [score(confidence_logprobs(g, sampled=False)) for g in gens]
     n_hold = len(holdout)
-    point = pick_threshold(calibration_curve(conf, correct), target_agreement=target_agreement)
+    # Routes weigh equally in the recalibration: a refresh's sample is mostly the drifted
+    # route's, and pooled, an old route's few wrong answers barely moved the served
+    # agreement (loop robustness seeds 1-2: 98% on the gate's 98 answers at a bar of 0.86,
+    # capital 10 of 12 right; live, old routes' agreement fell 96% -> 90.5% after the swap).
+    routes = [p.skill or "unlabelled" for p in pairs]
+    per_route = Counter(routes)
+    weights = [1.0 / per_route[r] for r in routes]
+    point = pick_threshold(calibration_curve(conf, correct, weights), target_agreement=target_agreement)
     by_kind = kind_thresholds(
         kinds, conf, correct, min_answers=min_kind_answers, target_agreement=target_agreement
     )

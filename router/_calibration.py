@@ -22,35 +22,46 @@ class CalibrationPoint:
     """Agreement among the answers the student keeps (1.0 when it keeps none)."""
 
 
-def calibration_curve(confidences: Sequence[float], agrees: Sequence[bool]) -> list[CalibrationPoint]:
+def calibration_curve(
+    confidences: Sequence[float], agrees: Sequence[bool], weights: Sequence[float] | None = None
+) -> list[CalibrationPoint]:
     """One point per distinct threshold worth trying, from "never" to "always" escalate.
 
     Candidate thresholds are the observed confidences (escalate strictly below) plus one
     just above the maximum, so every achievable split of the sample appears once.
+    ``weights``: each answer's weight in the rates (default 1): the gate weighs routes
+    equally, so a route with few answers in a sample another route dominates still
+    decides where the bar sits for it.
     """
     if len(confidences) != len(agrees):
         raise ValueError("confidences and agrees differ in length")
     if not confidences:
         raise ValueError("calibration needs at least one labelled sample")
+    w = list(weights) if weights is not None else [1.0] * len(confidences)
+    if len(w) != len(confidences) or any(x <= 0 for x in w):
+        raise ValueError("weights must be positive, one per answer")
     n = len(confidences)
-    rows = sorted(zip(confidences, agrees, strict=True))
+    total = sum(w)
+    rows = sorted(zip(confidences, agrees, w, strict=True), key=lambda r: r[0])
     candidates = sorted(set(confidences)) + [min(1.000001, max(confidences) + 1e-6)]
-    total_agree = sum(agrees)
+    total_agree = sum(x for ok, x in zip(agrees, w, strict=True) if ok)
     points: list[CalibrationPoint] = []
     below = 0
-    agree_below = 0
+    below_w = 0.0
+    agree_below = 0.0
     for t in [0.0, *candidates]:
         while below < n and rows[below][0] < t:
-            agree_below += rows[below][1]
+            agree_below += rows[below][2] if rows[below][1] else 0.0
+            below_w += rows[below][2]
             below += 1
-        kept = n - below
+        kept = total - below_w
         kept_agree = total_agree - agree_below
         points.append(
             CalibrationPoint(
                 threshold=t,
-                escalation_rate=below / n,
-                agreement=(below + kept_agree) / n,
-                student_accuracy_kept=kept_agree / kept if kept else 1.0,
+                escalation_rate=below_w / total,
+                agreement=(below_w + kept_agree) / total,
+                student_accuracy_kept=kept_agree / kept if kept > 1e-12 else 1.0,
             )
         )
     return _dedupe(points)

@@ -258,3 +258,29 @@ def test_the_gate_calibrates_a_commit_point_for_text_answers_and_writes_it(tmp_p
 
     few = _evaluate(tmp_path, pairs[:20], answers, target_agreement=1.0)
     assert few.commit == {}
+
+
+def test_routes_weigh_equally_so_a_small_routes_wrong_answers_are_not_drowned(tmp_path):
+    """The refresh's sample: 90 answers of the drifted route, all right, and 12 of an old
+    route with 2 wrong at 0.9. Pooled, 100/102 agree and the bar serves them; with routes
+    weighed equally the old route's agreement counts as much, and the bar escalates them."""
+    holdout, answers = [], {}
+    for i in range(90):
+        pair = Pair(f"plural{i}", "yes", skill="plural")
+        holdout.append(pair)
+        answers[pair.prompt] = _gen("yes", 0.85)
+    for i in range(12):
+        pair = Pair(f"capital{i}", "yes", skill="capital")
+        holdout.append(pair)
+        answers[pair.prompt] = _gen("no", 0.9) if i < 2 else _gen("yes", 0.95)
+    backend = _Backend(lambda r: answers[r.prompt or ""])
+    one_bar = evaluate_model(tmp_path, holdout, [], backend_factory=lambda _: backend, target_agreement=0.97)
+    assert one_bar.threshold > 0.9  # the 2 wrong capital answers (0.9) escalate
+    assert one_bar.served_agreement == 1.0
+    assert one_bar.escalation_rate == pytest.approx(92 / 102)  # and plural's right ones (0.85) with them
+    # With route bars (the product's setting), plural keeps its own lower bar.
+    per_route = evaluate_model(
+        tmp_path, holdout, [], backend_factory=lambda _: backend, target_agreement=0.97, min_route_answers=50
+    )
+    assert per_route.route_thresholds == pytest.approx({"plural": 0.85})
+    assert per_route.served_agreement == 1.0 and per_route.escalation_rate == pytest.approx(2 / 102)
