@@ -37,7 +37,7 @@ ENGINE = VLLMEngineConfig(kv_cache_gib=0.25, cache_dir=REPO / "var" / "vllm")
 
 APP = "distillery-live"
 PREFIX = "/live"
-PROMPT = "reverse: abcdefghijklmnop ="
+PROMPT = "reverse: abcdefg ="
 MAX_TOKENS = 32
 
 
@@ -101,51 +101,48 @@ def _sse(url: str, body: dict[str, Any]) -> tuple[dict[str, str], list[dict[str,
     return headers, [json.loads(line.removeprefix("data: ")) for line in lines[:-1]], lines[-1]
 
 
-def _chat(model: str = "distillery", stream: bool = True) -> dict[str, Any]:
-    return {
-        "model": model,
-        "stream": stream,
-        "max_tokens": MAX_TOKENS,
-        "messages": [{"role": "user", "content": PROMPT}],
-    }
+def _completion(model: str = "distillery", stream: bool = True) -> dict[str, Any]:
+    """The toy student's own format: a completion of its prompt (it answers chat turns with
+    nothing it has learned)."""
+    return {"model": model, "stream": stream, "max_tokens": MAX_TOKENS, "prompt": PROMPT}
 
 
 def _whole(app: LiveApp, model: str) -> dict[str, Any]:
-    resp = httpx.post(f"{app.url}/v1/chat/completions", json=_chat(model, stream=False), timeout=120)
+    resp = httpx.post(f"{app.url}/v1/completions", json=_completion(model, stream=False), timeout=120)
     assert resp.status_code == 200, resp.text
     body: dict[str, Any] = resp.json()
     return body
 
 
+def _text(chunks: list[dict[str, Any]]) -> str:
+    return "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+
+
 def test_a_served_answer_leaves_at_its_commit_point_token_by_token(live_app):
     whole = _whole(live_app, "distillery-student")
-    answer, tokens = whole["choices"][0]["message"]["content"], whole["usage"]["completion_tokens"]
+    answer, tokens = whole["choices"][0]["text"], whole["usage"]["completion_tokens"]
     assert tokens > 3  # long enough for the commit point (2) to come before its end
-    headers, chunks, done = _sse(f"{live_app.url}/v1/chat/completions", _chat())
+    headers, chunks, done = _sse(f"{live_app.url}/v1/completions", _completion())
     assert done == "data: [DONE]" and headers["x-distillery-tier"] == "student"
     routing = chunks[0]["distillery"]
     assert routing["tier"] == "student" and routing["decided_at_tokens"] == 2 < tokens
-    pieces = [
-        c["choices"][0]["delta"].get("content") for c in chunks[1:] if c["choices"][0]["delta"].get("content")
-    ]
+    pieces = [c["choices"][0]["text"] for c in chunks if c["choices"] and c["choices"][0]["text"]]
     assert len(pieces) > 2 and "".join(pieces) == answer  # the held prefix, then the engine's deltas
     assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
 
 
 def test_the_openai_sdk_and_langchain_read_the_live_stream_unchanged(live_app):
-    from langchain_openai import ChatOpenAI
+    from langchain_openai import OpenAI as LangChainOpenAI
     from openai import OpenAI
 
-    answer = _whole(live_app, "distillery-student")["choices"][0]["message"]["content"]
+    answer = _whole(live_app, "distillery-student")["choices"][0]["text"]
     client = OpenAI(base_url=f"{live_app.url}/v1", api_key="unused", max_retries=0)
-    stream = client.chat.completions.create(
-        model="distillery", messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS, stream=True
-    )
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == answer
-    llm = ChatOpenAI(
+    stream = client.completions.create(model="distillery", prompt=PROMPT, max_tokens=MAX_TOKENS, stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices) == answer
+    llm = LangChainOpenAI(
         base_url=f"{live_app.url}/v1", api_key="unused", model="distillery", max_tokens=MAX_TOKENS
     )
-    assert "".join(str(part.content) for part in llm.stream(PROMPT)) == answer
+    assert "".join(llm.stream(PROMPT)) == answer
 
 
 def test_an_escalated_stream_carries_the_teacher_and_cancels_the_student(live_app, tmp_path):
@@ -160,13 +157,13 @@ def test_an_escalated_stream_carries_the_teacher_and_cancels_the_student(live_ap
         assert time.monotonic() < deadline, "the student did not swap to v2"
         time.sleep(1)
     whole_student = _whole(live_app, "distillery-student")["usage"]["completion_tokens"]
-    teacher = _whole(live_app, "distillery-teacher")["choices"][0]["message"]["content"]
+    teacher = _whole(live_app, "distillery-teacher")["choices"][0]["text"]
     before = live_app.generated()
-    headers, chunks, done = _sse(f"{live_app.url}/v1/chat/completions", _chat())
+    headers, chunks, done = _sse(f"{live_app.url}/v1/completions", _completion())
     generated = live_app.generated() - before
     assert done == "data: [DONE]" and headers["x-distillery-tier"] == "teacher"
     assert chunks[0]["distillery"]["escalated"] and chunks[0]["distillery"]["decided_at_tokens"] == 2
-    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == teacher
+    assert _text(chunks) == teacher
     # Cancelled at its decision: the engine stopped well short of the whole answer.
     print(f"\nescalated at 2 tokens: the student's engine wrote {generated} of {whole_student}")
     assert generated < whole_student
