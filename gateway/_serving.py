@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,12 +173,26 @@ class OpenAIServing:
         self, endpoint: str, request: GenerationRequest, tier: Tier | None, label: str | None = None
     ) -> CascadeResult:
         started = time.perf_counter()
-        # The route before the cascade: the student's answer is judged by its route's bar.
+        request, route = self._labelled(request, label)
+        with self._counted_errors(endpoint):
+            result = await self._router.route(request, force=tier)
+        self._record(endpoint, request, result, route, started)
+        return result
+
+    def _labelled(
+        self, request: GenerationRequest, label: str | None
+    ) -> tuple[GenerationRequest, str | None]:
+        """The route before the cascade: the student's answer is judged by its route's bar."""
         route = self._feedback.route_label(request, label) if self._feedback is not None else label
         if route is not None and request.route != route:
             request = request.model_copy(update={"route": route})
+        return request, route
+
+    @contextlib.contextmanager
+    def _counted_errors(self, endpoint: str) -> Iterator[None]:
+        """A request that fails before any tier answered, counted by whose failure it was."""
         try:
-            result = await self._router.route(request, force=tier)
+            yield
         except InvalidRequest:
             self._metrics.observe_error(endpoint, "client_error")
             raise
@@ -188,6 +202,16 @@ class OpenAIServing:
         except Exception:
             self._metrics.observe_error(endpoint, "error")
             raise
+
+    def _record(
+        self,
+        endpoint: str,
+        request: GenerationRequest,
+        result: CascadeResult,
+        route: str | None,
+        started: float,
+    ) -> None:
+        """The answer's metrics and its feedback event."""
         self._metrics.observe(endpoint, result, time.perf_counter() - started, route)
         if self._feedback is not None:
             policy = self._router.policy
@@ -195,7 +219,6 @@ class OpenAIServing:
             # client still gets its answer.
             with contextlib.suppress(SpoolWriteError):
                 self._feedback.record(endpoint, request, result, result.threshold, policy.scorer, route)
-        return result
 
     def _live_requested(self, stream: bool, n: int) -> bool:
         """One streamed answer (``n`` choices stream through the replay path)."""
@@ -215,21 +238,10 @@ class OpenAIServing:
         answer when it ends; the audit offer to run after the response."""
         assert self._streaming is not None
         started = time.perf_counter()
-        route = self._feedback.route_label(request, label) if self._feedback is not None else label
-        if route is not None and request.route != route:
-            request = request.model_copy(update={"route": route})
+        request, route = self._labelled(request, label)
         events = self._streaming.stream(request, force=tier)
-        try:
+        with self._counted_errors(endpoint):
             first = await anext(events)
-        except InvalidRequest:
-            self._metrics.observe_error(endpoint, "client_error")
-            raise
-        except TeacherUnavailable:
-            self._metrics.observe_error(endpoint, "teacher_error")
-            raise
-        except Exception:
-            self._metrics.observe_error(endpoint, "error")
-            raise
         if not isinstance(first, Decided):  # the cascade's contract: a decision before any text
             await events.aclose()
             raise RuntimeError(f"the streaming cascade opened with {type(first).__name__}")
@@ -247,14 +259,9 @@ class OpenAIServing:
 
         def on_end(end: StreamEnd) -> None:
             result = end.result
-            self._metrics.observe(endpoint, result, time.perf_counter() - started, route)
+            self._record(endpoint, routed, result, route, started)
             if end.late_doubt:
                 self._metrics.observe_late_doubt(result.generation.model_version)
-            if self._feedback is not None:
-                with contextlib.suppress(SpoolWriteError):
-                    self._feedback.record(
-                        endpoint, routed, result, result.threshold, self._router.policy.scorer, route
-                    )
             offer = self._issued(response_id, [(routed, result)], label, principal)
             if offer is not None:
                 offers.append(offer)

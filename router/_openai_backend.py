@@ -114,14 +114,8 @@ class OpenAIHTTPBackend:
         path, body = self._request_body(req)
         try:
             resp = await self._client.post(path, json=body)
-        except httpx.TimeoutException as exc:
-            raise TeacherTimeout(f"teacher at {self._client.base_url} timed out") from exc
-        except httpx.TransportError as exc:
-            raise TeacherConnectionError(
-                f"teacher at {self._client.base_url} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
         except httpx.HTTPError as exc:
-            raise TeacherUnavailable(f"teacher at {self._client.base_url} failed: {exc}") from exc
+            raise self._unreachable(exc) from exc
         if resp.status_code != 200:
             raise TeacherHTTPError(
                 f"teacher answered HTTP {resp.status_code}: {resp.text[:300]}", resp.status_code
@@ -224,12 +218,8 @@ class OpenAIHTTPBackend:
                         if piece:
                             pieces.append(piece)
                             yield TokenDelta(piece, -1, sum(chunk_lps))
-        except httpx.TimeoutException as exc:
-            raise TeacherTimeout(f"teacher at {self._client.base_url} timed out") from exc
-        except httpx.TransportError as exc:
-            raise TeacherConnectionError(
-                f"teacher at {self._client.base_url} unreachable: {type(exc).__name__}: {exc}"
-            ) from exc
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise self._unreachable(exc) from exc
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise TeacherUnavailable(f"teacher sent a malformed stream: {exc}") from exc
         yield Generation(
@@ -242,6 +232,16 @@ class OpenAIHTTPBackend:
             model_id=self.model_id,
             model_version=model,
         )
+
+    def _unreachable(self, exc: httpx.HTTPError) -> TeacherUnavailable:
+        """The teacher's error for an HTTP client failure, by kind (a timeout, a connection
+        that could not be made or was dropped, anything else)."""
+        where = self._client.base_url
+        if isinstance(exc, httpx.TimeoutException):
+            return TeacherTimeout(f"teacher at {where} timed out")
+        if isinstance(exc, httpx.TransportError):
+            return TeacherConnectionError(f"teacher at {where} unreachable: {type(exc).__name__}: {exc}")
+        return TeacherUnavailable(f"teacher at {where} failed: {exc}")
 
     async def close(self) -> None:
         await self._client.aclose()

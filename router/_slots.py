@@ -154,16 +154,11 @@ class BackendSlots:
 
     async def generate(self, slot: Slot, requests: Sequence[GenerationRequest]) -> list[Generation]:
         """``slot.backend.generate``, counted and stamped with the slot's calibration."""
-        key = id(slot.backend)
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        key = self._enter(slot)
         try:
             gens = await slot.backend.generate(requests)
         finally:
-            self._in_flight[key] -= 1
-            if not self._in_flight[key]:
-                del self._in_flight[key]
-            async with self._idle:
-                self._idle.notify_all()
+            await self._leave(key)
         return slot.stamp(requests, gens, self.threshold_override, canary=slot is self.canary)
 
     async def stream(
@@ -174,8 +169,7 @@ class BackendSlots:
         stream answers whole and its tokens follow at once: the same items, no earlier.
         Counted in flight like ``generate``, so a swap never closes an engine mid-stream;
         closing the stream (the consumer is gone, or escalated) cancels the generation."""
-        key = id(slot.backend)
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        key = self._enter(slot)
         canary = slot is self.canary
         try:
             yield slot.head(request, self.threshold_override, canary=canary)
@@ -196,11 +190,20 @@ class BackendSlots:
                 raise RuntimeError(f"{slot.backend.version}'s stream ended without its answer")
             yield slot.stamp([request], [whole], self.threshold_override, canary=canary)[0]
         finally:
-            self._in_flight[key] -= 1
-            if not self._in_flight[key]:
-                del self._in_flight[key]
-            async with self._idle:
-                self._idle.notify_all()
+            await self._leave(key)
+
+    def _enter(self, slot: Slot) -> int:
+        """Counts a call on ``slot``'s backend in flight (a retirement waits for it)."""
+        key = id(slot.backend)
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        return key
+
+    async def _leave(self, key: int) -> None:
+        self._in_flight[key] -= 1
+        if not self._in_flight[key]:
+            del self._in_flight[key]
+        async with self._idle:
+            self._idle.notify_all()
 
     async def apply(
         self,
