@@ -31,6 +31,7 @@ class FaultProxy:
         self.mode: Mode = "pass"
         self.delay_s = 0.0
         self.connections = 0
+        self.held = 0  # chunks held by ``delay`` right now: requests on the wire
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -97,7 +98,11 @@ class FaultProxy:
                 if not chunk:
                     break
                 if delayed and self.mode == "delay":
-                    await asyncio.sleep(self.delay_s)
+                    self.held += 1
+                    try:
+                        await asyncio.sleep(self.delay_s)
+                    finally:
+                        self.held -= 1
                 if self.mode == "refuse":
                     break
                 dst.write(chunk)

@@ -461,9 +461,17 @@ def test_teacher_replica_killed_under_load(chaos):
     retries0 = chaos.metric("distillery_teacher_retries_total")
     dead0 = chaos.metric("distillery_teacher_errors_total", {"reason": "replica_unavailable"})
     items = prompts(TEACHER_SKILLS, 60, seed=14)
-    with Background(chaos.url, items, concurrency=6, client_timeout_s=CLIENT_BOUND_S) as bg:
-        bg.wait_done(15)
-        killed = _kill_replica("distillery", "teacher")
+    # The teacher's link holds each request for a while (within the timeout), so the kill
+    # lands while calls are certainly in flight on the replica, not between two fast ones.
+    chaos.proxy.set_mode("delay", delay_s=TEACHER_TIMEOUT_S / 5)
+    try:
+        with Background(chaos.url, items, concurrency=6, client_timeout_s=CLIENT_BOUND_S) as bg:
+            bg.wait_done(10)
+            assert _wait(lambda: chaos.proxy.held > 0, 30, every_s=0.05), "no teacher call on the wire"
+            killed = _kill_replica("distillery", "teacher")
+            chaos.proxy.set_mode("pass")
+    finally:
+        chaos.proxy.set_mode("pass")
     tries = _until_teacher_answers(chaos, timeout_s=90)
     dead = chaos.metric("distillery_teacher_errors_total", {"reason": "replica_unavailable"}) - dead0
     retries = chaos.metric("distillery_teacher_retries_total") - retries0
