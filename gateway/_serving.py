@@ -2,8 +2,12 @@
 
 Routes call one method here and map what comes back (a response model or a stream) to
 HTTP; errors are raised as Distillery errors and mapped in one place (``gateway.errors``).
-Streaming note: the cascade must see the student's whole answer to score it, so the
-chosen answer is generated first and then streamed token by token.
+Streaming: with ``server.stream_mode: live`` a streamed answer goes through the streaming
+cascade (``router._streaming``): the student's tokens flow once its commit rule decides,
+an escalation relays the teacher as it writes. A whole (non-streamed) text answer is
+decided the same way, so an escalation cancels the student at its commit point instead of
+waiting for its whole answer. With ``replay`` the whole cascade runs first and its answer
+is cut into chunks.
 
 Live quality: every answer is recorded in the ledger before its response leaves (so it
 can be rated by ``POST /v1/feedback`` at once); the shadow audit is offered only once the
@@ -19,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from feedback import SpoolWriteError
@@ -58,6 +62,7 @@ from router import (
     Generation,
     GenerationRequest,
     ShadowAuditor,
+    StreamBroken,
     StreamEnd,
     StreamingCascade,
     Tier,
@@ -157,6 +162,7 @@ class OpenAIServing:
             scorer=policy.scorer,
             model_version=result.generation.model_version,
             low_confidence=result.low_confidence,
+            decided_at_tokens=result.decided_at_tokens,
         )
 
     @staticmethod
@@ -170,14 +176,42 @@ class OpenAIServing:
         }
 
     async def _route(
-        self, endpoint: str, request: GenerationRequest, tier: Tier | None, label: str | None = None
+        self,
+        endpoint: str,
+        request: GenerationRequest,
+        tier: Tier | None,
+        label: str | None = None,
+        *,
+        early: bool = False,
     ) -> CascadeResult:
+        """One whole answer. ``early``: a text answer the cascade may decide on its
+        student's prefix (live mode), so an escalation does not wait for the whole
+        student answer; the request's logprobs are not asked for."""
         started = time.perf_counter()
         request, route = self._labelled(request, label)
         with self._counted_errors(endpoint):
-            result = await self._router.route(request, force=tier)
+            if early and tier is None and self._streaming is not None and request.output_kind == "text":
+                result = await self._decided_early(request, self._streaming)
+            else:
+                result = await self._router.route(request, force=tier)
         self._record(endpoint, request, result, route, started)
         return result
+
+    async def _decided_early(self, request: GenerationRequest, streaming: StreamingCascade) -> CascadeResult:
+        """The streaming cascade, drained: the same decision a streamed request gets."""
+        try:
+            async with contextlib.aclosing(streaming.stream(request)) as events:
+                async for event in events:
+                    if isinstance(event, StreamEnd):
+                        if event.late_doubt:
+                            self._metrics.observe_late_doubt(event.result.generation.model_version)
+                        return replace(event.result, decided_at_tokens=event.decided_at)
+        except StreamBroken as broken:
+            # A tier failed after its first piece. Nothing has reached this client, so the
+            # whole-answer cascade answers it, with its fallbacks (the failure is counted).
+            logger.warning("%s; answering through the whole-answer cascade", broken)
+            return await self._router.route(request)
+        raise RuntimeError("the streaming cascade ended without its answer")
 
     def _labelled(
         self, request: GenerationRequest, label: str | None
@@ -403,7 +437,10 @@ class OpenAIServing:
                 live, request_id, req.model, info, whole_text, usage_of
             )
             return Served(None, stream, self._headers([info]), after_live)
-        results = await asyncio.gather(*(self._route("completions", g, tier, label) for g in gen_reqs))
+        early = not req.stream and req.logprobs is None
+        results = await asyncio.gather(
+            *(self._route("completions", g, tier, label, early=early) for g in gen_reqs)
+        )
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
@@ -527,7 +564,8 @@ class OpenAIServing:
             usage_of = (lambda end: self._usage([end.result], shared_prompt=True)) if include_usage else None
             stream: AsyncIterator[str] = chat_sse(live, request_id, req.model, info, whole_message, usage_of)
             return Served(None, stream, self._headers([info]), after_live)
-        results = await asyncio.gather(*(self._route("chat", g, tier, label) for g in gen_reqs))
+        early = not req.stream and not req.logprobs
+        results = await asyncio.gather(*(self._route("chat", g, tier, label, early=early) for g in gen_reqs))
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)

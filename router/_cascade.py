@@ -59,6 +59,9 @@ class CascadeResult:
     threshold: float = 0.0
     """The threshold this request was judged against (0.0 when no student decision)."""
     output_kind: OutputKind = "text"
+    decided_at_tokens: int | None = None
+    """Student tokens seen when a commit rule decided (``router._streaming``; ``None``:
+    judged on the whole answer)."""
 
     @property
     def student_answer(self) -> Generation | None:

@@ -162,3 +162,47 @@ async def test_a_client_gone_mid_stream_is_counted_once_as_cancelled_and_a_finis
     lines = chat_sse(live, "id", "distillery", routing_of(live.decided, "mean_logprob"), lambda end: [], None)
     sent = [line async for line in lines]
     assert sent[-1] == "data: [DONE]\n\n" and len(ends) == 1 and breaks == []
+
+
+# ---- whole (non-streamed) answers decided on the student's prefix -------------------------
+WHOLE = {**CHAT, "stream": False}
+
+
+def test_a_whole_answer_that_escalates_on_its_prefix_stops_the_student_there():
+    student = FakeStreamingStudent(UNSURE, commit_tokens=1, commit_bar=0.9)
+    client, metrics = _client(student, FakeStreamingTeacher(TEACHER))
+    resp = client.post("/v1/chat/completions", json=WHOLE)
+    assert resp.status_code == 200 and resp.headers["x-distillery-tier"] == "teacher"
+    body = resp.json()
+    assert body["choices"][0]["message"]["content"] == "The order number is 4818."
+    assert body["distillery"]["escalated"] and body["distillery"]["decided_at_tokens"] == 1
+    # The student's generation was cancelled at its commit point, not run to the end.
+    assert student.closed and not student.finished and student.produced == 1
+    assert 'distillery_escalations_total{reason="low_confidence"} 1.0' in metrics.render().decode()
+
+
+def test_a_whole_answer_committed_on_its_prefix_is_the_students_whole_answer():
+    student = FakeStreamingStudent(SURE, commit_tokens=2, commit_bar=0.9)
+    teacher = FakeStreamingTeacher(TEACHER)
+    client, _ = _client(student, teacher)
+    resp = client.post("/v1/completions", json={"model": "distillery", "prompt": "order number?"})
+    assert resp.status_code == 200 and resp.headers["x-distillery-tier"] == "student"
+    assert resp.json()["choices"][0]["text"] == "The order number is 4818."
+    assert student.finished and teacher.calls == 0
+
+
+def test_a_teacher_breaking_mid_answer_on_a_whole_request_is_answered_by_the_whole_cascade():
+    student = FakeStreamingStudent(UNSURE, commit_tokens=1, commit_bar=0.9)
+    client, metrics = _client(student, FakeStreamingTeacher(TEACHER, fail_after=1))
+    resp = client.post("/v1/chat/completions", json=WHOLE)
+    # Nothing had reached this client: no broken answer, the whole-answer path answered.
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "unused"
+    assert "teacher_error" not in metrics.render().decode().split("distillery_requests_total")[1][:400]
+
+
+def test_a_whole_request_asking_for_logprobs_takes_the_whole_answer_path():
+    student = FakeStreamingStudent(SURE, commit_tokens=2, commit_bar=0.9)
+    client, _ = _client(student, FakeStreamingTeacher(TEACHER))
+    resp = client.post("/v1/chat/completions", json={**WHOLE, "logprobs": True})
+    assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "unused"
+    assert student.produced == 0
