@@ -106,6 +106,37 @@ class VLLMServer(ServedProcess):
         return httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200
 
 
+def gateway_env(var: Path, models_dir: Path, *, before: bool, placement: str) -> dict[str, str]:
+    """``distillery run``'s environment for a benchmark: its own var and models, vLLM for
+    the student, ``before``: the previous default (no fast path), HAProxy's ports free."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "RAY_"))}
+    env.update(
+        {
+            "DISTILLERY_VAR_DIR": str(var),
+            "DISTILLERY_MODELS_DIR": str(models_dir),
+            "DISTILLERY_STUDENT__KIND": "vllm",
+            "DISTILLERY_STUDENT_PLACEMENT": placement,
+            "DISTILLERY_SERVER__FAST_PATH": "0" if before else "1",
+            "DISTILLERY_SERVER__HAPROXY_METRICS_PORT": str(free_port()),
+            "DISTILLERY_SERVER__HAPROXY_STATS_PORT": str(free_port()),
+        }
+    )
+    return env
+
+
+def two_free_ports() -> int:
+    """A free port whose successor is free too (``distillery run`` binds both)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
 def machine_info() -> dict[str, Any]:
     mem_gib = None
     try:

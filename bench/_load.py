@@ -11,6 +11,12 @@ lighter than httpx, which matters when it shares two cores with the server.
 OUT_JSON receives per-request latencies (seconds, in completion order), status codes, the
 ``x-distillery-tier`` header of each answer, the completion tokens of the measured answers
 and the wall time of the measured phase.
+
+``stream: true`` sends streamed requests and reads their SSE: ``ttfts_s`` holds each
+measured request's time to its first non-empty text (what a reader of the stream sees
+first). ``keep: true`` adds ``records``: per measured request (by index into the prompts),
+its status, tier, text, time to first text and latency, for comparing answers across
+servers. ``extra``: fields added to every request body.
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
     tiers: dict[str, int] = {}
     counter = iter(range(total))
     started: list[float] = []
+    stream = bool(spec.get("stream"))
+    keep = bool(spec.get("keep"))
+    extra: dict[str, Any] = spec.get("extra") or {}
+    ttfts: list[float] = []
+    records: list[dict[str, Any]] = []
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -48,23 +59,56 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
             for i in counter:
                 if i == warmup:
                     started.append(time.perf_counter())
-                body: dict[str, Any] = {"model": spec["model"], "max_tokens": spec["max_tokens"]}
+                body: dict[str, Any] = {"model": spec["model"], "max_tokens": spec["max_tokens"], **extra}
+                n_items = len(conversations) or len(prompts)
                 if conversations:
-                    body["messages"] = conversations[i % len(conversations)]
+                    body["messages"] = conversations[i % n_items]
                 else:
-                    body["prompt"] = prompts[i % len(prompts)]
+                    body["prompt"] = prompts[i % n_items]
+                if stream:
+                    body["stream"] = True
+                    body["stream_options"] = {"include_usage": True}
                 t0 = time.perf_counter()
+                first: float | None = None
+                text = ""
+                used = 0
                 async with session.post(url, json=body) as resp:
-                    raw = await resp.read()
                     status = resp.status
                     tier = resp.headers.get("x-distillery-tier", "")
+                    if stream and status == 200:
+                        async for line in resp.content:
+                            piece, usage, done = _sse_piece(line)
+                            if done:
+                                break
+                            if piece and first is None:
+                                first = time.perf_counter() - t0
+                            text += piece
+                            used = usage or used
+                    else:
+                        raw = await resp.read()
+                        if status == 200:
+                            answer = json.loads(raw)
+                            used = int(answer.get("usage", {}).get("completion_tokens", 0))
+                            text = _answer_text(answer)
                 elapsed = time.perf_counter() - t0
                 if i >= warmup:
-                    if status == 200:
-                        tokens += int(json.loads(raw).get("usage", {}).get("completion_tokens", 0))
+                    tokens += used
                     latencies.append(elapsed)
+                    if first is not None:
+                        ttfts.append(first)
                     statuses[str(status)] = statuses.get(str(status), 0) + 1
                     tiers[tier] = tiers.get(tier, 0) + 1
+                    if keep:
+                        records.append(
+                            {
+                                "index": (i - warmup) % n_items,
+                                "status": status,
+                                "tier": tier,
+                                "text": text,
+                                "ttft_s": first,
+                                "latency_s": elapsed,
+                            }
+                        )
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - (started[0] if started else time.perf_counter())
@@ -75,7 +119,33 @@ async def _run(spec: dict[str, Any]) -> dict[str, Any]:
         "wall_s": wall,
         "completion_tokens": tokens,
         "cpu_s": time.process_time(),  # this process's own CPU (warm-up included)
+        "ttfts_s": ttfts,
+        "records": records,
     }
+
+
+def _sse_piece(line: bytes) -> tuple[str, int, bool]:
+    """One SSE line: its text (chat delta content or completion text), the usage's
+    completion tokens when it carries them, and whether it is ``[DONE]``."""
+    data = line.decode().strip()
+    if not data.startswith("data:"):
+        return "", 0, False
+    data = data[5:].strip()
+    if data == "[DONE]":
+        return "", 0, True
+    chunk = json.loads(data)
+    used = int((chunk.get("usage") or {}).get("completion_tokens", 0))
+    text = ""
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta")
+        text += (delta.get("content") or "") if delta is not None else (choice.get("text") or "")
+    return text, used, False
+
+
+def _answer_text(answer: dict[str, Any]) -> str:
+    choice = (answer.get("choices") or [{}])[0]
+    message = choice.get("message")
+    return str((message.get("content") or "") if message is not None else (choice.get("text") or ""))
 
 
 def main(argv: list[str]) -> int:

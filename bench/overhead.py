@@ -44,7 +44,17 @@ from typing import Any
 
 import httpx
 
-from bench._common import REPO, RESULTS, ServedProcess, VLLMServer, free_port, percentile, write_result
+from bench._common import (
+    REPO,
+    RESULTS,
+    ServedProcess,
+    VLLMServer,
+    free_port,
+    gateway_env,
+    percentile,
+    two_free_ports,
+    write_result,
+)
 
 NAME = "overhead"
 TARGETS: dict[str, str] = {  # run order: (a) and (c) next to each other
@@ -62,22 +72,6 @@ REAL_REQUESTS = {1: 40, 16: 160, 64: 256}  # ~3 / 15 / 19 req/s on 2 cores: ~15 
 
 
 # ---- servers ---------------------------------------------------------------------------
-def _distillery_env(var: Path, models_dir: Path, *, before: bool, placement: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_", "RAY_"))}
-    env.update(
-        {
-            "DISTILLERY_VAR_DIR": str(var),
-            "DISTILLERY_MODELS_DIR": str(models_dir),
-            "DISTILLERY_STUDENT__KIND": "vllm",
-            "DISTILLERY_STUDENT_PLACEMENT": placement,
-            "DISTILLERY_SERVER__FAST_PATH": "0" if before else "1",
-            "DISTILLERY_SERVER__HAPROXY_METRICS_PORT": str(free_port()),
-            "DISTILLERY_SERVER__HAPROXY_STATS_PORT": str(free_port()),
-        }
-    )
-    return env
-
-
 def _start(target: str, models_dir: Path, var: Path, logs: Path, preset: str) -> tuple[ServedProcess, str]:
     """Starts ``target`` (its log under ``logs``); returns it and its base URL."""
     student = models_dir / "student"
@@ -87,7 +81,7 @@ def _start(target: str, models_dir: Path, var: Path, logs: Path, preset: str) ->
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     if target == "bare":
-        env = _distillery_env(var, models_dir, before=False, placement="deployment")
+        env = gateway_env(var, models_dir, before=False, placement="deployment")
         argv = [sys.executable, "-m", "bench.overhead", "--serve-bare", str(port)]
 
         def bare_ready() -> bool:
@@ -95,34 +89,19 @@ def _start(target: str, models_dir: Path, var: Path, logs: Path, preset: str) ->
             return httpx.post(f"{url}/v1/completions", json=body, timeout=5).status_code == 200
 
         return ServedProcess(argv, env, logs / "bare.log", bare_ready), url
-    env = _distillery_env(
+    env = gateway_env(
         var,
         models_dir,
         before=target == "gateway_before",
         placement="ingress" if target == "gateway" else "deployment",
     )
     argv = [sys.executable, "-m", "distillery.cli", "--preset", preset, "run", "--port", str(port)]
-    argv += ["--metrics-port", str(_two_free_ports())]  # the consumer's, and the loop's next to it
+    argv += ["--metrics-port", str(two_free_ports())]  # the consumer's, and the loop's next to it
 
     def gateway_ready() -> bool:
         return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
 
     return ServedProcess(argv, env, logs / f"{target}.log", gateway_ready), url
-
-
-def _two_free_ports() -> int:
-    """A free port whose successor is free too (``distillery run`` binds both)."""
-    import socket
-
-    for _ in range(100):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 class BareIngress:
