@@ -30,6 +30,7 @@ os.environ.setdefault("DISTILLERY_STUDENT__KIND", "transformers")
 # ``run()`` writes ``bench/results/<name>.json``) and a rendering one ``bench.report.<name>``.
 BENCHMARKS: list[str] = [
     "overhead",
+    "streaming",
     "loop",
     "feedback_throughput",
     "vllm_vs_transformers",

@@ -48,7 +48,6 @@ from bench._common import (
     VLLMServer,
     free_port,
     gateway_env,
-    machine_info,
     percentile,
     two_free_ports,
     write_result,
@@ -378,7 +377,6 @@ def run(argv: list[str] | None = None) -> None:
             summary.setdefault(key.removeprefix("demo_"), summary[key])
     result = {
         "benchmark": NAME,
-        "machine": machine_info(),
         "targets_legend": TARGETS,
         "stream_sizes": STREAM_SIZES,
         "suites": suites,

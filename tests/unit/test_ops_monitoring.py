@@ -118,6 +118,10 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "audit drops": "distillery_audits_dropped_total",
         "audit cost": "distillery_audit_cost_total",
         "ratings": "distillery_feedback_ratings_total",
+        "time to first token": "distillery_stream_time_to_first_token_seconds_bucket",
+        "inter-token latency": "distillery_stream_inter_token_latency_seconds_bucket",
+        "time to decision": "distillery_stream_time_to_decision_seconds_bucket",
+        "late doubts": "distillery_late_doubts_total",
     }
     for what, metric in wanted.items():
         assert metric in names, f"no panel for {what}"
