@@ -36,6 +36,7 @@ from retrain.config import GateConfig
 from router import (
     AgreementMetric,
     Backend,
+    CommitPoint,
     CommitSample,
     Generation,
     GenerationRequest,
@@ -243,6 +244,8 @@ class GateReport:
 class CommitChoice:
     record: CommitRecord | None
     why: str
+    points: list[CommitPoint] = field(default_factory=list)
+    """Every candidate point at its cheapest bar: what deciding there would do."""
 
 
 def commit_points(
@@ -274,7 +277,7 @@ def commit_points(
         if chosen is not None
         else None
     )
-    return {"text": CommitChoice(record, cal.why)}
+    return {"text": CommitChoice(record, cal.why, list(cal.points))}
 
 
 def _answers(

@@ -8,7 +8,7 @@ from router._batching import generate_prompts, generate_requests
 from router._calibration import CalibrationPoint, calibration_curve, pick_threshold
 from router._cascade import CascadeResult, CascadeRouter, GenerationClient, Tier
 from router._contract import AnswerCheck, answer_agrees, check_answer, decoding_schema, structural_agreement
-from router._early import CommitRule, CommitSample, EarlyDecider, calibrate_commit
+from router._early import CommitPoint, CommitRule, CommitSample, EarlyDecider, calibrate_commit
 from router._factory import build_backend
 from router._openai_backend import OpenAIHTTPBackend
 from router._policy import Decision, ThresholdPolicy
@@ -47,6 +47,7 @@ from router.pricing import PricingConfig, RequestCost, TierPrice
 __all__ = [
     "Chunk",
     "Decided",
+    "CommitPoint",
     "CommitRule",
     "CommitSample",
     "EarlyDecider",

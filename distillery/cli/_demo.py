@@ -88,6 +88,15 @@ def print_calibration(report: Any) -> None:
         f"served agreement {report.agreement:.1%} (target {report.target})"
     )
     for kind, choice in report.commit.items():
+        if choice.points:
+            print(f"commit points for {kind} answers (each at its cheapest bar that keeps served agreement):")
+            head = ("tokens", "bar", "escalation", "agreement", "differ", "decided")
+            print("  " + " ".join(f"{h:>{w}}" for h, w in zip(head, (6, 8, 10, 10, 7, 8), strict=True)))
+            for c in choice.points:
+                print(
+                    f"  {c.commit_tokens:>6} {c.bar:>8.4f} {c.escalation_rate:>10.1%} {c.agreement:>10.1%}"
+                    f" {c.flips:>7.1%} {c.decided_early:>8.1%}"
+                )
         print(f"streamed {kind} answers: {choice.why}")
     if report.path is not None:
         print(f"written to {report.path}")

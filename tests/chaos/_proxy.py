@@ -3,7 +3,9 @@
 Modes: ``pass`` (forward bytes both ways), ``refuse`` (stop listening and cut every open
 connection: clients see connection refused / reset), ``delay`` (hold every chunk the
 client sends for ``delay_s`` before forwarding it: each request on a keep-alive connection
-waits). It runs its own event loop in a daemon thread; ``set_mode`` is thread-safe.
+waits), ``cut`` (forward the server's answer up to the end of its ``cut_events``-th SSE
+event, then cut the connection: a stream that breaks mid-answer). It runs its own event
+loop in a daemon thread; ``set_mode`` is thread-safe.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import socket
 import threading
 from typing import Literal
 
-Mode = Literal["pass", "refuse", "delay"]
+Mode = Literal["pass", "refuse", "delay", "cut"]
 
 
 def _free_port() -> int:
@@ -32,6 +34,8 @@ class FaultProxy:
         self.delay_s = 0.0
         self.connections = 0
         self.held = 0  # chunks held by ``delay`` right now: requests on the wire
+        self.cut_events = 2
+        self.cuts = 0  # answers cut by ``cut``
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -47,7 +51,8 @@ class FaultProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
-    def set_mode(self, mode: Mode, delay_s: float = 0.0) -> None:
+    def set_mode(self, mode: Mode, delay_s: float = 0.0, cut_events: int = 2) -> None:
+        self.cut_events = cut_events
         self._call(self._apply(mode, delay_s))
 
     def _call(self, coro: object) -> None:
@@ -92,11 +97,20 @@ class FaultProxy:
                 w.transport.abort()
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, delayed: bool) -> None:
+        events = 0  # SSE events forwarded on this connection (``cut``)
         with contextlib.suppress(OSError, asyncio.IncompleteReadError, RuntimeError):
             while True:
                 chunk = await src.read(65536)
                 if not chunk:
                     break
+                if not delayed and self.mode == "cut":
+                    chunk, events, cut = _until_event(chunk, events, self.cut_events)
+                    if cut:
+                        dst.write(chunk)
+                        await dst.drain()
+                        self.cuts += 1
+                        dst.transport.abort()
+                        return
                 if delayed and self.mode == "delay":
                     self.held += 1
                     try:
@@ -111,6 +125,21 @@ class FaultProxy:
             dst.transport.abort()
         else:
             _half_close(dst)
+
+
+def _until_event(chunk: bytes, seen: int, limit: int) -> tuple[bytes, int, bool]:
+    """``chunk`` up to the end of the ``limit``-th SSE event (``seen`` before it), the
+    count after it, and whether the limit was reached (the rest is to be cut)."""
+    at = 0
+    while (start := chunk.find(b"data: ", at)) >= 0:
+        end = chunk.find(b"\n\n", start)
+        if end < 0:
+            break
+        seen += 1
+        at = end + 2
+        if seen >= limit:
+            return chunk[:at], seen, True
+    return chunk, seen, False
 
 
 def _half_close(w: asyncio.StreamWriter) -> None:

@@ -16,6 +16,7 @@ after recovery. Each scenario prints one ``CHAOS | ...`` count line (docs/fault-
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -535,3 +536,51 @@ def test_consumer_killed_mid_stream_then_every_event_redelivered_stores_each_esc
     )
     assert Counter(after) == Counter(rows), "a redelivered event was written again"
     assert duplicates == consumed  # every delivery was a repeat, and the consumer knew it
+
+
+# ---- 7. the teacher's link cut mid-answer under a live stream --------------------------------
+def test_a_teacher_cut_mid_stream_ends_a_live_stream_with_an_error_event(chaos):
+    """A live stream (``stream_mode: live``) relays the OpenAI-compatible teacher's own
+    stream; the link is cut after its first content event. What reached the client
+    stands, and the stream ends with an error event that says so, then ``[DONE]``: no
+    hang, no 500, no silent truncation."""
+    from ray import serve
+
+    from gateway.app import build_app
+
+    s = chaos.settings
+    live = s.model_copy(
+        update={
+            "server": s.server.model_copy(update={"stream_mode": "live"}),
+            "feedback": s.feedback.model_copy(update={"enabled": False}),
+        }
+    )
+    serve.run(build_app(live), name="distillery-live", route_prefix="/live")
+    url = f"{chaos.url}/live/v1/completions"
+    [(prompt, _)] = prompts(TEACHER_SKILLS, 1, seed=21)
+    body = {"model": "distillery-teacher", "prompt": prompt, "max_tokens": 16}
+    try:
+        whole = httpx.post(url, json=body, timeout=60)
+        assert whole.status_code == 200, whole.text
+        full = whole.json()["choices"][0]["text"]
+        cuts0 = chaos.proxy.cuts
+        chaos.proxy.set_mode("cut", cut_events=2)  # the role event, then the first content event
+        with httpx.stream("POST", url, json={**body, "stream": True}, timeout=CLIENT_BOUND_S) as resp:
+            status = resp.status_code
+            lines = [line for line in resp.iter_lines() if line]
+        chaos.proxy.set_mode("pass")
+        metrics = httpx.get(f"{chaos.url}/live/metrics", timeout=10).text
+    finally:
+        chaos.proxy.set_mode("pass")
+        serve.delete("distillery-live")
+    assert chaos.proxy.cuts > cuts0, "the link was not cut"
+    assert status == 200 and lines[-1] == "data: [DONE]", lines[-3:]
+    events = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    error = events[-1].get("error")
+    assert error is not None and error["code"] == "teacher_failed", events[-1]
+    assert "incomplete" in error["message"] and "Traceback" not in json.dumps(error)
+    sent = "".join(c["choices"][0]["text"] for c in events[:-1] if c.get("choices"))
+    print(f"\nteacher's whole answer {full!r}; relayed before the cut {sent!r}")
+    assert sent and full.startswith(sent) and sent != full  # a true prefix: it broke mid-answer
+    # Counted against the teacher, once, on the app that served it.
+    assert _sample(metrics, "distillery_requests_total", {"outcome": "teacher_error", "tier": "none"}) == 1

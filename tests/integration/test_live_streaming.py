@@ -145,17 +145,23 @@ def test_the_openai_sdk_and_langchain_read_the_live_stream_unchanged(live_app):
     assert "".join(llm.stream(PROMPT)) == answer
 
 
-def test_an_escalated_stream_carries_the_teacher_and_cancels_the_student(live_app, tmp_path):
-    v2 = live_app.registry.register(
-        _with_commit(live_app.registry.get("student-live-v1").path, tmp_path / "escalates", 1.000001),
-        "student-live-v2",
-        {"parent": "student-live-v1"},
-    )
-    live_app.registry.promote(v2.version, reason="live streaming test: every prefix escalates")
+def _on_escalating_v2(app: LiveApp, tmp: Path) -> None:
+    """v2 (every prefix escalates) serving: registered, promoted and swapped in, once."""
+    if "student-live-v2" not in {v.version for v in app.registry.versions()}:
+        v2 = app.registry.register(
+            _with_commit(app.registry.get("student-live-v1").path, tmp / "escalates", 1.000001),
+            "student-live-v2",
+            {"parent": "student-live-v1"},
+        )
+        app.registry.promote(v2.version, reason="live streaming test: every prefix escalates")
     deadline = time.monotonic() + 180
-    while live_app.student_info()["version"] != "student-live-v2":
+    while app.student_info()["version"] != "student-live-v2":
         assert time.monotonic() < deadline, "the student did not swap to v2"
         time.sleep(1)
+
+
+def test_an_escalated_stream_carries_the_teacher_and_cancels_the_student(live_app, tmp_path):
+    _on_escalating_v2(live_app, tmp_path)
     whole_student = _whole(live_app, "distillery-student")["usage"]["completion_tokens"]
     teacher = _whole(live_app, "distillery-teacher")["choices"][0]["text"]
     before = live_app.generated()
@@ -166,5 +172,22 @@ def test_an_escalated_stream_carries_the_teacher_and_cancels_the_student(live_ap
     assert _text(chunks) == teacher
     # Cancelled at its decision: the engine stopped well short of the whole answer.
     print(f"\nescalated at 2 tokens: the student's engine wrote {generated} of {whole_student}")
+    assert generated < whole_student
+    assert live_app.student_info()["backends_in_flight"] == 0
+
+
+def test_a_whole_request_that_escalates_early_stops_the_student_at_its_commit_point(live_app, tmp_path):
+    """Non-streamed requests decide on the prefix too (``stream_mode: live``): an escalated
+    one no longer waits for the student's whole answer."""
+    _on_escalating_v2(live_app, tmp_path)
+    whole_student = _whole(live_app, "distillery-student")["usage"]["completion_tokens"]
+    teacher = _whole(live_app, "distillery-teacher")["choices"][0]["text"]
+    before = live_app.generated()
+    body = _whole(live_app, "distillery")
+    generated = live_app.generated() - before
+    assert body["choices"][0]["text"] == teacher
+    routing = body["distillery"][0]
+    assert routing["tier"] == "teacher" and routing["escalated"] and routing["decided_at_tokens"] == 2
+    print(f"\nwhole request escalated at 2 tokens: the student's engine wrote {generated} of {whole_student}")
     assert generated < whole_student
     assert live_app.student_info()["backends_in_flight"] == 0
