@@ -200,7 +200,7 @@ class OpenAIServing:
     async def _decided_early(self, request: GenerationRequest, streaming: StreamingCascade) -> CascadeResult:
         """The streaming cascade, drained: the same decision a streamed request gets."""
         try:
-            async with contextlib.aclosing(streaming.stream(request)) as events:
+            async with contextlib.aclosing(streaming.stream(request, whole=True)) as events:
                 async for event in events:
                     if isinstance(event, StreamEnd):
                         if event.late_doubt:

@@ -133,7 +133,7 @@ class CascadeRouter:
 
     async def _route(self, request: GenerationRequest, force: Tier | None) -> CascadeResult:
         if force == "teacher":
-            gen, t_lat = await self._call_teacher(request)
+            gen, t_lat = await self.call_teacher(request)
             return CascadeResult(gen, "teacher", None, False, False, None, 0.0, t_lat, "ok")
         started = time.perf_counter()
         try:
@@ -151,7 +151,7 @@ class CascadeRouter:
             if force == "student":  # asked for by name: nothing to fall back on
                 raise StudentUnavailable(why) from exc
             logger.warning("%s; escalating to the teacher", why)
-            gen, t_lat = await self._call_teacher(request)
+            gen, t_lat = await self.call_teacher(request)
             s_lat = time.perf_counter() - started - t_lat
             return CascadeResult(gen, "teacher", None, True, False, None, s_lat, t_lat, "student_failed")
         s_lat = time.perf_counter() - started
@@ -169,7 +169,7 @@ class CascadeRouter:
                 student, "student", decision, False, False, None, s_lat, 0.0, "ok", policy.threshold
             )
         try:
-            gen, t_lat = await self._call_teacher(request)
+            gen, t_lat = await self.call_teacher(request)
         except TeacherUnavailable:
             if self._config.teacher_failure_policy != "serve_student" or decision.invalid is not None:
                 raise
@@ -209,7 +209,10 @@ class CascadeRouter:
             else ThresholdPolicy(self.policy.scorer, threshold)
         )
 
-    async def _call_teacher(self, request: GenerationRequest) -> tuple[Generation, float]:
+    async def call_teacher(self, request: GenerationRequest) -> tuple[Generation, float]:
+        """The teacher's whole answer under its failure policy (deadline, retries, the
+        breaker), and how long it took."""
+
         async def attempt(left_s: float) -> Generation:
             return await asyncio.wait_for(self._teacher.generate(request), timeout=left_s)
 

@@ -137,11 +137,16 @@ class StreamingCascade:
         self._teacher = teacher
 
     async def stream(
-        self, request: GenerationRequest, force: Tier | None = None
+        self, request: GenerationRequest, force: Tier | None = None, *, whole: bool = False
     ) -> AsyncGenerator[Chunk | Decided | StreamEnd, None]:
+        """``whole``: the client wants the whole answer (nothing is streamed to it), so an
+        escalation asks the teacher for its whole answer instead of relaying its stream
+        (a stream's per-piece hops buy nothing there); the student is still decided on
+        its prefix and cancelled at its commit point."""
         kind = request.output_kind
+        teacher = self._teacher_whole if whole else self._relay_teacher
         if force == "teacher":
-            async with aclosing(self._relay_teacher(request, None, None, 0.0, None, 0.0)) as items:
+            async with aclosing(teacher(request, None, None, 0.0, None, 0.0)) as items:
                 async for item in items:
                     yield item
             return
@@ -157,7 +162,7 @@ class StreamingCascade:
                 raise StudentUnavailable(
                     f"the student failed: {type(exc).__name__}: {str(exc)[:200]}"
                 ) from exc
-            relay = self._relay_teacher(request, None, None, run.latency_s, "student_failed", 0.0)
+            relay = teacher(request, None, None, run.latency_s, "student_failed", 0.0)
             async with aclosing(relay) as items:
                 async for item in items:
                     yield item
@@ -181,7 +186,7 @@ class StreamingCascade:
             assert run.decider is not None and run.decider.prefix_confidence is not None
             rule = run.decider.rule
             decision = self._decision(rule.scorer, rule.threshold, run.decider.logprobs, True)
-            relay = self._relay_teacher(
+            relay = teacher(
                 request, decision, None, run.latency_s, "ok", rule.threshold, decided_at=rule.commit_tokens
             )
             async with aclosing(relay) as items:
@@ -217,7 +222,7 @@ class StreamingCascade:
             )
             yield StreamEnd(result, None)
             return
-        relay = self._relay_teacher(request, decision, final, run.latency_s, "ok", policy.threshold)
+        relay = teacher(request, decision, final, run.latency_s, "ok", policy.threshold)
         async with aclosing(relay) as items:
             async for item in items:
                 yield item
@@ -314,7 +319,6 @@ class StreamingCascade:
         """The teacher's stream; ``outcome`` None: asked for by name (not an escalation)."""
         kind = request.output_kind
         escalated = outcome is not None
-        student_failed = outcome == "student_failed"
 
         async def first_piece(left_s: float) -> tuple[AsyncGenerator[TierItem, None], TierItem, str]:
             """The teacher's stream up to its first token (or its whole answer): a
@@ -338,20 +342,13 @@ class StreamingCascade:
             (pieces, first, version), permit, _ = await self._router.teacher_attempts(
                 first_piece, settle=False
             )
-        except TeacherUnavailable:
-            policy = self._router._config.teacher_failure_policy
-            invalid = decision is not None and decision.invalid is not None
-            if not escalated or student_failed or policy != "serve_student" or invalid:
-                raise
-            fallback = student or await self._student.generate(request)
-            yield Decided("student", True, confidence, threshold, fallback.model_version, low_confidence=True)
-            if kind == "text" and fallback.text:
-                yield Chunk(fallback.text, "student")
-            result = CascadeResult(
-                fallback, "student", decision, True, True, fallback, student_latency_s, 0.0,
-                "teacher_failed_served_student", threshold, kind,
-            )  # fmt: skip
-            yield StreamEnd(result, decided_at, student_cancelled=student is None)
+        except TeacherUnavailable as failed:
+            fallback = self._student_fallback(
+                failed, request, decision, student, student_latency_s, outcome, threshold, decided_at
+            )
+            async with aclosing(fallback) as events:
+                async for event in events:
+                    yield event
             return
         yield Decided("teacher", escalated, confidence, threshold, version, at_tokens=decided_at)
         breaker = self._router.breaker
@@ -394,6 +391,68 @@ class StreamingCascade:
             outcome or "ok", threshold, kind,
         )  # fmt: skip
         yield StreamEnd(result, decided_at, student_cancelled=decided_at is not None)
+
+    async def _teacher_whole(
+        self,
+        request: GenerationRequest,
+        decision: Decision | None,
+        student: Generation | None,
+        student_latency_s: float,
+        outcome: Literal["ok", "student_failed"] | None,
+        threshold: float,
+        *,
+        decided_at: int | None = None,
+    ) -> AsyncGenerator[Chunk | Decided | StreamEnd, None]:
+        """The teacher's whole answer (``_relay_teacher``'s rules, one call)."""
+        try:
+            final, t_lat = await self._router.call_teacher(request)
+        except TeacherUnavailable as failed:
+            fallback = self._student_fallback(
+                failed, request, decision, student, student_latency_s, outcome, threshold, decided_at
+            )
+            async with aclosing(fallback) as events:
+                async for event in events:
+                    yield event
+            return
+        confidence = decision.confidence if decision is not None else None
+        escalated = outcome is not None
+        yield Decided("teacher", escalated, confidence, threshold, final.model_version, at_tokens=decided_at)
+        if request.output_kind == "text" and final.text:
+            yield Chunk(final.text, "teacher")
+        result = CascadeResult(
+            final, "teacher", decision, escalated, False, student, student_latency_s, t_lat,
+            outcome or "ok", threshold, request.output_kind,
+        )  # fmt: skip
+        yield StreamEnd(result, decided_at, student_cancelled=decided_at is not None)
+
+    async def _student_fallback(
+        self,
+        failed: TeacherUnavailable,
+        request: GenerationRequest,
+        decision: Decision | None,
+        student: Generation | None,
+        student_latency_s: float,
+        outcome: Literal["ok", "student_failed"] | None,
+        threshold: float,
+        decided_at: int | None,
+    ) -> AsyncGenerator[Chunk | Decided | StreamEnd, None]:
+        """The teacher failed before its first piece: ``route``'s rule, the student's answer
+        (asked for again if its stream was cancelled) under ``serve_student``; else the
+        failure stands."""
+        policy = self._router._config.teacher_failure_policy
+        invalid = decision is not None and decision.invalid is not None
+        if outcome != "ok" or policy != "serve_student" or invalid:
+            raise failed
+        fallback = student or await self._student.generate(request)
+        confidence = decision.confidence if decision is not None else None
+        yield Decided("student", True, confidence, threshold, fallback.model_version, low_confidence=True)
+        if request.output_kind == "text" and fallback.text:
+            yield Chunk(fallback.text, "student")
+        result = CascadeResult(
+            fallback, "student", decision, True, True, fallback, student_latency_s, 0.0,
+            "teacher_failed_served_student", threshold, request.output_kind,
+        )  # fmt: skip
+        yield StreamEnd(result, decided_at, student_cancelled=student is None)
 
 
 def _stamp(head: StreamHead) -> Generation:

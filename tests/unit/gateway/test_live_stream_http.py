@@ -20,7 +20,9 @@ CHAT = {"model": "distillery", "stream": True, "messages": [{"role": "user", "co
 
 def _client(student, teacher, mode="live", **cascade):
     whole = FakeTier(lambda r: make_generation("unused"))
-    router = CascadeRouter(whole, whole, ThresholdPolicy("mean_logprob", 0.9), CascadeConfig(**cascade))
+    whole_teacher = FakeTier(lambda r: make_generation("".join(TEACHER), 0.99, "t1", model_id="teacher"))
+    policy = ThresholdPolicy("mean_logprob", 0.9)
+    router = CascadeRouter(whole, whole_teacher, policy, CascadeConfig(**cascade))
     metrics = GatewayMetrics()
     serving = OpenAIServing(
         router,
@@ -191,13 +193,23 @@ def test_a_whole_answer_committed_on_its_prefix_is_the_students_whole_answer():
     assert student.finished and teacher.calls == 0
 
 
-def test_a_teacher_breaking_mid_answer_on_a_whole_request_is_answered_by_the_whole_cascade():
+def test_a_whole_escalation_asks_the_teacher_for_its_whole_answer_not_its_stream():
     student = FakeStreamingStudent(UNSURE, commit_tokens=1, commit_bar=0.9)
-    client, metrics = _client(student, FakeStreamingTeacher(TEACHER, fail_after=1))
+    teacher = FakeStreamingTeacher(TEACHER)
+    client, _ = _client(student, teacher)
+    resp = client.post("/v1/chat/completions", json=WHOLE)
+    assert resp.json()["choices"][0]["message"]["content"] == "The order number is 4818."
+    assert teacher.calls == 0  # the whole answer, one call: no per-piece relay
+
+
+def test_a_student_breaking_after_its_commit_point_on_a_whole_request_is_answered_by_the_whole_cascade():
+    student = FakeStreamingStudent(SURE, commit_tokens=2, commit_bar=0.9, fail_at=4)
+    client, metrics = _client(student, FakeStreamingTeacher(TEACHER))
     resp = client.post("/v1/chat/completions", json=WHOLE)
     # Nothing had reached this client: no broken answer, the whole-answer path answered.
     assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "unused"
-    assert "teacher_error" not in metrics.render().decode().split("distillery_requests_total")[1][:400]
+    assert student.produced == 4 and not student.finished and student.whole_calls == 0
+    assert 'outcome="ok",tier="student"} 1.0' in metrics.render().decode()
 
 
 def test_a_whole_request_asking_for_logprobs_takes_the_whole_answer_path():
