@@ -7,8 +7,8 @@ as a user starts it:
   cascade first, then its answer cut into chunks): the decision on the whole answer;
 * ``gateway_live``: the same with ``stream_mode: live``: the student's tokens flow once its
   calibrated commit rule decides, an escalation cancels the student at its commit point
-  and relays the teacher as it writes, and a whole (non-streamed) request is decided the
-  same way;
+  and relays the teacher as it writes, and (``decide_whole_early``) a whole (non-streamed)
+  request is decided the same way;
 * ``vllm_server``: ``python -m vllm.entrypoints.openai.api_server`` on the student (the
   baseline for a student-served stream).
 
@@ -73,6 +73,7 @@ def _gateway(mode: str, preset: str, models_dir: Path, var: Path, log: Path) -> 
     url = f"http://127.0.0.1:{port}"
     env = gateway_env(var, models_dir, before=False, placement="ingress")
     env["DISTILLERY_SERVER__STREAM_MODE"] = mode
+    env["DISTILLERY_SERVER__DECIDE_WHOLE_EARLY"] = "1" if mode == "live" else "0"
     env["DISTILLERY_LOOP__CHECK_INTERVAL_S"] = "86400"
     env["DISTILLERY_LOOP__NIGHTLY_AT"] = "off"
     argv = [sys.executable, "-m", "distillery.cli", "--preset", preset, "run", "--port", str(port)]

@@ -105,6 +105,7 @@ class OpenAIServing:
         streaming: StreamingCascade | None = None,
     ) -> None:
         self._streaming = streaming if server.stream_mode == "live" else None
+        self._early_whole = self._streaming if server.decide_whole_early else None
         self._feedback = feedback
         self._auditor = auditor
         self._ledger = ledger if feedback is not None else None
@@ -185,13 +186,13 @@ class OpenAIServing:
         early: bool = False,
     ) -> CascadeResult:
         """One whole answer. ``early``: a text answer the cascade may decide on its
-        student's prefix (live mode), so an escalation does not wait for the whole
-        student answer; the request's logprobs are not asked for."""
+        student's prefix (``server.decide_whole_early``), so an escalation does not wait
+        for the whole student answer; the request's logprobs are not asked for."""
         started = time.perf_counter()
         request, route = self._labelled(request, label)
         with self._counted_errors(endpoint):
-            if early and tier is None and self._streaming is not None and request.output_kind == "text":
-                result = await self._decided_early(request, self._streaming)
+            if early and tier is None and self._early_whole is not None and request.output_kind == "text":
+                result = await self._decided_early(request, self._early_whole)
             else:
                 result = await self._router.route(request, force=tier)
         self._record(endpoint, request, result, route, started)

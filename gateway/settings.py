@@ -75,6 +75,12 @@ class ServerConfig(BaseModel):
     """``stream: true``: ``live`` streams through the streaming cascade (``router._streaming``:
     the student's tokens once its calibrated commit point decides, an escalation's teacher
     as it writes); ``replay`` decides on the whole answer, then sends it in chunks."""
+    decide_whole_early: bool = False
+    """With ``stream_mode: live``, decide whole (non-streamed) text requests on the
+    student's prefix too: an escalation cancels the student at its commit point instead of
+    waiting for its whole answer. Off by default: it pays where escalated answers are long;
+    on the bundled students (answers of ~10 tokens) per-token output from vLLM's CPU
+    engine cost more than the cancel saved (``bench/streaming.py``)."""
 
 
 class GatewaySettings(BaseSettings):

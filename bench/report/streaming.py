@@ -84,6 +84,37 @@ def _suite(name: str, suite: dict[str, Any]) -> list[str]:
     ]
 
 
+def _met(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _targets(s: dict[str, Any]) -> list[str]:
+    """The issue's targets against the summary (the real pair's where it ran)."""
+    rows = ["| target | measured | |", "|---|---|---|"]
+    ratio = s.get("ttft_ratio_c1")
+    if ratio is not None:
+        demo = s.get("demo_ttft_ratio_c1")
+        also = f" (demo {demo:.2f}x)" if demo is not None else ""
+        rows.append(
+            f"| student-served TTFT p50 at 1 client within 1.5x of vLLM's own server | {ratio:.2f}x{also} "
+            f"| {_met(ratio <= 1.5)} |"
+        )
+    cut = s.get("escalated_latency_reduction")
+    if cut is not None:
+        rows.append(
+            f"| escalated whole (non-streamed) latency down >= 30% | {cut:.1%} "
+            f"({s['escalated_latency_before_ms']:.0f} -> {s['escalated_latency_after_ms']:.0f} ms) "
+            f"| {_met(cut >= 0.3)} |"
+        )
+    whole, early = s.get("agreement_whole_answer"), s.get("agreement_early_decision")
+    if whole is not None and early is not None:
+        rows.append(
+            f"| served agreement, early decision not > 1 point below the whole answer's "
+            f"| {early:.1%} vs {whole:.1%} | {_met(early >= whole - 0.01)} |"
+        )
+    return [*rows, ""]
+
+
 def render(img_dir: Path) -> list[str]:
     path = RESULTS / f"{NAME}.json"
     if not path.is_file():
@@ -105,6 +136,7 @@ def render(img_dir: Path) -> list[str]:
         *(f"| `{k}` | {v} |" for k, v in s.items()),
         "",
     ]
+    lines += _targets(s)
     for name in ("real", "demo"):
         if name in data["suites"]:
             lines += _suite("real pair" if name == "real" else "demo", data["suites"][name])

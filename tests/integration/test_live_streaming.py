@@ -81,7 +81,7 @@ def live_app(live_stack, demo_models: Path, tmp_path_factory: pytest.TempPathFac
     settings = load_settings(
         models_dir=str(demo_models),
         var_dir=str(var),
-        server={**live_stack.settings.server.model_dump(), "stream_mode": "live"},
+        server={**live_stack.settings.server.model_dump(), "stream_mode": "live", "decide_whole_early": True},
         student={"kind": "vllm", "model_dir": str(v1.path), "num_threads": 1, "vllm": ENGINE.model_dump()},
         feedback={"enabled": False},
         student_placement="deployment",

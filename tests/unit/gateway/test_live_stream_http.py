@@ -18,7 +18,7 @@ TEACHER = ["The order", " number is", " 4818."]
 CHAT = {"model": "distillery", "stream": True, "messages": [{"role": "user", "content": "order number?"}]}
 
 
-def _client(student, teacher, mode="live", **cascade):
+def _client(student, teacher, mode="live", early=True, **cascade):
     whole = FakeTier(lambda r: make_generation("unused"))
     whole_teacher = FakeTier(lambda r: make_generation("".join(TEACHER), 0.99, "t1", model_id="teacher"))
     policy = ThresholdPolicy("mean_logprob", 0.9)
@@ -27,7 +27,7 @@ def _client(student, teacher, mode="live", **cascade):
     serving = OpenAIServing(
         router,
         metrics,
-        ServerConfig(max_tokens_limit=64, stream_mode=mode),
+        ServerConfig(max_tokens_limit=64, stream_mode=mode, decide_whole_early=early),
         lambda: {"student": ("student", "s1"), "teacher": ("teacher", "t1")},
         streaming=StreamingCascade(router, student, teacher),
     )
@@ -218,3 +218,11 @@ def test_a_whole_request_asking_for_logprobs_takes_the_whole_answer_path():
     resp = client.post("/v1/chat/completions", json={**WHOLE, "logprobs": True})
     assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] == "unused"
     assert student.produced == 0
+
+
+def test_whole_requests_are_decided_on_the_whole_answer_unless_asked_to_decide_early():
+    student = FakeStreamingStudent(UNSURE, commit_tokens=1, commit_bar=0.9)
+    client, _ = _client(student, FakeStreamingTeacher(TEACHER), early=False)
+    resp = client.post("/v1/chat/completions", json=WHOLE)
+    assert resp.status_code == 200 and resp.json()["distillery"]["decided_at_tokens"] is None
+    assert student.produced == 0  # the whole-answer cascade's tiers answered
