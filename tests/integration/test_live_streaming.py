@@ -145,6 +145,46 @@ def test_the_openai_sdk_and_langchain_read_the_live_stream_unchanged(live_app):
     assert "".join(llm.stream(PROMPT)) == answer
 
 
+def test_chat_streams_read_by_the_openai_sdk_and_langchain_chat_openai_match_the_whole_answer(live_app):
+    """Chat framing (role chunk, content deltas, finish chunk, usage, ``[DONE]``) through
+    the two chat clients users have; greedy, so the whole answer is the reference."""
+    from langchain_openai import ChatOpenAI
+    from openai import OpenAI
+
+    messages = [{"role": "user", "content": PROMPT}]
+    client = OpenAI(base_url=f"{live_app.url}/v1", api_key="unused", max_retries=0)
+    whole = client.chat.completions.create(
+        model="distillery",
+        messages=messages,
+        max_tokens=MAX_TOKENS,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    answer = whole.choices[0].message.content or ""
+    stream = client.chat.completions.create(
+        model="distillery",
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    )  # type: ignore[union-attr]
+    chat = ChatOpenAI(
+        base_url=f"{live_app.url}/v1",
+        api_key="unused",
+        model="distillery",
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+    )
+    assert "".join(str(m.content) for m in chat.stream(PROMPT)) == answer
+
+
 def _on_escalating_v2(app: LiveApp, tmp: Path) -> None:
     """v2 (every prefix escalates) serving: registered, promoted and swapped in, once."""
     if "student-live-v2" not in {v.version for v in app.registry.versions()}:
