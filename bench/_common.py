@@ -137,6 +137,30 @@ def two_free_ports() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+def distillery_run(env: dict[str, str], preset: str, log: Path) -> tuple[ServedProcess, str]:
+    """``distillery --preset PRESET run`` on a free port with ``env`` (``gateway_env``'s,
+    plus whatever a benchmark sets); ready when ``/healthz`` answers. Returns it and its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "distillery.cli", "--preset", preset, "run", "--port", str(port)]
+    argv += ["--metrics-port", str(two_free_ports())]  # the consumer's, and the loop's next to it
+
+    def ready() -> bool:
+        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+    return ServedProcess(argv, env, log, ready), url
+
+
+def run_load(spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    """One ``bench._load`` run in its own process (``spec``: its SPEC_JSON), its OUT_JSON."""
+    spec_file = work / f"spec-{time.time_ns()}.json"
+    out_file = spec_file.with_suffix(".out.json")
+    spec_file.write_text(json.dumps(spec))
+    subprocess.run([sys.executable, "-m", "bench._load", str(spec_file), str(out_file)], check=True, cwd=REPO)
+    raw: dict[str, Any] = json.loads(out_file.read_text())
+    return raw
+
+
 def machine_info() -> dict[str, Any]:
     mem_gib = None
     try:

@@ -35,10 +35,8 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +47,11 @@ from bench._common import (
     RESULTS,
     ServedProcess,
     VLLMServer,
+    distillery_run,
     free_port,
     gateway_env,
     percentile,
-    two_free_ports,
+    run_load,
     write_result,
 )
 
@@ -95,13 +94,7 @@ def _start(target: str, models_dir: Path, var: Path, logs: Path, preset: str) ->
         before=target == "gateway_before",
         placement="ingress" if target == "gateway" else "deployment",
     )
-    argv = [sys.executable, "-m", "distillery.cli", "--preset", preset, "run", "--port", str(port)]
-    argv += ["--metrics-port", str(two_free_ports())]  # the consumer's, and the loop's next to it
-
-    def gateway_ready() -> bool:
-        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-
-    return ServedProcess(argv, env, logs / f"{target}.log", gateway_ready), url
+    return distillery_run(env, preset, logs / f"{target}.log")
 
 
 class BareIngress:
@@ -240,13 +233,9 @@ def _measure(url: str, workload: dict[str, Any], model: str, c: int, n: int, wor
         "model": model,
         "max_tokens": MAX_TOKENS,
     }
-    spec_file = work / f"spec-{time.time_ns()}.json"
-    out_file = spec_file.with_suffix(".out.json")
-    spec_file.write_text(json.dumps(spec))
     before = _cpu_by_process()
-    subprocess.run([sys.executable, "-m", "bench._load", str(spec_file), str(out_file)], check=True, cwd=REPO)
+    raw = run_load(spec, work)
     after = _cpu_by_process()
-    raw: dict[str, Any] = json.loads(out_file.read_text())
     lat, total = raw["latencies_s"], int(spec["warmup"]) + n
     cpu = {k: (after[k] - before.get(k, 0.0)) * 1000 / total for k in after}
     return {

@@ -32,24 +32,21 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench._common import (
     REPO,
     RESULTS,
     ServedProcess,
     VLLMServer,
-    free_port,
+    distillery_run,
     gateway_env,
     percentile,
-    two_free_ports,
+    run_load,
     write_result,
 )
 
@@ -69,20 +66,12 @@ if os.environ.get("DISTILLERY_BENCH_QUICK"):
 
 # ---- servers ---------------------------------------------------------------------------
 def _gateway(mode: str, preset: str, models_dir: Path, var: Path, log: Path) -> tuple[ServedProcess, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = gateway_env(var, models_dir, before=False, placement="ingress")
     env["DISTILLERY_SERVER__STREAM_MODE"] = mode
     env["DISTILLERY_SERVER__DECIDE_WHOLE_EARLY"] = "1" if mode == "live" else "0"
     env["DISTILLERY_LOOP__CHECK_INTERVAL_S"] = "86400"
     env["DISTILLERY_LOOP__NIGHTLY_AT"] = "off"
-    argv = [sys.executable, "-m", "distillery.cli", "--preset", preset, "run", "--port", str(port)]
-    argv += ["--metrics-port", str(two_free_ports())]
-
-    def ready() -> bool:
-        return httpx.get(f"{url}/healthz", timeout=5).status_code == 200
-
-    return ServedProcess(argv, env, log, ready), url
+    return distillery_run(env, preset, log)
 
 
 # ---- candidates ------------------------------------------------------------------------
@@ -137,12 +126,7 @@ def _load(
         "keep": True,
         "extra": {"temperature": 0.0},
     }
-    spec_file = work / f"spec-{time.time_ns()}.json"
-    out_file = spec_file.with_suffix(".out.json")
-    spec_file.write_text(json.dumps(spec))
-    subprocess.run([sys.executable, "-m", "bench._load", str(spec_file), str(out_file)], check=True, cwd=REPO)
-    raw: dict[str, Any] = json.loads(out_file.read_text())
-    return raw
+    return run_load(spec, work)
 
 
 def _ms(values: list[float], q: float) -> float | None:
@@ -160,6 +144,23 @@ def _stream_point(raw: dict[str, Any]) -> dict[str, Any]:
         "statuses": raw["statuses"],
         "tiers": raw["tiers"],
     }
+
+
+def _streamed(
+    send: Callable[[dict[str, Any], int, int], dict[str, Any]],
+    items: dict[str, Any],
+    sets: dict[str, list[int]],
+) -> dict[str, Any]:
+    """Each non-empty set of candidates streamed at every level of ``STREAM_SIZES``:
+    ``send(selection, clients, requests)`` runs one load."""
+    out: dict[str, Any] = {}
+    for name, keep in sets.items():
+        if not keep:
+            continue
+        for c, size in STREAM_SIZES.items():
+            out[f"{name}_c{c}"] = point = _stream_point(send(_subset(items, keep), c, size))
+            print(f"    {name} c={c}: ttft p50 {point['ttft_p50_ms']} ms, tiers {point['tiers']}", flush=True)
+    return out
 
 
 def _whole(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,17 +210,7 @@ def _gateway_suite(
                 "served": [i for i, w in enumerate(whole) if w["tier"] == "student"],
                 "escalated": [i for i, w in enumerate(whole) if w["tier"] == "teacher"],
             }
-        for name, keep in sets.items():
-            if not keep:
-                continue
-            for c, size in STREAM_SIZES.items():
-                raw = send("distillery", _subset(items, keep), c, size, stream=True)
-                point = _stream_point(raw)
-                out[f"{name}_c{c}"] = point
-                print(
-                    f"    {name} c={c}: ttft p50 {point['ttft_p50_ms']} ms, tiers {point['tiers']}",
-                    flush=True,
-                )
+        out.update(_streamed(lambda sel, c, size: send("distillery", sel, c, size, stream=True), items, sets))
         out["sets"] = sets
     finally:
         server.stop()
@@ -240,14 +231,15 @@ def _vllm_suite(
         server.wait()
         url, max_tokens = server.url, MAX_TOKENS[label]
         _load(url, items, "student", 2, 8, max_tokens=max_tokens, stream=False, work=work)  # warm
-        for name, keep in sets.items():
-            if not keep:
-                continue
-            for c, size in STREAM_SIZES.items():
-                sel = _subset(items, keep)
-                raw = _load(url, sel, "student", c, size, max_tokens=max_tokens, stream=True, work=work)
-                out[f"{name}_c{c}"] = point = _stream_point(raw)
-                print(f"    {name} c={c}: ttft p50 {point['ttft_p50_ms']} ms", flush=True)
+        out.update(
+            _streamed(
+                lambda sel, c, size: _load(
+                    url, sel, "student", c, size, max_tokens=max_tokens, stream=True, work=work
+                ),
+                items,
+                sets,
+            )
+        )
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
