@@ -163,6 +163,11 @@ class FeedbackStore(Protocol):
 
     def count_by_skill(self, *, since: float | None = None) -> dict[str | None, int]: ...
 
+    def route_counts(self, *, since: float | None = None) -> dict[tuple[str | None, str | None, str], int]:
+        """Escalations and samples per (student version, route label, kind): what the
+        route prior (``router._prior``) learns from."""
+        ...
+
     def events(
         self,
         *,
@@ -307,6 +312,15 @@ class _SQLStore:
         with self._tx() as cur:
             cur.execute(f"SELECT skill, COUNT(*) FROM feedback_events{where} GROUP BY skill", args)
             return {row[0]: int(row[1]) for row in cur.fetchall()}
+
+    def route_counts(self, *, since: float | None = None) -> dict[tuple[str | None, str | None, str], int]:
+        where, args = self._where(since, None, None)
+        kinds = f"kind IN ({self.placeholder}, {self.placeholder})"
+        where = f"{where} AND {kinds}" if where else f" WHERE {kinds}"
+        sql = f"SELECT student_version, skill, kind, COUNT(*) FROM feedback_events{where} GROUP BY 1, 2, 3"
+        with self._tx() as cur:
+            cur.execute(sql, [*args, "escalation", "sample"])
+            return {(row[0], row[1], str(row[2])): int(row[3]) for row in cur.fetchall()}
 
     def events(
         self,

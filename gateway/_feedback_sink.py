@@ -115,7 +115,7 @@ class FeedbackSink:
             student_scores=dict(decision.scores) if decision else {},
             teacher_answer=teacher.text if teacher else None,
             teacher_finish_reason=teacher.finish_reason if teacher else None,
-            student_version=student.model_version if student else None,
+            student_version=result.student_version,
             teacher_version=teacher.model_version if teacher else None,
             student_latency_s=result.student_latency_s or None,
             teacher_latency_s=result.teacher_latency_s or None,

@@ -28,16 +28,19 @@ from gateway._api import build_api
 from gateway._feedback_sink import FeedbackSink, RouteLabeler
 from gateway._ledger import ResponseLedger
 from gateway._model_server import ModelServer, tier_spec
+from gateway._route_prior import PriorLearner
 from gateway._serving import OpenAIServing
 from gateway.metrics import GatewayMetrics
 from gateway.settings import GatewaySettings
 from router import (
+    NO_PRIOR,
     AgreementMetric,
     AuditVerdict,
     CascadeRouter,
     Generation,
     GenerationClient,
     GenerationRequest,
+    RoutePrior,
     ShadowAuditor,
     StreamingCascade,
     ThresholdPolicy,
@@ -146,6 +149,15 @@ def _feedback_sink(settings: GatewaySettings, metrics: GatewayMetrics) -> Feedba
     return FeedbackSink(producer, sample_rate=cfg.sample_rate, route_label=labeler)
 
 
+def _prior_learner(settings: GatewaySettings, metrics: GatewayMetrics) -> PriorLearner | None:
+    """The route prior learns from the store's escalations and samples: without feedback
+    recorded, or without samples (no rate to learn), there is none."""
+    cfg, feedback = settings.cascade.prior, settings.feedback
+    if not cfg.enabled or not feedback.enabled or not feedback.kafka.bootstrap or feedback.sample_rate <= 0.0:
+        return None
+    return PriorLearner(RoutePrior(cfg), settings.store_dsn, feedback.sample_rate, metrics).start()
+
+
 class _AuditReport:
     """Where the auditor's outcomes go: the metrics, and a disagreement to the feedback stream."""
 
@@ -205,8 +217,14 @@ class GatewayIngress:
         }
         policy = resolve_policy(settings, s_info["calibration"])
         teacher_client = _HandleClient(teacher)
+        self._prior_learner = _prior_learner(settings, self._metrics)
         self._router = CascadeRouter(
-            student_client, teacher_client, policy, settings.cascade, observer=self._metrics
+            student_client,
+            teacher_client,
+            policy,
+            settings.cascade,
+            observer=self._metrics,
+            prior=self._prior_learner.prior if self._prior_learner is not None else NO_PRIOR,
         )
         for tier, (model_id, version) in self._versions.items():
             self._metrics.set_model(tier, model_id, version)
@@ -247,6 +265,9 @@ class GatewayIngress:
 
     def __del__(self) -> None:
         # Serve calls this on graceful replica shutdown: flush events, leave the rest spooled.
+        learner: PriorLearner | None = getattr(self, "_prior_learner", None)
+        if learner is not None:
+            learner.stop()
         sink: FeedbackSink | None = getattr(self, "_feedback", None)
         if sink is not None:
             sink.close()
@@ -288,4 +309,5 @@ class GatewayIngress:
             "auth": "enabled" if self._settings.auth.enabled else "disabled",
             "student_engine_starts": s_info.get("engine_starts"),
             "student_backend": (s_info.get("backend") or {}).get("kind"),
+            "route_prior": self._prior_learner.prior.table() if self._prior_learner is not None else None,
         }

@@ -8,6 +8,8 @@ each replica (or aggregate in PromQL with ``sum``): see docs/operations.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from router import (
@@ -18,6 +20,7 @@ from router import (
     AuditVerdict,
     BreakerState,
     CascadeResult,
+    PriorEntry,
 )
 from router.pricing import PricingConfig
 
@@ -52,10 +55,19 @@ class GatewayMetrics:
             ["kind", "tier"],
             registry=r,
         )
+        self.route_prior = Gauge(
+            "distillery_route_prior_escalation_rate",
+            "The route prior's escalation rate per (student version, route), from the feedback"
+            " store's escalations and samples; verdict: teacher (the student is skipped),"
+            " student (streamed from its first token) or none (the cascade decides).",
+            ["version", "route", "verdict"],
+            registry=r,
+        )
         self.escalations = Counter(
             "distillery_escalations_total",
             "Requests sent on to the teacher, by reason (invalid_answer: the student's answer"
-            " broke the request's output contract: unparsable JSON, schema, unknown tool).",
+            " broke the request's output contract: unparsable JSON, schema, unknown tool;"
+            " route_prior: the route prior sent it past the student).",
             ["reason"],
             registry=r,
         )
@@ -152,7 +164,7 @@ class GatewayMetrics:
         )
         for tier_name in ("student", "teacher"):
             self.cost.labels(tier_name)
-        for reason in ("low_confidence", "student_error", "invalid_answer"):
+        for reason in ("low_confidence", "student_error", "invalid_answer", "route_prior"):
             self.escalations.labels(reason)  # exported from 0, so rate() sees the first one
         for endpoint in ("completions", "chat"):  # likewise the escalation rate's denominator
             for tier_name in ("student", "teacher"):
@@ -253,6 +265,12 @@ class GatewayMetrics:
                     self.feedback_ratings.labels(tier_name, verdict, corrected)
         self.audit_cost.inc(0)
 
+    def set_route_prior(self, entries: Sequence[PriorEntry]) -> None:
+        """The whole table, replaced: a (version, route) no longer in the window goes."""
+        self.route_prior.clear()
+        for e in entries:
+            self.route_prior.labels(e.version, e.route, e.verdict or "none").set(e.rate)
+
     def set_audit_config(self, config: AuditConfig) -> None:
         self.audit_share.labels("current").set(config.share)
         self.audit_share.labels("canary").set(config.canary_share)
@@ -333,10 +351,12 @@ class GatewayMetrics:
             self.confidence.observe(result.decision.confidence)
             self.threshold.set(result.threshold)
             student = result.student_answer
-            if student is not None:
+            version = result.student_version  # a student cancelled on its prefix counts too
+            if version is not None:
                 self.student_answers.labels(
-                    student.model_version, str(result.escalated).lower(), self._route_label(route)
+                    version, str(result.escalated).lower(), self._route_label(route)
                 ).inc()
+            if student is not None:
                 self._saw_student(student.model_id, student.model_version)
         if result.student_latency_s:
             self.tier_latency.labels("student").observe(result.student_latency_s)
@@ -346,6 +366,8 @@ class GatewayMetrics:
             reason = "student_error" if result.outcome == "student_failed" else "low_confidence"
             if result.decision is not None and result.decision.invalid is not None:
                 reason = "invalid_answer"
+            elif result.decision is None and result.decided_at_tokens == 0:
+                reason = "route_prior"
             self.escalations.labels(reason).inc()
         kind = result.output_kind
         if kind != "text":

@@ -12,6 +12,7 @@ from router._early import CommitPoint, CommitRule, CommitSample, EarlyDecider, c
 from router._factory import build_backend
 from router._openai_backend import OpenAIHTTPBackend
 from router._policy import Decision, ThresholdPolicy
+from router._prior import NO_PRIOR, EscalationPrior, PriorConfig, PriorEntry, RoutePrior, learn_prior
 from router._render import prompt_token_ids, render_prompt
 from router._resilience import (
     BREAKER_STATE_CODES,
@@ -45,6 +46,12 @@ from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig, RequestCost, TierPrice
 
 __all__ = [
+    "NO_PRIOR",
+    "EscalationPrior",
+    "PriorConfig",
+    "PriorEntry",
+    "RoutePrior",
+    "learn_prior",
     "Chunk",
     "Decided",
     "CommitPoint",

@@ -12,6 +12,7 @@ from typing import Literal, Protocol, TypeVar
 
 from router._contract import check_answer
 from router._policy import Decision, ThresholdPolicy, resolve_threshold
+from router._prior import NO_PRIOR, EscalationPrior
 from router._resilience import (
     BreakerState,
     CircuitBreaker,
@@ -60,8 +61,18 @@ class CascadeResult:
     """The threshold this request was judged against (0.0 when no student decision)."""
     output_kind: OutputKind = "text"
     decided_at_tokens: int | None = None
-    """Student tokens seen when a commit rule decided (``router._streaming``; ``None``:
-    judged on the whole answer)."""
+    """Student tokens seen when a commit rule decided (``router._streaming``; 0: the route
+    prior decided before the student was asked, ``router._prior``; ``None``: judged on the
+    whole answer)."""
+    cancelled_version: str | None = None
+    """The student version whose stream was cancelled at its commit point (it escalated on
+    a prefix, so there is no ``student`` answer): its escalation still counts for it."""
+
+    @property
+    def student_version(self) -> str | None:
+        """The student version that was asked, whether or not it finished its answer."""
+        answer = self.student_answer
+        return answer.model_version if answer is not None else self.cancelled_version
 
     @property
     def student_answer(self) -> Generation | None:
@@ -107,6 +118,7 @@ class CascadeRouter:
         config: CascadeConfig,
         *,
         observer: TeacherObserver | None = None,
+        prior: EscalationPrior = NO_PRIOR,
         breaker_clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -115,6 +127,7 @@ class CascadeRouter:
         self.policy = policy
         self._config = config
         self._observer: TeacherObserver = observer or _NullObserver()
+        self.prior = prior
         self._rng = rng or random.Random()
         self._retry = RetryPolicy(
             config.teacher_retries, config.teacher_backoff_s, config.teacher_backoff_max_s
@@ -135,6 +148,8 @@ class CascadeRouter:
         if force == "teacher":
             gen, t_lat = await self.call_teacher(request)
             return CascadeResult(gen, "teacher", None, False, False, None, 0.0, t_lat, "ok")
+        if force is None and self.prior.skip_student(request.route):
+            return await self.teacher_first(request)
         started = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for: no extra task per request on the hot path.
@@ -155,6 +170,7 @@ class CascadeRouter:
             s_lat = time.perf_counter() - started - t_lat
             return CascadeResult(gen, "teacher", None, True, False, None, s_lat, t_lat, "student_failed")
         s_lat = time.perf_counter() - started
+        self.prior.saw_version(student.model_version)
         policy = self.policy_for(student)
         # An empty answer is never worth serving, however sure the model is of stopping:
         # it scores as "no evidence" (0.0) and escalates.
@@ -187,6 +203,28 @@ class CascadeRouter:
             )
         return CascadeResult(
             gen, "teacher", decision, True, False, student, s_lat, t_lat, "ok", policy.threshold
+        )
+
+    async def teacher_first(self, request: GenerationRequest) -> CascadeResult:
+        """The route prior sent the request past the student: an escalation decided at 0
+        tokens. A teacher that fails falls back as an escalation does: a text request is
+        answered by the student under ``serve_student`` (asked now), else the failure stands."""
+        threshold = self.policy.threshold
+        try:
+            gen, t_lat = await self.call_teacher(request)
+        except TeacherUnavailable:
+            if self._config.teacher_failure_policy != "serve_student" or request.output_kind != "text":
+                raise
+            started = time.perf_counter()
+            async with asyncio.timeout(self._config.student_timeout_s):
+                student = await self._student.generate(request)
+            s_lat = time.perf_counter() - started
+            return CascadeResult(
+                student, "student", None, True, True, student, s_lat, 0.0,
+                "teacher_failed_served_student", threshold, decided_at_tokens=0,
+            )  # fmt: skip
+        return CascadeResult(
+            gen, "teacher", None, True, False, None, 0.0, t_lat, "ok", threshold, decided_at_tokens=0
         )
 
     def policy_for(self, student: Generation) -> ThresholdPolicy:

@@ -16,6 +16,10 @@ escalates, a teacher that fails before its first piece falls back to the student
 piece has gone out nothing can be taken back: the stream ends with ``StreamBroken``,
 which the gateway writes as an error event. A consumer that stops reading (a client gone)
 closes this generator, which closes whichever tier stream is open.
+
+The route prior (``router._prior``, on the router) may decide before the student is
+asked: a route it is sure escalates goes to the teacher at once (decided at 0 tokens), a
+route it is sure the student serves streams from the first token.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from router._cascade import CascadeResult, CascadeRouter, Tier
@@ -150,6 +154,12 @@ class StreamingCascade:
                 async for item in items:
                     yield item
             return
+        if force is None and self._router.prior.skip_student(request.route):
+            threshold = self._router.policy.threshold
+            async with aclosing(teacher(request, None, None, 0.0, "ok", threshold, decided_at=0)) as items:
+                async for item in items:
+                    yield item
+            return
         run = _StudentRun(held=[])
         try:
             async with aclosing(self._run_student(request, run, force)) as chunks:
@@ -189,8 +199,11 @@ class StreamingCascade:
             relay = teacher(
                 request, decision, None, run.latency_s, "ok", rule.threshold, decided_at=rule.commit_tokens
             )
+            asked = run.head.model_version if run.head is not None else None
             async with aclosing(relay) as items:
                 async for item in items:
+                    if isinstance(item, StreamEnd):  # its escalation still counts for its version
+                        item = replace(item, result=replace(item.result, cancelled_version=asked))
                     yield item
             return
         # Judged whole, as ``CascadeRouter.route`` judges an answer.
@@ -253,6 +266,7 @@ class StreamingCascade:
                     raise
                 if isinstance(item, StreamHead):
                     run.head = item
+                    self._router.prior.saw_version(item.model_version)
                     run.decider = self._decider(request, item, force)
                 elif isinstance(item, TokenDelta):
                     if run.committed:
@@ -290,11 +304,14 @@ class StreamingCascade:
         self, request: GenerationRequest, head: StreamHead, force: Tier | None
     ) -> EarlyDecider | None:
         """A commit rule for text answers of a version that has one; ``force=student``
-        streams from the first token (there is nothing to escalate to)."""
+        streams from the first token (there is nothing to escalate to), and so does a
+        route the prior is sure the student serves (its late doubts are recorded)."""
         if request.output_kind != "text":
             return None
         policy = self._router.policy_for(_stamp(head))
-        if force == "student":
+        if force == "student" or (
+            force is None and self._router.prior.stream_from_first(request.route, head.model_version)
+        ):
             return EarlyDecider(CommitRule(1, 0.0, policy.threshold, policy.scorer))
         if head.commit_tokens is None or head.commit_bar is None:
             return None
@@ -388,9 +405,9 @@ class StreamingCascade:
         t_lat = time.monotonic() - started
         result = CascadeResult(
             final, "teacher", decision, escalated, False, student, student_latency_s, t_lat,
-            outcome or "ok", threshold, kind,
+            outcome or "ok", threshold, kind, decided_at_tokens=decided_at,
         )  # fmt: skip
-        yield StreamEnd(result, decided_at, student_cancelled=decided_at is not None)
+        yield StreamEnd(result, decided_at, student_cancelled=bool(decided_at))
 
     async def _teacher_whole(
         self,
@@ -421,9 +438,9 @@ class StreamingCascade:
             yield Chunk(final.text, "teacher")
         result = CascadeResult(
             final, "teacher", decision, escalated, False, student, student_latency_s, t_lat,
-            outcome or "ok", threshold, request.output_kind,
+            outcome or "ok", threshold, request.output_kind, decided_at_tokens=decided_at,
         )  # fmt: skip
-        yield StreamEnd(result, decided_at, student_cancelled=decided_at is not None)
+        yield StreamEnd(result, decided_at, student_cancelled=bool(decided_at))
 
     async def _student_fallback(
         self,
@@ -450,9 +467,9 @@ class StreamingCascade:
             yield Chunk(fallback.text, "student")
         result = CascadeResult(
             fallback, "student", decision, True, True, fallback, student_latency_s, 0.0,
-            "teacher_failed_served_student", threshold, request.output_kind,
+            "teacher_failed_served_student", threshold, request.output_kind, decided_at_tokens=decided_at,
         )  # fmt: skip
-        yield StreamEnd(result, decided_at, student_cancelled=student is None)
+        yield StreamEnd(result, decided_at, student_cancelled=student is None and bool(decided_at))
 
 
 def _stamp(head: StreamHead) -> Generation:

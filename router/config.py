@@ -7,9 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
+from router._prior import PriorConfig
 from router._scoring import SCORER_NAMES
 
-__all__ = ["BackendConfig", "CascadeConfig", "VLLMEngineConfig"]
+__all__ = ["BackendConfig", "CascadeConfig", "PriorConfig", "VLLMEngineConfig"]
 
 
 class CascadeConfig(BaseModel):
@@ -47,6 +48,9 @@ class CascadeConfig(BaseModel):
             that open the circuit breaker (calls then fail fast, without a teacher call).
         breaker_cooldown_s (`float`, defaults to 10): how long it stays open before one
             probe call is let through (success closes it, failure re-opens it).
+        prior (`PriorConfig`): the route prior, learned from the feedback store, that
+            decides a route's requests before the student's first token where the store
+            is sure (``router._prior``).
     """
 
     scorer: str = "mean_logprob"
@@ -61,6 +65,7 @@ class CascadeConfig(BaseModel):
     teacher_backoff_max_s: float = Field(default=2.0, ge=0.0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=10.0, gt=0.0)
+    prior: PriorConfig = PriorConfig()
 
     @model_validator(mode="after")
     def _known_scorer(self) -> CascadeConfig:

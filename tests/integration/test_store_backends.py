@@ -51,6 +51,34 @@ def test_queries_and_split(store):
     assert store.events(limit=1)[0] == _event(0)
 
 
+def test_route_counts_are_per_student_version_route_and_kind_in_the_window(store):
+    """What the route prior learns from: escalations and samples only, audits and ratings
+    not; an escalation whose student was never asked (no version) keeps its None."""
+    rows = [
+        EscalationEvent(request_id=f"e{i}", created_at=1000.0 + i, prompt="p", skill="plural", student_version="s1")
+        for i in range(5)
+    ]
+    rows += [
+        EscalationEvent(
+            request_id=f"s{i}", kind="sample", created_at=1010.0 + i, prompt="p", skill="order", student_version="s1"
+        )
+        for i in range(3)
+    ]
+    rows.append(EscalationEvent(request_id="skip", created_at=1020.0, prompt="p", skill="plural"))
+    rows.append(EscalationEvent(request_id="a", kind="audit", created_at=1021.0, prompt="p", skill="order"))
+    store.insert(rows)
+    assert store.route_counts() == {
+        ("s1", "plural", "escalation"): 5,
+        ("s1", "order", "sample"): 3,
+        (None, "plural", "escalation"): 1,
+    }
+    assert store.route_counts(since=1004.0) == {
+        ("s1", "plural", "escalation"): 1,
+        ("s1", "order", "sample"): 3,
+        (None, "plural", "escalation"): 1,
+    }
+
+
 def test_postgres_outage_is_store_unavailable_then_recovers(postgres_server):
     store = PostgresStore(postgres_server.dsn)
     postgres_server.stop()
