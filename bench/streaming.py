@@ -8,7 +8,9 @@ as a user starts it:
 * ``gateway_live``: the same with ``stream_mode: live``: the student's tokens flow once its
   calibrated commit rule decides, an escalation cancels the student at its commit point
   and relays the teacher as it writes, and (``decide_whole_early``) a whole (non-streamed)
-  request is decided the same way;
+  request is decided the same way; its route prior (``router._prior``, the shipped
+  thresholds) first learns from other candidates of the same families (seed 12, sent
+  whole), so a family the student always escalates skips the student;
 * ``vllm_server``: ``python -m vllm.entrypoints.openai.api_server`` on the student (the
   baseline for a student-served stream).
 
@@ -71,14 +73,20 @@ def _gateway(mode: str, preset: str, models_dir: Path, var: Path, log: Path) -> 
     env["DISTILLERY_SERVER__DECIDE_WHOLE_EARLY"] = "1" if mode == "live" else "0"
     env["DISTILLERY_LOOP__CHECK_INTERVAL_S"] = "86400"
     env["DISTILLERY_LOOP__NIGHTLY_AT"] = "off"
+    # The route prior: off for the whole-answer decision (the cascade as it was), on with
+    # the shipped thresholds for the streaming cascade, every served answer sampled so it
+    # learns from one pass of the learning candidates, re-read every 2 s.
+    env["DISTILLERY_CASCADE__PRIOR__ENABLED"] = "1" if mode == "live" else "0"
+    env["DISTILLERY_CASCADE__PRIOR__REFRESH_S"] = "2"
+    env["DISTILLERY_FEEDBACK__SAMPLE_RATE"] = "1.0"
     return distillery_run(env, preset, log)
 
 
 # ---- candidates ------------------------------------------------------------------------
-def _demo_candidates(n: int) -> dict[str, Any]:
+def _demo_candidates(n: int, seed: int = 11) -> dict[str, Any]:
     from demo import STUDENT_SKILLS, sample_examples
 
-    rng = random.Random(11)
+    rng = random.Random(seed)
     served = [e.prompt for e in sample_examples(STUDENT_SKILLS, n // 2, rng)]
     other = [e.prompt for e in sample_examples(("shift", "double"), n - n // 2, rng)]
     return {
@@ -87,10 +95,10 @@ def _demo_candidates(n: int) -> dict[str, Any]:
     }
 
 
-def _real_candidates(n: int) -> dict[str, Any]:
+def _real_candidates(n: int, seed: int = 11) -> dict[str, Any]:
     from demo._support import sample_support
 
-    rows = sample_support(REAL_FAMILIES, n, random.Random(11))
+    rows = sample_support(REAL_FAMILIES, n, random.Random(seed))
     return {"conversations": [r.as_dicts() for r in rows], "families": [r.family for r in rows]}
 
 
@@ -179,9 +187,12 @@ def _gateway_suite(
     items: dict[str, Any],
     sets: dict[str, list[int]] | None,
     logs: Path,
+    learn: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]] | None]:
     """One gateway: the candidates whole (and the teacher's references, on the first),
-    then the streamed sets. ``sets`` None: the split comes from this run's tiers."""
+    then the streamed sets. ``sets`` None: the split comes from this run's tiers.
+    ``learn``: other candidates of the same families, sent first so the route prior
+    learns from this gateway's own decisions before anything is measured."""
     max_tokens = MAX_TOKENS[label]
     n = len(items.get("prompts") or items.get("conversations") or [])
     work = Path(tempfile.mkdtemp(prefix=f"bench-stream-{mode}-"))
@@ -200,6 +211,11 @@ def _gateway_suite(
             )
 
         send("distillery", items, 2, 8, stream=False)  # warm every path
+        if learn is not None:
+            out["route_prior"] = _learn_prior(
+                url, learn, lambda sel, c, size: send("distillery", sel, c, size, stream=False, warm=0)
+            )
+            print(f"  [{label}] route prior: {out['route_prior']}", flush=True)
         if sets is None:
             print(f"  [{label}] the teacher's reference answers", flush=True)
             refs = _whole(send("distillery-teacher", items, 4, n, stream=False, warm=0)["records"])
@@ -216,6 +232,27 @@ def _gateway_suite(
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     return out, whole, refs
+
+
+def _learn_prior(
+    url: str, learn: dict[str, Any], send: Callable[[dict[str, Any], int, int], Any]
+) -> list[dict[str, Any]]:
+    """The learning candidates, whole at 4 clients; then wait until the prior's table
+    counts them all (the consumer has stored them and the prior has re-read the store)."""
+    import time
+
+    import httpx
+
+    n = len(learn.get("prompts") or learn.get("conversations") or [])
+    send(learn, 4, n)
+    deadline = time.monotonic() + 120
+    table: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        table = httpx.get(f"{url}/healthz", timeout=10).json().get("route_prior") or []
+        if sum(int(r["escalations"]) + int(r["samples"]) for r in table) >= 0.95 * n:
+            break
+        time.sleep(1)
+    return table
 
 
 def _vllm_suite(
@@ -279,14 +316,18 @@ def _escalated_latency(whole: list[dict[str, Any]], both: list[int]) -> float | 
     return _ms([whole[i]["latency_s"] for i in both], 0.5)
 
 
-def _suite(label: str, preset: str, models_dir: Path, items: dict[str, Any]) -> dict[str, Any]:
+def _suite(
+    label: str, preset: str, models_dir: Path, items: dict[str, Any], learn: dict[str, Any]
+) -> dict[str, Any]:
     logs = REPO / "var" / "bench-logs"
     logs.mkdir(parents=True, exist_ok=True)
     families: list[str] = items.pop("families")
+    learn.pop("families")
     replay, whole_replay, refs = _gateway_suite("replay", label, preset, models_dir, items, None, logs)
     assert refs is not None
     sets: dict[str, list[int]] = replay["sets"]
-    live, whole_live, _ = _gateway_suite("live", label, preset, models_dir, items, sets, logs)
+    live, whole_live, _ = _gateway_suite("live", label, preset, models_dir, items, sets, logs, learn)
+    prior_table = live.pop("route_prior", None)
     vllm = _vllm_suite(label, models_dir, items, sets, logs)
     both = [
         i for i in range(len(whole_live)) if whole_replay[i]["tier"] == whole_live[i]["tier"] == "teacher"
@@ -317,6 +358,7 @@ def _suite(label: str, preset: str, models_dir: Path, items: dict[str, Any]) -> 
         "targets": {"gateway_replay": replay, "gateway_live": live, "vllm_server": vllm},
         "decisions": decisions,
         "escalated_whole_latency": latency,
+        "route_prior": prior_table,
     }
 
 
@@ -356,9 +398,13 @@ def run(argv: list[str] | None = None) -> None:
     )
     suites: dict[str, Any] = {}
     if args.only in (None, "real") and (models / "smollm2" / "student" / "config.json").is_file():
-        suites["real"] = _suite("real", "smollm2", models / "smollm2", _real_candidates(CANDIDATES["real"]))
+        n = CANDIDATES["real"]
+        suites["real"] = _suite(
+            "real", "smollm2", models / "smollm2", _real_candidates(n), _real_candidates(n, seed=12)
+        )
     if args.only in (None, "demo"):
-        suites["demo"] = _suite("demo", "demo", models, _demo_candidates(CANDIDATES["demo"]))
+        n = CANDIDATES["demo"]
+        suites["demo"] = _suite("demo", "demo", models, _demo_candidates(n), _demo_candidates(n, seed=12))
     for name, kept in (previous.get("suites") or {}).items():  # a run of one suite keeps the other's
         suites.setdefault(name, kept)
     summary: dict[str, Any] = {}

@@ -80,7 +80,7 @@ def live_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         models_dir=str(demo_models),
         var_dir=str(tmp_path_factory.mktemp("var")),
         server={"port": free_port()},
-        cascade={"teacher_timeout_s": 30},
+        cascade={"teacher_timeout_s": 30, "prior": {"refresh_s": 2}},
         feedback={"sample_rate": 0.2},
         verbose=True,
     )

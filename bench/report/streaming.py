@@ -60,9 +60,30 @@ def _decision_table(suite: dict[str, Any]) -> list[str]:
         f"(non-streamed) latency p50 of the {lat['escalated_in_both']} requests escalated under "
         f"both: **{_ms(lat['before_p50_ms'])} ms** deciding on the whole answer, "
         f"**{_ms(lat['after_p50_ms'])} ms** deciding early (the student cancelled at its commit "
-        f"point); served requests {_ms(lat['served_before_p50_ms'])} / {_ms(lat['served_after_p50_ms'])} ms.",
+        f"point, or skipped where the route prior says so); served requests "
+        f"{_ms(lat['served_before_p50_ms'])} / {_ms(lat['served_after_p50_ms'])} ms.",
     ]
     return lines
+
+
+def _prior_table(suite: dict[str, Any]) -> list[str]:
+    table = suite.get("route_prior")
+    if not table:
+        return []
+    lines = [
+        "The streaming gateway's route prior, learned from its own decisions on the learning "
+        "candidates (every served answer sampled): a `teacher` verdict sends the route past the "
+        "student (escalated, decided at 0 tokens; 5% still explore the cascade).",
+        "",
+        "| route | escalations | samples | rate | 95% interval | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['route']} | {r['escalations']} | {r['samples']} | {r['rate']:.1%} "
+            f"| {r['lower']:.3f}-{r['upper']:.3f} | {r['verdict'] or 'none'} |"
+        )
+    return [*lines, ""]
 
 
 def _suite(name: str, suite: dict[str, Any]) -> list[str]:
@@ -81,6 +102,7 @@ def _suite(name: str, suite: dict[str, Any]) -> list[str]:
         "",
         *_decision_table(suite),
         "",
+        *_prior_table(suite),
     ]
 
 

@@ -55,12 +55,19 @@ def test_route_counts_are_per_student_version_route_and_kind_in_the_window(store
     """What the route prior learns from: escalations and samples only, audits and ratings
     not; an escalation whose student was never asked (no version) keeps its None."""
     rows = [
-        EscalationEvent(request_id=f"e{i}", created_at=1000.0 + i, prompt="p", skill="plural", student_version="s1")
+        EscalationEvent(
+            request_id=f"e{i}", created_at=1000.0 + i, prompt="p", skill="plural", student_version="s1"
+        )
         for i in range(5)
     ]
     rows += [
         EscalationEvent(
-            request_id=f"s{i}", kind="sample", created_at=1010.0 + i, prompt="p", skill="order", student_version="s1"
+            request_id=f"s{i}",
+            kind="sample",
+            created_at=1010.0 + i,
+            prompt="p",
+            skill="order",
+            student_version="s1",
         )
         for i in range(3)
     ]

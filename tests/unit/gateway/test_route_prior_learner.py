@@ -1,6 +1,8 @@
 """The ingress's prior learner on a real SQLite store: the verdicts follow the store, the
 gauge shows the table, and a store it cannot read keeps the last verdicts."""
 
+import contextlib
+
 from feedback import EscalationEvent, SQLiteStore, StoreUnavailable
 from gateway._route_prior import PriorLearner
 from gateway.metrics import GatewayMetrics
@@ -50,11 +52,11 @@ def test_a_store_it_cannot_read_keeps_the_last_verdicts(tmp_path):
             raise StoreUnavailable("store down")
         return store
 
-    learner = PriorLearner(RoutePrior(PriorConfig()), "x", 1.0, GatewayMetrics(), opener=opener, clock=lambda: 1100.0)
+    learner = PriorLearner(
+        RoutePrior(PriorConfig()), "x", 1.0, GatewayMetrics(), opener=opener, clock=lambda: 1100.0
+    )
     learner.refresh()
     learner._store = None  # as after a failed read
-    try:
+    with contextlib.suppress(StoreUnavailable):
         learner.refresh()
-    except StoreUnavailable:
-        pass
     assert [e.verdict for e in learner.prior.entries] == ["teacher"]

@@ -120,7 +120,9 @@ def test_an_explored_share_still_takes_the_cascade_path():
 
 # ---- the whole-answer cascade ------------------------------------------------------------
 def router_with(p, student, teacher, **cfg):
-    return CascadeRouter(student, teacher, ThresholdPolicy("mean_logprob", 0.9), CascadeConfig(**cfg), prior=p)
+    return CascadeRouter(
+        student, teacher, ThresholdPolicy("mean_logprob", 0.9), CascadeConfig(**cfg), prior=p
+    )
 
 
 async def test_a_skipped_route_never_asks_the_student_and_is_an_escalation_decided_at_zero():
@@ -142,7 +144,11 @@ async def test_a_teacher_failure_on_a_skipped_route_falls_back_as_an_escalation_
     kept = await router_with(
         p, student, down, teacher_failure_policy="serve_student", teacher_retries=0
     ).route(PLURAL)
-    assert (kept.tier, kept.low_confidence, kept.outcome) == ("student", True, "teacher_failed_served_student")
+    assert (kept.tier, kept.low_confidence, kept.outcome) == (
+        "student",
+        True,
+        "teacher_failed_served_student",
+    )
     with pytest.raises(TeacherUnavailable):
         await router_with(p, student, down, teacher_retries=0).route(PLURAL)
 
