@@ -99,11 +99,18 @@ def _frame(prompts: Sequence[str], confidence: Sequence[float] | None) -> Any:
 def _sample(
     prompts: Sequence[str], confidence: Sequence[float | None] | None, n: int, rng: random.Random
 ) -> tuple[list[str], list[float] | None]:
+    """A row without a confidence (a request the route prior sent past the student, or
+    one whose student failed) keeps its prompt and has NaN there: Evidently drops NaN per
+    column, so such traffic still counts for the prompt columns. Fewer than half the rows
+    with a confidence: no confidence column (``None``)."""
     idx = rng.sample(range(len(prompts)), min(len(prompts), n))
     if confidence is None:
         return [prompts[i] for i in idx], None
-    idx = [i for i in idx if confidence[i] is not None]
-    return [prompts[i] for i in idx], [float(confidence[i] or 0.0) for i in idx]
+    known = sum(confidence[i] is not None for i in idx)
+    if known * 2 < len(idx):
+        return [prompts[i] for i in idx], None
+    values = [float("nan") if (c := confidence[i]) is None else float(c) for i in idx]
+    return [prompts[i] for i in idx], values
 
 
 def check_drift(
@@ -125,6 +132,8 @@ def check_drift(
     with_conf = reference_confidence is not None and current_confidence is not None
     ref, ref_conf = _sample(reference, reference_confidence if with_conf else None, config.max_rows, rng)
     cur, cur_conf = _sample(current, current_confidence if with_conf else None, config.max_rows, rng)
+    if ref_conf is None or cur_conf is None:  # one side mostly without: compare prompts only
+        with_conf, ref_conf, cur_conf = False, None, None
 
     def result_of(
         drifted: bool, reason: str, share: float, columns: dict[str, dict[str, Any]]

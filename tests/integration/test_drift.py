@@ -92,6 +92,24 @@ def test_confidence_is_a_drift_column_when_both_sides_have_it(reference):
     assert shaky.columns["confidence"]["drifted"]
 
 
+def test_rows_without_a_confidence_still_count_for_the_prompt_columns(reference):
+    """Requests the route prior sent past the student carry no confidence: they are drift
+    rows all the same (the drifted traffic is what the prior skips first)."""
+    rng = random.Random(5)
+    drifted = _prompts(("shift", "double"), 200, 505)
+    confident = [0.999 + rng.random() * 0.001 for _ in reference]
+    some = [None if i % 3 == 0 else 0.6 for i in range(len(drifted))]
+    result = check_drift(
+        reference, drifted, DriftConfig(), reference_confidence=confident, current_confidence=some
+    )
+    assert result.rows_current == len(drifted) and result.drifted and "confidence" in result.columns
+    mostly_skipped = [None if i % 4 else 0.6 for i in range(len(drifted))]
+    result = check_drift(
+        reference, drifted, DriftConfig(), reference_confidence=confident, current_confidence=mostly_skipped
+    )
+    assert result.rows_current == len(drifted) and result.drifted and "confidence" not in result.columns
+
+
 def _cli(var: Path, models: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DISTILLERY_VAR_DIR": str(var), "DISTILLERY_MODELS_DIR": str(models)}
     env.pop("DISTILLERY_REGISTRY_DIR", None)
