@@ -315,16 +315,27 @@ class EscalationProducer:
         self._metrics.retained.set(len(self._retained))
 
     def _take_batch(self) -> list[Record]:
+        """The next delivery step's events: the first to arrive, and whatever follows it
+        within ``kafka.collect_ms`` (a full batch, or a stop, sends at once)."""
         batch: list[Record] = []
         try:
             batch.append(self._queue.get(timeout=0.05))
         except queue.Empty:
             return batch
+        deadline = time.monotonic() + self._kafka.collect_ms / 1000
         while len(batch) < BATCH:
             try:
                 batch.append(self._queue.get_nowait())
+                continue
             except queue.Empty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
                 break
+            try:
+                batch.append(self._queue.get(timeout=min(left, 0.05)))
+            except queue.Empty:
+                continue
         return batch
 
     def _run(self) -> None:
