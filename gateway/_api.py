@@ -86,7 +86,11 @@ def _send(served: Served) -> Response:
             served.stream, media_type="text/event-stream", headers=served.headers, background=after
         )
     assert served.body is not None
-    return JSONResponse(content=served.body.model_dump(mode="json"), headers=served.headers, background=after)
+    # pydantic-core writes the JSON (compact, UTF-8, as JSONResponse would): a third of the
+    # time of model_dump + json.dumps on the hot path.
+    return Response(
+        served.body.model_dump_json(), media_type="application/json", headers=served.headers, background=after
+    )
 
 
 def build_api(

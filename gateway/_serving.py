@@ -439,9 +439,14 @@ class OpenAIServing:
             )
             return Served(None, stream, self._headers([info]), after_live)
         early = not req.stream and req.logprobs is None
-        results = await asyncio.gather(
-            *(self._route("completions", g, tier, label, early=early) for g in gen_reqs)
-        )
+        if len(gen_reqs) == 1:  # the usual request: no task to gather
+            results = [await self._route("completions", gen_reqs[0], tier, label, early=early)]
+        else:
+            results = list(
+                await asyncio.gather(
+                    *(self._route("completions", g, tier, label, early=early) for g in gen_reqs)
+                )
+            )
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
@@ -566,7 +571,12 @@ class OpenAIServing:
             stream: AsyncIterator[str] = chat_sse(live, request_id, req.model, info, whole_message, usage_of)
             return Served(None, stream, self._headers([info]), after_live)
         early = not req.stream and not req.logprobs
-        results = await asyncio.gather(*(self._route("chat", g, tier, label, early=early) for g in gen_reqs))
+        if len(gen_reqs) == 1:
+            results = [await self._route("chat", gen_reqs[0], tier, label, early=early)]
+        else:
+            results = list(
+                await asyncio.gather(*(self._route("chat", g, tier, label, early=early) for g in gen_reqs))
+            )
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
