@@ -80,7 +80,9 @@ def live_stack(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         models_dir=str(demo_models),
         var_dir=str(tmp_path_factory.mktemp("var")),
         server={"port": free_port()},
-        cascade={"teacher_timeout_s": 30, "prior": {"refresh_s": 2}},
+        # The route prior off: these tests count on the student being asked on every route
+        # (it is tested on its own app, tests/integration/test_route_prior_live.py).
+        cascade={"teacher_timeout_s": 30, "prior": {"enabled": False}},
         feedback={"sample_rate": 0.2},
         verbose=True,
     )

@@ -15,7 +15,46 @@ from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
 
-ROUTE = "prior-test"  # its own route label: no other test's traffic counts towards it
+ROUTE = "prior-test"
+
+
+@pytest.fixture(scope="module")
+def prior_stack(live_stack, demo_models, tmp_path_factory):
+    """The demo pair as its own Serve app (route ``/prior``) with its own broker, consumer
+    and store, the prior on with the shipped thresholds (re-read every 2 s). The session's
+    ``live_stack`` runs with the prior off: its tests count on the student being asked on
+    every route, and their traffic (canary tests send a third ``shift`` for minutes)
+    would otherwise teach it to skip the student there."""
+    import threading
+
+    from ray import serve
+
+    from distillery.settings import load_settings
+    from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
+    from gateway.app import build_app
+
+    var = tmp_path_factory.mktemp("priorvar")
+    broker = TansuBroker(log_path=var / "tansu.log").start()
+    settings = load_settings(
+        models_dir=str(demo_models),
+        var_dir=str(var),
+        server={"port": live_stack.settings.server.port},
+        cascade={"teacher_timeout_s": 30, "prior": {"enabled": True, "refresh_s": 2}},
+        feedback={"kafka": {"bootstrap": broker.bootstrap}, "sample_rate": 0.2},
+    )
+    store = SQLiteStore(var / "feedback.db")
+    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
+    thread = threading.Thread(target=consumer.run, daemon=True)
+    thread.start()
+    serve.run(build_app(settings), name="prior", route_prefix="/prior")
+    try:
+        yield f"{live_stack.url}/prior"
+    finally:
+        serve.delete("prior")
+        consumer.stop()
+        thread.join(10)
+        consumer.close()
+        broker.stop()
 
 
 def _body(prompt: str, model: str = "distillery") -> dict[str, object]:
@@ -38,8 +77,8 @@ def _prior_rows(url: str) -> list[dict[str, object]]:
     return [r for r in rows if r["route"] == ROUTE]
 
 
-def test_a_route_the_student_always_escalates_is_sent_past_it_once_the_store_says_so(live_stack):
-    url = live_stack.url
+def test_a_route_the_student_always_escalates_is_sent_past_it_once_the_store_says_so(prior_stack):
+    url = prior_stack
     examples = sample_examples(("shift",), 250, random.Random(5))
     first = asyncio.run(_send(url, [e.prompt for e in examples]))
     assert all(r.status_code == 200 for r in first)
