@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from feedback import SpoolWriteError
@@ -206,7 +206,7 @@ class OpenAIServing:
                     if isinstance(event, StreamEnd):
                         if event.late_doubt:
                             self._metrics.observe_late_doubt(event.result.generation.model_version)
-                        return replace(event.result, decided_at_tokens=event.decided_at)
+                        return event.result
         except StreamBroken as broken:
             # A tier failed after its first piece. Nothing has reached this client, so the
             # whole-answer cascade answers it, with its fallbacks (the failure is counted).

@@ -100,12 +100,16 @@ class StreamEnd:
     """The last item: what was served and how it was decided."""
 
     result: CascadeResult
-    decided_at: int | None
-    """Student tokens seen when a commit rule decided (``None``: judged whole)."""
     late_doubt: bool = False
     """Committed early, and the whole answer scores below the whole-answer bar: the answer
     stands; the request is recorded so the audits and the next dataset can use it."""
     student_cancelled: bool = False
+
+    @property
+    def decided_at(self) -> int | None:
+        """Student tokens seen when a commit rule decided (0: the route prior, before the
+        student; ``None``: judged whole): the result's ``decided_at_tokens``."""
+        return self.result.decided_at_tokens
 
 
 class StreamBroken(Exception):
@@ -187,10 +191,9 @@ class StreamingCascade:
             decision = self._decision(run.decider.rule.scorer, run.decider.rule.threshold, evidence, False)
             result = CascadeResult(
                 run.final, "student", decision, False, False, None, run.latency_s, 0.0, "ok",
-                run.decider.rule.threshold, kind,
+                run.decider.rule.threshold, kind, decided_at_tokens=run.decider.rule.commit_tokens,
             )  # fmt: skip
-            late = run.decider.late_doubt(evidence)
-            yield StreamEnd(result, run.decider.rule.commit_tokens, late_doubt=late)
+            yield StreamEnd(result, late_doubt=run.decider.late_doubt(evidence))
             return
         if run.cancelled:  # escalated on its prefix
             assert run.decider is not None and run.decider.prefix_confidence is not None
@@ -233,7 +236,7 @@ class StreamingCascade:
                 policy.threshold,
                 kind,
             )
-            yield StreamEnd(result, None)
+            yield StreamEnd(result)
             return
         relay = teacher(request, decision, final, run.latency_s, "ok", policy.threshold)
         async with aclosing(relay) as items:
@@ -407,7 +410,7 @@ class StreamingCascade:
             final, "teacher", decision, escalated, False, student, student_latency_s, t_lat,
             outcome or "ok", threshold, kind, decided_at_tokens=decided_at,
         )  # fmt: skip
-        yield StreamEnd(result, decided_at, student_cancelled=bool(decided_at))
+        yield StreamEnd(result, student_cancelled=bool(decided_at))
 
     async def _teacher_whole(
         self,
@@ -440,7 +443,7 @@ class StreamingCascade:
             final, "teacher", decision, escalated, False, student, student_latency_s, t_lat,
             outcome or "ok", threshold, request.output_kind, decided_at_tokens=decided_at,
         )  # fmt: skip
-        yield StreamEnd(result, decided_at, student_cancelled=bool(decided_at))
+        yield StreamEnd(result, student_cancelled=bool(decided_at))
 
     async def _student_fallback(
         self,
@@ -469,7 +472,7 @@ class StreamingCascade:
             fallback, "student", decision, True, True, fallback, student_latency_s, 0.0,
             "teacher_failed_served_student", threshold, request.output_kind, decided_at_tokens=decided_at,
         )  # fmt: skip
-        yield StreamEnd(result, decided_at, student_cancelled=student is None and bool(decided_at))
+        yield StreamEnd(result, student_cancelled=student is None and bool(decided_at))
 
 
 def _stamp(head: StreamHead) -> Generation:
