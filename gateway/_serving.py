@@ -198,6 +198,22 @@ class OpenAIServing:
         self._record(endpoint, request, result, route, started)
         return result
 
+    async def _route_each(
+        self,
+        endpoint: str,
+        requests: Sequence[GenerationRequest],
+        tier: Tier | None,
+        label: str | None,
+        *,
+        early: bool,
+    ) -> list[CascadeResult]:
+        """``_route`` for each of a request's answers (prompts x n), concurrently; the usual
+        one-answer request is awaited directly (no task to gather)."""
+        if len(requests) == 1:
+            return [await self._route(endpoint, requests[0], tier, label, early=early)]
+        routed = (self._route(endpoint, r, tier, label, early=early) for r in requests)
+        return list(await asyncio.gather(*routed))
+
     async def _decided_early(self, request: GenerationRequest, streaming: StreamingCascade) -> CascadeResult:
         """The streaming cascade, drained: the same decision a streamed request gets."""
         try:
@@ -439,14 +455,7 @@ class OpenAIServing:
             )
             return Served(None, stream, self._headers([info]), after_live)
         early = not req.stream and req.logprobs is None
-        if len(gen_reqs) == 1:  # the usual request: no task to gather
-            results = [await self._route("completions", gen_reqs[0], tier, label, early=early)]
-        else:
-            results = list(
-                await asyncio.gather(
-                    *(self._route("completions", g, tier, label, early=early) for g in gen_reqs)
-                )
-            )
+        results = await self._route_each("completions", gen_reqs, tier, label, early=early)
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)
@@ -571,12 +580,7 @@ class OpenAIServing:
             stream: AsyncIterator[str] = chat_sse(live, request_id, req.model, info, whole_message, usage_of)
             return Served(None, stream, self._headers([info]), after_live)
         early = not req.stream and not req.logprobs
-        if len(gen_reqs) == 1:
-            results = [await self._route("chat", gen_reqs[0], tier, label, early=early)]
-        else:
-            results = list(
-                await asyncio.gather(*(self._route("chat", g, tier, label, early=early) for g in gen_reqs))
-            )
+        results = await self._route_each("chat", gen_reqs, tier, label, early=early)
         infos = [self._routing(r) for r in results]
         headers = self._headers(infos)
         after = self._issued(request_id, list(zip(gen_reqs, results, strict=True)), label, principal)

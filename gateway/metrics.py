@@ -402,11 +402,10 @@ class GatewayMetrics:
         if student is not None:
             spent = prices.student.cost(student.prompt_tokens, student.completion_tokens)
             self._child(self.cost, "student").inc(spent)
+        teacher_cost = prices.teacher.cost(gen.prompt_tokens, gen.completion_tokens)
         if result.tier == "teacher":
-            self._child(self.cost, "teacher").inc(
-                prices.teacher.cost(gen.prompt_tokens, gen.completion_tokens)
-            )
-        self.teacher_equivalent_cost.inc(prices.teacher.cost(gen.prompt_tokens, gen.completion_tokens))
+            self._child(self.cost, "teacher").inc(teacher_cost)
+        self.teacher_equivalent_cost.inc(teacher_cost)
 
     def observe_stream_timing(self, tier: str, seconds: float, what: str) -> None:
         """``what``: ``decision``, ``first_token`` or ``inter_token``."""
