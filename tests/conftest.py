@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -198,46 +199,61 @@ def student_dir(teacher_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
-class RealStack:
+class SideApp:
     def __init__(self, url: str, store: Any, settings: Any) -> None:
         self.url = url
         self.store = store
         self.settings = settings
 
 
-@pytest.fixture(scope="session")
-def real_stack(
-    live_stack: LocalStack, teacher_dir: Path, student_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RealStack]:
-    """The real pair as a second Serve app (route ``/real``) with its own broker and store."""
+@contextlib.contextmanager
+def side_app(
+    live_stack: LocalStack, name: str, var: Path, settings_for: Callable[[str], Any]
+) -> Iterator[SideApp]:
+    """A second Serve app beside ``live_stack`` (route ``/<name>``, same port) with its own
+    broker, consumer and SQLite store; ``settings_for(bootstrap)`` gives its settings."""
     import threading
 
     from ray import serve
 
-    from distillery.settings import load_settings
     from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
     from gateway.app import build_app
 
-    var = tmp_path_factory.mktemp("realvar")
     broker = TansuBroker(log_path=var / "tansu.log").start()
-    settings = load_settings(
-        preset="smollm2",
-        var_dir=str(var),
-        student={"kind": "transformers", "model_dir": str(student_dir), "num_threads": 1},
-        teacher={"kind": "transformers", "model_dir": str(teacher_dir), "num_threads": 1},
-        server={"port": live_stack.settings.server.port},
-        feedback={"kafka": {"bootstrap": broker.bootstrap}, "sample_rate": 0.0},
-    )
+    settings = settings_for(broker.bootstrap)
     store = SQLiteStore(var / "feedback.db")
     consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
     thread = threading.Thread(target=consumer.run, daemon=True)
     thread.start()
-    serve.run(build_app(settings), name="real", route_prefix="/real")
+    serve.run(build_app(settings), name=name, route_prefix=f"/{name}")
     try:
-        yield RealStack(f"{live_stack.url}/real", store, settings)
+        yield SideApp(f"{live_stack.url}/{name}", store, settings)
     finally:
-        serve.delete("real")
+        serve.delete(name)
         consumer.stop()
         thread.join(10)
         consumer.close()
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def real_stack(
+    live_stack: LocalStack, teacher_dir: Path, student_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SideApp]:
+    """The real pair as a second Serve app (route ``/real``) with its own broker and store."""
+    from distillery.settings import load_settings
+
+    var = tmp_path_factory.mktemp("realvar")
+
+    def settings_for(bootstrap: str) -> Any:
+        return load_settings(
+            preset="smollm2",
+            var_dir=str(var),
+            student={"kind": "transformers", "model_dir": str(student_dir), "num_threads": 1},
+            teacher={"kind": "transformers", "model_dir": str(teacher_dir), "num_threads": 1},
+            server={"port": live_stack.settings.server.port},
+            feedback={"kafka": {"bootstrap": bootstrap}, "sample_rate": 0.0},
+        )
+
+    with side_app(live_stack, "real", var, settings_for) as stack:
+        yield stack

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from demo import format_prompt, sample_examples, solve
-from tests.conftest import wait_until
+from tests.conftest import side_app, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,36 +25,21 @@ def prior_stack(live_stack, demo_models, tmp_path_factory):
     ``live_stack`` runs with the prior off: its tests count on the student being asked on
     every route, and their traffic (canary tests send a third ``shift`` for minutes)
     would otherwise teach it to skip the student there."""
-    import threading
-
-    from ray import serve
-
     from distillery.settings import load_settings
-    from feedback import FeedbackConsumer, SQLiteStore, TansuBroker
-    from gateway.app import build_app
 
     var = tmp_path_factory.mktemp("priorvar")
-    broker = TansuBroker(log_path=var / "tansu.log").start()
-    settings = load_settings(
-        models_dir=str(demo_models),
-        var_dir=str(var),
-        server={"port": live_stack.settings.server.port},
-        cascade={"teacher_timeout_s": 30, "prior": {"enabled": True, "refresh_s": 2}},
-        feedback={"kafka": {"bootstrap": broker.bootstrap}, "sample_rate": 0.2},
-    )
-    store = SQLiteStore(var / "feedback.db")
-    consumer = FeedbackConsumer(settings.feedback.kafka, broker.bootstrap, store)
-    thread = threading.Thread(target=consumer.run, daemon=True)
-    thread.start()
-    serve.run(build_app(settings), name="prior", route_prefix="/prior")
-    try:
-        yield f"{live_stack.url}/prior"
-    finally:
-        serve.delete("prior")
-        consumer.stop()
-        thread.join(10)
-        consumer.close()
-        broker.stop()
+
+    def settings_for(bootstrap: str):
+        return load_settings(
+            models_dir=str(demo_models),
+            var_dir=str(var),
+            server={"port": live_stack.settings.server.port},
+            cascade={"teacher_timeout_s": 30, "prior": {"enabled": True, "refresh_s": 2}},
+            feedback={"kafka": {"bootstrap": bootstrap}, "sample_rate": 0.2},
+        )
+
+    with side_app(live_stack, "prior", var, settings_for) as stack:
+        yield stack.url
 
 
 def _body(prompt: str, model: str = "distillery") -> dict[str, object]:
