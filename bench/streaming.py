@@ -36,9 +36,12 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from bench._common import (
     REPO,
@@ -239,10 +242,6 @@ def _learn_prior(
 ) -> list[dict[str, Any]]:
     """The learning candidates, whole at 4 clients; then wait until the prior's table
     counts them all (the consumer has stored them and the prior has re-read the store)."""
-    import time
-
-    import httpx
-
     n = len(learn.get("prompts") or learn.get("conversations") or [])
     send(learn, 4, n)
     deadline = time.monotonic() + 120
