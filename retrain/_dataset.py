@@ -442,9 +442,12 @@ def build_dataset(
     verifiers: Sequence[Verifier] | None = None,
     second_teacher: SecondOpinion | None = None,
     agreement: AgreementMetric | None = None,
+    served: Sequence[Pair] = (),
 ) -> DistillDataset:
     """``verifiers`` None builds ``config.verifiers``; ``second_teacher`` confirms (or drops)
-    every teacher label not already confirmed, judged by ``agreement``."""
+    every teacher label not already confirmed, judged by ``agreement``. ``served``: the
+    serving student's own answers to live prompts (``retrain._replay.served_pairs``), up
+    to ``config.replay_served`` of the replayed rows; the reference fills the rest."""
     labeller = _Labeller(
         build_verifiers(config.verifiers) if verifiers is None else verifiers,
         second_teacher,
@@ -471,8 +474,13 @@ def build_dataset(
     rng = random.Random(config.seed)
     budget_new = min(len(new), int(config.max_examples * (1 - config.replay_share)))
     new = rng.sample(new, budget_new)
-    n_replay = round(len(new) * config.replay_share / (1 - config.replay_share)) if reference else 0
-    replay = [rng.choice(reference) for _ in range(n_replay)] if reference else []
+    pool = bool(reference) or bool(served)
+    n_replay = round(len(new) * config.replay_share / (1 - config.replay_share)) if pool else 0
+    taken = {p.key for p in new} | set(holdout)
+    own = [p for p in served if p.key not in taken]
+    n_served = min(len(own), round(n_replay * config.replay_served))
+    replay = rng.sample(own, n_served)
+    replay += [rng.choice(reference) for _ in range(n_replay - n_served)] if reference else []
     train = new + replay
     rng.shuffle(train)
     by_skill: dict[str, int] = {}

@@ -19,6 +19,7 @@ from feedback import FeedbackStore
 from retrain._dataset import Pair, build_dataset, load_reference, save_pairs
 from retrain._gate import BackendFactory, GateReport, recalibration, run_gate, transformers_factory
 from retrain._labels import SecondOpinion, backend_opinion
+from retrain._replay import served_pairs
 from retrain._suite import build_suite
 from retrain._train import distill
 from retrain.config import DistillConfig, GateConfig
@@ -135,6 +136,10 @@ def run_refresh(
             max_tokens=(parent.max_new_tokens if parent else None) or 32,
             default_dir=current.path,
         )
+    served: list[Pair] = []
+    if distill_config.replay_served > 0:
+        samples = store.events(kind="sample", split="train", holdout_fraction=distill_config.holdout_fraction)
+        served = served_pairs(samples, current.version)
     dataset = build_dataset(
         store,
         load_reference(current.path),
@@ -142,6 +147,7 @@ def run_refresh(
         since=since,
         second_teacher=second_teacher,
         agreement=agree,
+        served=served,
     )
     if suite is None:
         suite = build_suite(
@@ -160,7 +166,7 @@ def run_refresh(
     # see the routes it had just learned as drift on every tick after a promotion (and
     # refresh again, seed 1 of loop robustness), and left them out of the next replay.
     reference = {p.key: p for p in load_reference(current.path)}
-    reference.update((p.key, p) for p in dataset.train if p.source != "replay")
+    reference.update((p.key, p) for p in dataset.train if not p.source.startswith("replay"))
     save_pairs(list(reference.values()), candidate_dir / REFERENCE_FILE)
     # The candidate names itself from here on (the gate's report, the engines that load it).
     manifest = ModelManifest.load(candidate_dir) or ModelManifest(version=version)

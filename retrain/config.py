@@ -33,6 +33,12 @@ class DistillConfig(BaseModel):
             never trained on; the gate's held-out teacher answers.
         replay_share (`float`, defaults to 0.5): share of the training set drawn from the
             student's original training data, so old skills are not forgotten.
+        replay_served (`float`, defaults to 0.0): up to this share of the replayed rows
+            are the serving student's own answers to live prompts (the store's ``sample``
+            events of that version, labelled with its answer: ``retrain._replay``); the
+            reference fills the rest. A student has memorised its reference (the real
+            pair's reproduces all 358 rows word for word), so replaying only it holds
+            little of how the student answers prompts it has not seen.
         max_examples (`int`, defaults to 6000): cap on the training set (new + replay).
         verifiers (`list[VerifierConfig]`, defaults to none): checks a teacher answer must
             pass before it teaches (a JSON schema, a regex, a ``module:function``), per
@@ -99,6 +105,7 @@ class DistillConfig(BaseModel):
     min_new_examples: int = Field(default=1800, ge=1)
     holdout_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     replay_share: float = Field(default=0.5, ge=0.0, lt=1.0)
+    replay_served: float = Field(default=0.0, ge=0.0, le=1.0)
     max_examples: int = Field(default=6000, ge=10)
     verifiers: list[VerifierConfig] = Field(default_factory=list)
     second_teacher: BackendConfig | None = None
