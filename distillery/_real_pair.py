@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from common.model_dir import CALIBRATION_FILE, CalibrationRecord, ModelManifest, read_model_version
 from distillery._workloads import workload_for
 from distillery.settings import DistillerySettings
@@ -74,14 +76,21 @@ HOW_IT_RUNS = {"isolated", "niceness", "omp_wait_policy", "num_threads"}
 of the build key, so tuning them does not rebuild the student (~10 min)."""
 
 
+def _recipe(config: BaseModel) -> dict[str, Any]:
+    """A training config as the build key sees it: the fields set away from their defaults,
+    less ``HOW_IT_RUNS``. A release that adds a field with a default (``retrain.replay_served``
+    did) then keeps every student built before it, instead of rebuilding it (~25 min)."""
+    return config.model_dump(mode="json", exclude=HOW_IT_RUNS, exclude_defaults=True)
+
+
 def _build_key(settings: DistillerySettings, layers: int, seed_per_route: int, steps: int | None) -> str:
     blob = json.dumps(
         [
             read_model_version(settings.tier_dir("teacher")),
             layers,
             seed_per_route,
-            settings.real.bootstrap.model_dump(mode="json", exclude=HOW_IT_RUNS),
-            settings.real.refresh.model_dump(mode="json", exclude=HOW_IT_RUNS),
+            _recipe(settings.real.bootstrap),
+            _recipe(settings.real.refresh),
             steps,
             settings.workload,
         ],

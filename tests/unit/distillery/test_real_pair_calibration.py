@@ -9,6 +9,7 @@ import pytest
 import distillery._real_pair as real_pair
 from common.model_dir import CalibrationRecord, ModelManifest, ModelSource
 from distillery.settings import load_settings
+from retrain.config import DistillConfig
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +56,21 @@ def test_a_metric_change_recalibrates_the_built_student_and_an_unchanged_one_doe
 
     real_pair.build_student(changed, calibrate=False, announce=said.append)
     assert calls == ["calibrate"]  # asked not to calibrate: it does not
+
+
+def test_the_build_key_follows_the_recipe_not_fields_left_at_their_defaults(tmp_path):
+    """A release that adds a training field with a default keeps the students built
+    before it (retrain.replay_served rebuilt one for ~25 min before this rule); a value set
+    away from its default, bootstrap or refresh, is a new student."""
+    base = load_settings(preset="smollm2", models_dir=str(tmp_path))
+    ModelManifest(version="teacher-t1", role="teacher").save(_mkdir(base.tier_dir("teacher")))
+
+    def key(**real: object) -> str:
+        settings = load_settings(preset="smollm2", models_dir=str(tmp_path), real=real) if real else base
+        return real_pair._build_key(settings, 8, 320, None)
+
+    bootstrap = base.real.bootstrap.model_dump(exclude_unset=True)
+    assert real_pair._recipe(DistillConfig(steps=240, num_threads=1)) == {"steps": 240}, "no default in it"
+    assert key() == key(bootstrap={**bootstrap, "replay_served": 0.0, "num_threads": 1})
+    assert key() != key(bootstrap={**bootstrap, "learning_rate": 1e-4})
+    assert key() != key(refresh={"steps": 151, "batch_size": 16, "learning_rate": 3e-4, "warmup_steps": 0})
