@@ -176,7 +176,9 @@ class GateConfig(BaseModel):
         max_invalid_rate (`float`, defaults to 0.02), max_invalid_increase (`float`,
             defaults to 0.01): answers that are empty or cut off by the length limit, by
             the same rule (the real teacher itself rambles past 24 tokens on ~10% of
-            capital questions, and a student trained on it inherits some of that).
+            capital questions, and a student trained on it inherits some of that); a rise
+            past the bar counts only beyond chance (``route_regression_alpha``, on the
+            items that became invalid vs valid), as a route's does.
         min_json_validity (`float`, defaults to 0.98): structured requests (a
             ``response_format`` or tools) in the holdout and suite: the share of the
             candidate's answers that keep their contract (parse, fit the schema, call a

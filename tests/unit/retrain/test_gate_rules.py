@@ -134,3 +134,30 @@ def test_the_current_is_judged_at_the_threshold_it_is_served_at():
     served = CalibrationRecord(scorer="mean_logprob", threshold=0.98, by_kind={"json": 0.96})
     assert scored.escalated_at(served).suite_escalated == {"order_number": [True, True, False, False]}
     assert "suite_scores" not in scored.summary()
+
+
+def _valid(n: int, invalid: set[int]) -> list[bool]:
+    return [i not in invalid for i in range(n)]
+
+
+def test_invalid_answers_past_the_bar_are_refused_only_beyond_chance():
+    """Seed 1 of loop robustness: 2 of 96 answers cut off (0.021 > 0.020) refused a
+    candidate that was better everywhere else; by items, 2 worse and 0 better is p=0.25."""
+    current = result(invalid_rate=0.0, item_valid=_valid(96, set()))
+    two = result(invalid_rate=2 / 96, escalation_rate=0.07, item_valid=_valid(96, {3, 40}))
+    assert judge(current, two, GateConfig()) == []
+
+    five = result(invalid_rate=5 / 96, escalation_rate=0.07, item_valid=_valid(96, {1, 2, 3, 4, 5}))
+    reasons = judge(current, five, GateConfig())
+    assert reasons == [
+        "invalid answers 0.052 > 0.020 (current 0.000): 5 became invalid, 0 valid (sign test p=0.031)"
+    ]
+
+    traded = result(invalid_rate=5 / 96, escalation_rate=0.07, item_valid=_valid(96, {1, 2, 3, 4, 5}))
+    was = result(invalid_rate=3 / 96, item_valid=_valid(96, {10, 11, 12}))
+    assert judge(was, traded, GateConfig()) == [], "5 became invalid, 3 valid: within chance"
+
+
+def test_without_per_item_answers_the_invalid_rate_alone_decides():
+    reasons = judge(result(invalid_rate=0.0), result(invalid_rate=2 / 96, escalation_rate=0.3), GateConfig())
+    assert reasons == ["invalid answers 0.021 > 0.020 (current 0.000)"]
