@@ -489,6 +489,14 @@ def sign_test_p(lost: int, gained: int) -> float:
     return float(sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n)
 
 
+def paired_change(bad_before: Sequence[bool], bad_after: Sequence[bool]) -> tuple[int, int, float]:
+    """Items that became bad, items that stopped being bad (two models on the same items),
+    and ``sign_test_p`` of the first against the second."""
+    worse = sum(a and not b for b, a in zip(bad_before, bad_after, strict=True))
+    better = sum(b and not a for b, a in zip(bad_before, bad_after, strict=True))
+    return worse, better, sign_test_p(worse, better)
+
+
 def invalid_regression(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:
     """Why ``cand`` gives invalid answers (empty, cut off, breaking a contract) too often.
 
@@ -503,12 +511,9 @@ def invalid_regression(cur: EvalResult, cand: EvalResult, config: GateConfig) ->
     if cand.invalid_rate <= bar + 1e-9:
         return []
     why = f"invalid answers {cand.invalid_rate:.3f} > {bar:.3f} (current {cur.invalid_rate:.3f})"
-    before, after = cur.item_valid, cand.item_valid
-    if not before or len(before) != len(after):
+    if not cur.item_valid or len(cur.item_valid) != len(cand.item_valid):
         return [why]
-    worse = sum(b and not a for b, a in zip(before, after, strict=True))
-    better = sum(a and not b for b, a in zip(before, after, strict=True))
-    p = sign_test_p(worse, better)
+    worse, better, p = paired_change([not v for v in cur.item_valid], [not v for v in cand.item_valid])
     if p >= config.route_regression_alpha:
         return []
     return [f"{why}: {worse} became invalid, {better} valid (sign test p={p:.3f})"]
@@ -556,9 +561,7 @@ def route_regression(skill: str, cur: EvalResult, cand: EvalResult, config: Gate
         rate_before, rate_after = sum(before) / n, sum(after) / n
         if rate_after <= rate_before + bar + 1e-9:
             continue
-        worse = sum(a and not b for b, a in zip(before, after, strict=True))
-        better = sum(b and not a for b, a in zip(before, after, strict=True))
-        p = sign_test_p(worse, better)
+        worse, better, p = paired_change(before, after)
         if p < config.route_regression_alpha:
             reasons.append(
                 f"route {skill!r} {what} more: {rate_before:.3f} -> {rate_after:.3f} of {n} items"
