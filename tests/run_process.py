@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import MODELS_DIR, REPO, free_port
+from tests.conftest import MODELS_DIR, REPO, free_port, free_port_pair
 
 __all__ = ["RunProcess", "cmdline"]
 
@@ -48,7 +48,10 @@ class RunProcess:
         self.var = var
         self.cwd = cwd
         self.port = free_port()
-        self.metrics_port = free_port()
+        self.metrics_port = free_port_pair(avoid={self.port})
+        taken = {self.port, self.metrics_port, self.metrics_port + 1}
+        haproxy_metrics = free_port(avoid=taken)
+        haproxy_stats = free_port(avoid=taken | {haproxy_metrics})
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = var / "run.log"
         self.env = {
@@ -58,8 +61,8 @@ class RunProcess:
             "DISTILLERY_SERVER__PORT": str(self.port),
             # HAProxy's own ports too: another stack on this host (the test session's) holds
             # the defaults, and HAProxy then exits at start ("cannot bind socket").
-            "DISTILLERY_SERVER__HAPROXY_METRICS_PORT": str(free_port()),
-            "DISTILLERY_SERVER__HAPROXY_STATS_PORT": str(free_port()),
+            "DISTILLERY_SERVER__HAPROXY_METRICS_PORT": str(haproxy_metrics),
+            "DISTILLERY_SERVER__HAPROXY_STATS_PORT": str(haproxy_stats),
         }
         self.env.pop("RAY_ADDRESS", None)  # its own cluster, not the test session's
         for key, value in (env or {}).items():

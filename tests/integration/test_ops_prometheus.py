@@ -145,7 +145,9 @@ def monitoring(live_stack: LocalStack, tmp_path_factory: pytest.TempPathFactory)
     settings: Any = live_stack.settings
     procs = Processes()
     try:
-        c_port, l_port, p_port = free_port(), free_port(), free_port()
+        c_port = free_port()
+        l_port = free_port(avoid={c_port})
+        p_port = free_port(avoid={c_port, l_port})
         common = {
             "DISTILLERY_SERVER__HOST": "127.0.0.1",
             "DISTILLERY_MODELS_DIR": str(settings.resolved_models_dir),
