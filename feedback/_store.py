@@ -177,6 +177,7 @@ class FeedbackStore(Protocol):
         split: Literal["train", "holdout"] | None = None,
         holdout_fraction: float = 0.1,
         limit: int | None = None,
+        student_version: str | None = None,
     ) -> list[EscalationEvent]: ...
 
     def request_ids(self) -> list[str]: ...
@@ -283,6 +284,7 @@ class _SQLStore:
         skill: str | None,
         split: Literal["train", "holdout"] | None = None,
         holdout_fraction: float = 0.1,
+        student_version: str | None = None,
     ) -> tuple[str, list[Any]]:
         p = self.placeholder
         clauses: list[str] = []
@@ -299,6 +301,9 @@ class _SQLStore:
         if split is not None:
             clauses.append(f"split_bucket {'<' if split == 'holdout' else '>='} {p}")
             args.append(int(holdout_fraction * SPLIT_BUCKETS))
+        if student_version is not None:
+            clauses.append(f"student_version = {p}")
+            args.append(student_version)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def count(self, *, kind: str | None = None, skill: str | None = None, since: float | None = None) -> int:
@@ -331,8 +336,9 @@ class _SQLStore:
         split: Literal["train", "holdout"] | None = None,
         holdout_fraction: float = 0.1,
         limit: int | None = None,
+        student_version: str | None = None,
     ) -> list[EscalationEvent]:
-        where, args = self._where(since, kind, skill, split, holdout_fraction)
+        where, args = self._where(since, kind, skill, split, holdout_fraction, student_version)
         sql = f"SELECT payload FROM feedback_events{where} ORDER BY created_at, request_id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"

@@ -138,7 +138,12 @@ def run_refresh(
         )
     served: list[Pair] = []
     if distill_config.replay_served > 0:
-        samples = store.events(kind="sample", split="train", holdout_fraction=distill_config.holdout_fraction)
+        samples = store.events(
+            kind="sample",
+            split="train",
+            holdout_fraction=distill_config.holdout_fraction,
+            student_version=current.version,
+        )
         served = served_pairs(samples, current.version)
     dataset = build_dataset(
         store,

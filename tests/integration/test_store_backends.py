@@ -51,6 +51,29 @@ def test_queries_and_split(store):
     assert store.events(limit=1)[0] == _event(0)
 
 
+def test_events_of_one_student_version(store):
+    """What served replay reads: the samples one version served, not every version's (a
+    store that outlives many refreshes would hand the refresh all of them)."""
+    rows = [
+        EscalationEvent(
+            request_id=f"{version}-{i}",
+            kind="sample",
+            created_at=1000.0 + i,
+            prompt=f"p{i}",
+            student_version=version,
+        )
+        for version in ("s1", "s2")
+        for i in range(20)
+    ]
+    rows.append(EscalationEvent(request_id="e", created_at=1000.0, prompt="p", student_version="s2"))
+    store.insert(rows)
+    got = store.events(kind="sample", student_version="s2")
+    assert {e.request_id for e in got} == {f"s2-{i}" for i in range(20)}
+    train = store.events(kind="sample", student_version="s2", split="train", holdout_fraction=0.3)
+    assert train and {e.student_version for e in train} == {"s2"} and len(train) < 20
+    assert store.events(student_version="s3") == []
+
+
 def test_route_counts_are_per_student_version_route_and_kind_in_the_window(store):
     """What the route prior learns from: escalations and samples only, audits and ratings
     not; an escalation whose student was never asked (no version) keeps its None."""
