@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
@@ -19,10 +21,18 @@ from common.errors import ConfigError
 from common.paths import socket_safe_dir
 from gateway import __version__
 from gateway._ingress import GatewayIngress
-from gateway._model_server import ModelServer, tier_spec
+from gateway._model_server import ModelServer, TierSpec, tier_spec
 from gateway.settings import GatewaySettings, ServerConfig
 
-__all__ = ["APP_NAME", "build_app", "run_app", "serve_env", "start_ray"]
+__all__ = [
+    "APP_NAME",
+    "build_app",
+    "gateway_fingerprint",
+    "run_app",
+    "serve_env",
+    "spec_fingerprint",
+    "start_ray",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +50,8 @@ def build_app(settings: GatewaySettings) -> Application:
         dep = deployment(
             ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts
         )
-        return _pinned(dep, settings).bind(tier_spec(settings, tier))
+        spec = tier_spec(settings, tier)
+        return _pinned(dep, spec_fingerprint(spec)).bind(spec)
 
     # student_placement: ingress (the default) has the ingress open the student in its process.
     student = model_server("student") if settings.student_placement == "deployment" else None
@@ -55,14 +66,15 @@ def build_app(settings: GatewaySettings) -> Application:
         }
         ingress_opts = {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": same_loop}}}
     ingress = _pinned(
-        deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **ingress_opts), settings
+        deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **ingress_opts),
+        gateway_fingerprint(settings),
     )
     app: Application = ingress.bind(student, teacher, settings)
     return app
 
 
-def _pinned(dep: Any, settings: GatewaySettings) -> Any:
-    """Gives a deployment a version derived from the code and settings.
+def _pinned(dep: Any, fingerprint: dict[str, Any]) -> Any:
+    """Gives a deployment a version derived from the code and what its replicas read.
 
     ``serve.run`` otherwise stamps every deployment with a random version, so any re-run
     of the same application replaces every replica (reloading every model), where a
@@ -70,8 +82,26 @@ def _pinned(dep: Any, settings: GatewaySettings) -> Any:
     is Serve's internal hook for this (Ray is pinned in pyproject.toml). Hot-swap does not
     redeploy at all: the student's replicas follow the registry (``deploy.RegistryFollower``).
     """
-    blob = json.dumps([__version__, dep.name, settings.model_dump(mode="json")], sort_keys=True)
+    blob = json.dumps([__version__, dep.name, fingerprint], sort_keys=True)
     return dep.options(version=hashlib.sha256(blob.encode()).hexdigest()[:16], _internal=True)
+
+
+def spec_fingerprint(spec: TierSpec) -> dict[str, Any]:
+    """What a model server is built from: its tier's spec alone, so a change to the
+    gateway's keys, limits or cascade restarts no model server."""
+    return {
+        f.name: value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+        for f in dataclasses.fields(spec)
+        for value in [getattr(spec, f.name)]
+    }
+
+
+def gateway_fingerprint(settings: GatewaySettings) -> dict[str, Any]:
+    """The ingress's settings: the gateway's own sections only. The loop's (``retrain``,
+    ``gate``, ``loop``, ``canary`` of ``DistillerySettings``) are read by no replica, and
+    hashing them restarted every replica, reloading its models, when only
+    ``loop.check_interval_s`` changed."""
+    return settings.model_dump(mode="json", include=set(GatewaySettings.model_fields))
 
 
 def serve_env(server: ServerConfig) -> dict[str, str]:
