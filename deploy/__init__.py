@@ -14,6 +14,7 @@ from deploy._canary import (
     parse_version_stats,
     wilson_interval,
 )
+from deploy._controller import Rollout, RolloutController
 from deploy._follower import RegistryFollower
 from deploy._lease import LEASE_FILE, RefreshLease
 from deploy._registry import ModelRegistry, RegisteredModel
@@ -40,6 +41,8 @@ __all__ = [
     "RegistryFollower",
     "RegistryMismatch",
     "RollbackFailed",
+    "Rollout",
+    "RolloutController",
     "RolloutState",
     "LiveMetrics",
     "VersionStats",

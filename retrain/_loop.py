@@ -25,11 +25,10 @@ from pydantic import BaseModel, Field, field_validator
 
 from deploy import (
     CanaryConfig,
-    CanaryController,
     ModelRegistry,
     RefreshInProgress,
     RefreshLease,
-    focus_routes,
+    RolloutController,
 )
 from feedback import FeedbackStore
 from retrain._dataset import Pair, load_reference
@@ -432,24 +431,23 @@ class RefreshLoop:
                 "; ".join(outcome.reasons),
                 outcome.timings_s,
             )
-        if self._config.canary and self._fetch is not None:
-            t0 = time.monotonic()
-            controller = CanaryController(self._registry, self._fetch, self.canary)
-            trained_on: dict[str, int] = {}
-            if isinstance(outcome, RefreshOutcome):
-                trained_on = outcome.dataset.get("new_by_skill", {})
-            focus = focus_routes(trained_on, self.canary)
-            verdict, _, _ = controller.run(outcome.version, focus)
-            timings = {**outcome.timings_s, "canary": round(time.monotonic() - t0, 2)}
-            self.metrics.stage_seconds.labels("canary").observe(timings["canary"])
-            detail = controller.detail
-            self._rollback_reason = controller.reason
-            if verdict != "promote":
+        trained_on = outcome.dataset.get("new_by_skill", {}) if isinstance(outcome, RefreshOutcome) else {}
+        rollout = RolloutController(self._registry, self.canary, self._fetch).roll_out(
+            outcome.version,
+            canary=self._config.canary,
+            trained_on=trained_on,
+            actor="loop",
+            reason=f"{trigger}: gate passed",
+        )
+        timings, detail = outcome.timings_s, "gate passed"
+        if rollout.canaried:
+            timings = {**timings, "canary": rollout.seconds}
+            self.metrics.stage_seconds.labels("canary").observe(rollout.seconds)
+            detail = rollout.detail
+            self._rollback_reason = rollout.reason
+            if not rollout.promoted:
                 self.metrics.refreshes.labels("rolled_back").inc()
                 return LoopEvent(now, trigger, drift_info, "rolled_back", outcome.version, detail, timings)
-        else:
-            self._registry.promote(outcome.version, reason=f"{trigger}: gate passed", actor="loop")
-            timings, detail = outcome.timings_s, "gate passed"
         self.metrics.refreshes.labels("promoted").inc()
         self.metrics.last_success.set(self._clock())
         self._save_state(last_success_at=self._clock())

@@ -75,16 +75,17 @@ def roll_out(
     live canary, which promotes or rolls back on the gateway's metrics (exit 0: promoted)."""
     import httpx
 
-    from deploy import CanaryController
+    from deploy import RolloutController
 
-    if args.no_canary:
-        registry.promote(version, reason="gate passed (no canary)", actor=actor)
+    url = args.gateway_url or f"http://{settings.server.host}:{settings.server.port}"
+    rollout = RolloutController(
+        registry, settings.canary, lambda: httpx.get(f"{url}/metrics", timeout=10).text
+    ).roll_out(version, canary=not args.no_canary, actor=actor)
+    if not rollout.canaried:
         print(f"promoted {version}")
         return 0
-    url = args.gateway_url or f"http://{settings.server.host}:{settings.server.port}"
-    controller = CanaryController(
-        registry, lambda: httpx.get(f"{url}/metrics", timeout=10).text, settings.canary
+    print(
+        f"canary verdict: {rollout.verdict} (canary {rollout.candidate.describe()};"
+        f" current {rollout.current.describe()})"
     )
-    verdict, cur, can = controller.run(version)
-    print(f"canary verdict: {verdict} (canary {can.describe()}; current {cur.describe()})")
-    return 0 if verdict == "promote" else 1
+    return 0 if rollout.promoted else 1
