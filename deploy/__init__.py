@@ -15,6 +15,7 @@ from deploy._canary import (
     wilson_interval,
 )
 from deploy._controller import Rollout, RolloutController
+from deploy._evidence import EvidenceBoard, EvidencePublisher, ReplicaEvidence, combine_live, replica_id
 from deploy._follower import RegistryFollower
 from deploy._lease import LEASE_FILE, RefreshLease
 from deploy._registry import ModelRegistry, RegisteredModel
@@ -33,6 +34,11 @@ __all__ = [
     "RefreshInProgress",
     "RefreshLease",
     "CanaryController",
+    "EvidenceBoard",
+    "EvidencePublisher",
+    "ReplicaEvidence",
+    "combine_live",
+    "replica_id",
     "RouteSplit",
     "ModelNotFound",
     "ModelRegistry",

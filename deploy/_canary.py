@@ -322,14 +322,15 @@ def agreement_reference(
 class CanaryController:
     """Runs one canary through the registry (replicas follow its pointers) and decides.
 
-    ``fetch_metrics`` returns the gateway's ``/metrics`` text (every ingress replica's, if
-    several, concatenated: the parser sums them).
+    ``fetch_metrics`` returns the live counts: every ingress replica's, summed
+    (``deploy.EvidenceBoard.read``), or a ``/metrics`` text (every replica's concatenated:
+    the parser sums them; one replica's scrape is one replica's evidence).
     """
 
     def __init__(
         self,
         registry: ModelRegistry,
-        fetch_metrics: Callable[[], str],
+        fetch_metrics: Callable[[], str | LiveMetrics],
         config: CanaryConfig,
         *,
         poll_s: float = 1.0,
@@ -348,13 +349,17 @@ class CanaryController:
         self.reason = ""
         """The rule behind the last verdict (a rollback's cause, for the next attempt)."""
 
+    def _live(self) -> LiveMetrics:
+        got = self._fetch()
+        return parse_live_metrics(got) if isinstance(got, str) else got
+
     def run(self, version: str, focus: Collection[str] = ()) -> tuple[Verdict, VersionStats, VersionStats]:
         """``focus``: the routes the candidate was trained for (``focus_routes``); empty:
         judged on all traffic alone. The last verdict's detail is ``self.detail``."""
         current = self._registry.pointers()["current"]
         if current is None:
             raise RegistryError("no current version to compare the canary with")
-        base = parse_live_metrics(self._fetch())
+        base = self._live()
         focus = failing_routes(base, current, focus, self._config)
         self.focus = list(focus)
         self._registry.start_canary(version, self._config.share, actor="canary")
@@ -362,7 +367,7 @@ class CanaryController:
         cur = can = VersionStats()
         while True:
             self._sleep(self._poll_s)
-            live = parse_live_metrics(self._fetch())
+            live = self._live()
             cur = live.stats(current).minus(base.stats(current))
             can = live.stats(version).minus(base.stats(version))
             reference = agreement_reference(live, current, version, self._config)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from deploy._canary import CanaryConfig, CanaryController, Verdict, VersionStats, focus_routes
+from deploy._canary import CanaryConfig, CanaryController, LiveMetrics, Verdict, VersionStats, focus_routes
 from deploy._registry import ModelRegistry
 
 __all__ = ["Rollout", "RolloutController"]
@@ -43,15 +43,15 @@ class Rollout:
 
 
 class RolloutController:
-    """``fetch_metrics``: the gateway's ``/metrics`` text; None where no gateway is
-    reachable to judge a canary on (the candidate is then promoted on its gate alone, and
+    """``fetch_metrics``: the live counts (``EvidenceBoard.read``, or a ``/metrics`` text);
+    None where there is nothing to judge a canary on (the candidate is then promoted on its gate alone, and
     the ``Rollout`` says so)."""
 
     def __init__(
         self,
         registry: ModelRegistry,
         config: CanaryConfig,
-        fetch_metrics: Callable[[], str] | None = None,
+        fetch_metrics: Callable[[], str | LiveMetrics] | None = None,
         *,
         poll_s: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,

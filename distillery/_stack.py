@@ -61,6 +61,24 @@ def serving_factory(settings: DistillerySettings, tier: str = "student") -> Call
     return build
 
 
+def live_evidence(settings: DistillerySettings, gateway_url: str) -> Callable[[], Any]:
+    """What a canary is judged on: every ingress replica's counts from the registry's
+    evidence board; a scrape of ``gateway_url``'s ``/metrics`` only while no replica has
+    published there (a gateway of an older release). Once the board has evidence it stays
+    the source, so one canary never mixes the two."""
+    import httpx
+
+    from deploy import EvidenceBoard
+
+    board = EvidenceBoard(settings.resolved_registry_dir)
+
+    def fetch() -> Any:
+        live = board.read()
+        return live if live is not None else httpx.get(f"{gateway_url}/metrics", timeout=10).text
+
+    return fetch
+
+
 def build_loop(
     settings: DistillerySettings,
     *,
@@ -70,11 +88,11 @@ def build_loop(
     suite: Any = None,
     bootstrap: bool = True,
 ) -> RefreshLoop:
-    """The refresh loop these settings describe, reading the canary's live metrics from
-    ``gateway_url`` (default: the settings' server). ``bootstrap``: register and promote
+    """The refresh loop these settings describe, judging canaries on every ingress
+    replica's evidence (``live_evidence``; ``gateway_url``, default the settings' server,
+    only before any replica published). ``bootstrap``: register and promote
     the configured student when the registry is empty (``ensure_registry``); False for a
     read-only use (``distillery drift check``), which must never write the registry."""
-    import httpx
 
     from deploy import ModelRegistry
     from feedback import open_store
@@ -98,7 +116,7 @@ def build_loop(
         settings.loop.model_copy(update=update),
         workdir=settings.var_dir / "candidates",
         suite=suite,
-        fetch_metrics=lambda: httpx.get(f"{url}/metrics", timeout=10).text,
+        fetch_metrics=live_evidence(settings, url),
         scorer=settings.cascade.scorer,
         distill=settings.retrain,
         gate=settings.gate,

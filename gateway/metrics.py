@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from deploy import LiveMetrics, parse_live_metrics
 from router import (
     AUDIT_DROP_REASONS,
     BREAKER_STATE_CODES,
@@ -35,6 +36,13 @@ MAX_STUDENT_VERSIONS = 2
 MAX_ROUTE_LABELS = 32
 """Distinct route labels on ``distillery_student_answers_total``; later ones count as
 ``other`` (a client's ``metadata.route`` is free text: the label set must stay bounded)."""
+CANARY_SAMPLES = (
+    "distillery_student_answers_total",
+    "distillery_audits_total",
+    "distillery_audit_share",
+    "distillery_gate_agreement",
+)
+"""The samples ``deploy.parse_live_metrics`` reads."""
 CONFIDENCE_BUCKETS = (0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
 
 
@@ -274,6 +282,12 @@ class GatewayMetrics:
         self.route_prior.clear()
         for e in entries:
             self.route_prior.labels(e.version, e.route, e.verdict or "none").set(e.rate)
+
+    def canary_evidence(self) -> LiveMetrics:
+        """This replica's per-version counts the canary is judged on (what it publishes to
+        the registry's evidence board)."""
+        text = generate_latest(self.registry.restricted_registry(CANARY_SAMPLES)).decode()
+        return parse_live_metrics(text)
 
     def set_audit_config(self, config: AuditConfig) -> None:
         self.audit_share.labels("current").set(config.share)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from deploy import (
     CanaryConfig,
+    LiveMetrics,
     ModelRegistry,
     RefreshInProgress,
     RefreshLease,
@@ -147,7 +148,7 @@ class RefreshLoop:
         *,
         workdir: Path,
         suite: Sequence[Pair] | None = None,
-        fetch_metrics: Callable[[], str] | None,
+        fetch_metrics: Callable[[], str | LiveMetrics] | None,
         scorer: str = "mean_logprob",
         metrics: LoopMetrics | None = None,
         clock: Callable[[], float] = time.time,

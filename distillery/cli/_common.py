@@ -73,14 +73,13 @@ def roll_out(
 ) -> int:
     """A gated candidate goes live: promoted directly (``--no-canary``), else through the
     live canary, which promotes or rolls back on the gateway's metrics (exit 0: promoted)."""
-    import httpx
-
     from deploy import RolloutController
+    from distillery._stack import live_evidence
 
     url = args.gateway_url or f"http://{settings.server.host}:{settings.server.port}"
-    rollout = RolloutController(
-        registry, settings.canary, lambda: httpx.get(f"{url}/metrics", timeout=10).text
-    ).roll_out(version, canary=not args.no_canary, actor=actor)
+    rollout = RolloutController(registry, settings.canary, live_evidence(settings, url)).roll_out(
+        version, canary=not args.no_canary, actor=actor
+    )
     if not rollout.canaried:
         print(f"promoted {version}")
         return 0
