@@ -66,7 +66,13 @@ def build_app(settings: GatewaySettings) -> Application:
         }
         ingress_opts = {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": same_loop}}}
     ingress = _pinned(
-        deployment(GatewayIngress, name="ingress", max_ongoing_requests=512, **ingress_opts),
+        deployment(
+            GatewayIngress,
+            name="ingress",
+            num_replicas=settings.server.ingress_replicas,
+            max_ongoing_requests=512,
+            **ingress_opts,
+        ),
         gateway_fingerprint(settings),
     )
     app: Application = ingress.bind(student, teacher, settings)

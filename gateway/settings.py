@@ -57,6 +57,11 @@ class ServerConfig(BaseModel):
             answering after HAProxy stops sending it traffic (Ray's default is 30 s,
             made for clusters with remote load balancers; on one host HAProxy drops a
             replica at once).
+        ingress_replicas (`int`, defaults to 1): ingress replicas behind the load balancer;
+            with ``student_placement: ingress`` each holds its own student engine (so the
+            student scales with them). The canary sums every replica's evidence
+            (``deploy._evidence``); a rating (``POST /v1/feedback``) must reach the replica
+            that answered (its ledger is per replica).
     """
 
     host: str = "127.0.0.1"
@@ -71,6 +76,7 @@ class ServerConfig(BaseModel):
     haproxy_metrics_port: int = Field(default=9103, ge=1, le=65535)
     haproxy_stats_port: int = Field(default=8404, ge=1, le=65535)
     drain_s: float = Field(default=2.0, ge=0)
+    ingress_replicas: int = Field(default=1, ge=1)
     stream_mode: Literal["live", "replay"] = "replay"
     """``stream: true``: ``live`` streams through the streaming cascade (``router._streaming``:
     the student's tokens once its calibrated commit point decides, an escalation's teacher

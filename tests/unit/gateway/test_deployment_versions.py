@@ -45,3 +45,9 @@ def test_a_gateway_setting_restarts_the_ingress_but_no_model_server() -> None:
     after = _versions(limits={"max_body_bytes": 12345})
     assert after["ingress"] != before["ingress"]
     assert (after["student"], after["teacher"]) == (before["student"], before["teacher"])
+
+
+def test_ingress_replicas_from_the_settings() -> None:
+    app = build_app(load_settings(server={"ingress_replicas": 3}))
+    assert app._bound_deployment.name == "ingress" and app._bound_deployment.num_replicas == 3
+    assert build_app(load_settings())._bound_deployment.num_replicas == 1
