@@ -231,12 +231,22 @@ def judge_canary(
     *,
     audits_on: bool = False,
     reference_agreement: float | None = None,
+    compare_escalation: bool = True,
 ) -> Verdict:
     """``reference_agreement``: what the canary's live agreement is held to (see the module
-    docstring); None skips the quality rule (no audits, or nothing to compare with)."""
+    docstring); None skips the quality rule (no audits, or nothing to compare with).
+    ``compare_escalation``: False where the routes are judged apart (``judge_focus``): the
+    two versions' escalation rates over all their answers then compare different traffic
+    mixes. The current version's answers on a drifted route are few (the route prior sends
+    that route to the teacher without asking it) while the canary answers it, so a canary
+    better on every route can escalate more in total (loop robustness seed 4 was rolled back
+    at 30 answers on 0.300 vs 0.178, its drifted route at 0.267 vs 1.000)."""
     if canary.answers < config.min_requests:
         return "wait"
-    if canary.escalation_rate > current.escalation_rate + config.max_escalation_increase:
+    if (
+        compare_escalation
+        and canary.escalation_rate > current.escalation_rate + config.max_escalation_increase
+    ):
         return "rollback"
     if audits_on and config.min_audits > 0:
         if canary.audited < config.min_audits:
@@ -372,7 +382,12 @@ class CanaryController:
             can = live.stats(version).minus(base.stats(version))
             reference = agreement_reference(live, current, version, self._config)
             verdict = judge_canary(
-                cur, can, self._config, audits_on=live.audits_on, reference_agreement=reference
+                cur,
+                can,
+                self._config,
+                audits_on=live.audits_on,
+                reference_agreement=reference,
+                compare_escalation=not focus,
             )
             detail = f"canary {can.describe()} vs current {cur.describe()}"
             self.reason = "escalation or live agreement of all the canary's answers"

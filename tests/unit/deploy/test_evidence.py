@@ -38,7 +38,9 @@ def test_the_board_sums_every_replica(tmp_path: Path) -> None:
     assert board.read() is None  # nobody has published
     board.publish(ReplicaEvidence.of("a", _live({"v1": (10, 1)}, {("v1", "plural"): (4, 1)}), 1.0))
     board.publish(
-        ReplicaEvidence.of("b", _live({"v1": (5, 2), "v2": (3, 0)}, {("v1", "plural"): (2, 2)}, audits_on=True), 1.0)
+        ReplicaEvidence.of(
+            "b", _live({"v1": (5, 2), "v2": (3, 0)}, {("v1", "plural"): (2, 2)}, audits_on=True), 1.0
+        )
     )
     live = EvidenceBoard(tmp_path).read()  # another process: the controller's
     assert live is not None
@@ -113,3 +115,39 @@ def test_a_replica_publishes_its_gateway_counts_and_its_last_ones_when_it_stops(
     publisher.stop()  # the answers since the last tick are published on the way out
     live = EvidenceBoard(tmp_path).read()
     assert live is not None and live.stats("v1").answers == 9
+
+
+def test_a_canary_better_on_every_route_is_not_rolled_back_for_its_traffic_mix(tmp_path: Path) -> None:
+    """The current version barely answers the drifted route (the route prior sends it to
+    the teacher), the canary answers it: 0.15 escalation in total vs 0.07 is a different
+    mix, not a worse model. Judged per route: clearly better on plural, the same elsewhere."""
+    src = tmp_path / "m"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    registry = ModelRegistry(tmp_path / "reg")
+    registry.register(src, "v1", {})
+    registry.register(src, "v2", {})
+    registry.promote("v1")
+    base = _live({"v1": (0, 0)})
+    after = _live(
+        {"v1": (102, 7), "v2": (40, 6)},
+        {
+            ("v1", "plural"): (2, 2),
+            ("v1", "capital"): (100, 5),
+            ("v2", "plural"): (20, 5),
+            ("v2", "capital"): (20, 1),
+        },
+    )
+    reads = iter([base, after])
+    ticks = itertools.count(step=10.0)
+    controller = CanaryController(
+        registry,
+        lambda: next(reads, after),
+        CanaryConfig(min_requests=20, min_focus_requests=20, timeout_s=100),
+        sleep=lambda s: None,
+        clock=lambda: next(ticks),
+    )
+    verdict, current, canary = controller.run("v2", ["plural"])
+    assert canary.escalation_rate > current.escalation_rate + 0.05  # the old overall rule's rollback
+    assert verdict == "promote", controller.detail
+    assert "focus routes clearly better" in controller.detail

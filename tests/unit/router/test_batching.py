@@ -65,7 +65,6 @@ class _Engine:
         finally:
             self.in_flight -= 1
 
-
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         return 1
 
