@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 import yaml
 
-from bench._common import REPO, ServedProcess, free_port, percentile, write_result
+from bench._common import REPO, ServedProcess, free_port, free_port_pair, percentile, write_result
 
 NAME = "loop_robustness"
 VAR = REPO / "var" / "bench" / "lr"  # short: Ray's socket paths under <var>/ray must stay < 108 bytes
@@ -102,7 +102,7 @@ class Stack(ServedProcess):
 
     def __init__(self, opts: Options, seed: int, var: Path, config: Path) -> None:
         self.port = free_port()
-        self.metrics_port = _port_pair()
+        self.metrics_port = free_port_pair()
         self.url = f"http://127.0.0.1:{self.port}"
         exe = Path(sys.executable).with_name("distillery")
         argv = [str(exe)] if exe.is_file() else [sys.executable, "-m", "distillery.cli"]
@@ -165,21 +165,6 @@ class Stack(ServedProcess):
             "returncode": self.proc.returncode,
             "leftover_processes": left,
         }
-
-
-def _port_pair() -> int:
-    """A port whose successor is free too (the consumer's metrics, then the loop's)."""
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 def models_dir(opts: Options) -> Path:

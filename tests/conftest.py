@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from bench._common import free_port
 
 if TYPE_CHECKING:
     from distillery._stack import LocalStack
@@ -23,32 +24,6 @@ REPO = Path(__file__).resolve().parents[1]
 # explicitly (backend parity, batching, streaming, hot-swap under traffic in Serve).
 os.environ.setdefault("DISTILLERY_STUDENT__KIND", "transformers")
 MODELS_DIR = Path(os.environ.get("DISTILLERY_TEST_MODELS_DIR", REPO / "var" / "models"))
-
-
-def free_port(avoid: Collection[int] = ()) -> int:
-    """A port nothing listens on now, none of ``avoid`` (ports handed out for a process that
-    has not bound them yet: the OS may offer the same one again)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in avoid:
-            return port
-
-
-def free_port_pair(avoid: Collection[int] = ()) -> int:
-    """A port P with P and P + 1 both free (``distillery run --metrics-port P`` serves the
-    consumer's metrics on P and the loop's on P + 1)."""
-    while True:
-        port = free_port(avoid)
-        if port + 1 in avoid:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float, every_s: float) -> bool:

@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import MODELS_DIR, REPO, free_port, free_port_pair
+from bench._common import free_port, free_port_pair
+from tests.conftest import MODELS_DIR, REPO
 
 __all__ = ["RunProcess", "cmdline"]
 
