@@ -1,4 +1,5 @@
-from deploy import CanaryConfig, VersionStats, judge_canary, parse_version_stats
+from deploy import CanaryConfig, VersionStats, judge_canary, parse_live_metrics, parse_version_stats
+from tests.unit.deploy.registries import answer_metrics, registry_with_two
 
 TEXT = """# HELP distillery_student_answers_total x
 # TYPE distillery_student_answers_total counter
@@ -35,30 +36,11 @@ def _scripted(registry_path, snapshots):
     )
 
 
-def _metrics(v1, v2):
-    lines = []
-    for version, (ok, esc) in (("v1", v1), ("v2", v2)):
-        lines.append(f'distillery_student_answers_total{{escalated="false",model_version="{version}"}} {ok}')
-        lines.append(f'distillery_student_answers_total{{escalated="true",model_version="{version}"}} {esc}')
-    return "# TYPE distillery_student_answers_total counter\n" + "\n".join(lines) + "\n"
-
-
-def _registry_with_two(tmp_path):
-    from deploy import ModelRegistry
-
-    src = tmp_path / "m"
-    src.mkdir()
-    (src / "config.json").write_text("{}")
-    reg = ModelRegistry(tmp_path / "reg")
-    reg.register(src, "v1", {})
-    reg.register(src, "v2", {})
-    reg.promote("v1")
-
-
 def test_controller_rolls_back_a_canary_that_escalates_more(tmp_path):
-    _registry_with_two(tmp_path)
+    registry_with_two(tmp_path)
     reg, ctl = _scripted(
-        tmp_path / "reg", [_metrics((0, 0), (0, 0)), _metrics((50, 5), (5, 5)), _metrics((90, 10), (5, 25))]
+        tmp_path / "reg",
+        [answer_metrics((0, 0), (0, 0)), answer_metrics((50, 5), (5, 5)), answer_metrics((90, 10), (5, 25))],
     )
     verdict, _, can = ctl.run("v2")
     assert verdict == "rollback" and can.escalation_rate > 0.8
@@ -68,8 +50,10 @@ def test_controller_rolls_back_a_canary_that_escalates_more(tmp_path):
 
 
 def test_controller_promotes_a_healthy_canary(tmp_path):
-    _registry_with_two(tmp_path)
-    reg, ctl = _scripted(tmp_path / "reg", [_metrics((0, 0), (0, 0)), _metrics((90, 10), (27, 3))])
+    registry_with_two(tmp_path)
+    reg, ctl = _scripted(
+        tmp_path / "reg", [answer_metrics((0, 0), (0, 0)), answer_metrics((90, 10), (27, 3))]
+    )
     verdict, _, _ = ctl.run("v2")
     assert verdict == "promote"
     assert reg.pointers() == {"current": "v2", "previous": "v1"}
@@ -92,7 +76,6 @@ distillery_audit_share{slot="canary"} 0.25
 
 
 def test_live_metrics_carry_audits_gate_values_and_whether_audits_are_on():
-    from deploy import parse_live_metrics
 
     live = parse_live_metrics(AUDITED)
     assert live.audits_on
@@ -143,7 +126,6 @@ def test_quality_rule_waits_for_enough_audits_and_promotes_a_good_candidate():
 
 
 def test_reference_is_the_current_versions_live_agreement_else_the_candidates_gate_value():
-    from deploy import parse_live_metrics
     from deploy._canary import agreement_reference
 
     live = parse_live_metrics(AUDITED)

@@ -12,11 +12,11 @@ from deploy import (
     EvidenceBoard,
     EvidencePublisher,
     LiveMetrics,
-    ModelRegistry,
     ReplicaEvidence,
     VersionStats,
 )
 from gateway.metrics import GatewayMetrics
+from tests.unit.deploy.registries import registry_with_two
 
 
 def _live(
@@ -66,13 +66,7 @@ def test_counts_never_fall_when_a_replica_goes_or_a_file_is_stale_or_broken(tmp_
 def test_a_canary_is_judged_on_the_answers_of_every_replica(tmp_path: Path) -> None:
     """Each replica served 12 of the canary's answers: one replica's scrape (12 < 20) would
     wait to the timeout and roll back; all of them (24) promote."""
-    src = tmp_path / "m"
-    src.mkdir()
-    (src / "config.json").write_text("{}")
-    registry = ModelRegistry(tmp_path / "reg")
-    registry.register(src, "v1", {})
-    registry.register(src, "v2", {})
-    registry.promote("v1")
+    registry = registry_with_two(tmp_path)
     board = EvidenceBoard(tmp_path / "reg")
     for replica in ("a", "b"):
         board.publish(ReplicaEvidence.of(replica, _live({"v1": (0, 0)}), 1.0))
@@ -121,13 +115,7 @@ def test_a_canary_better_on_every_route_is_not_rolled_back_for_its_traffic_mix(t
     """The current version barely answers the drifted route (the route prior sends it to
     the teacher), the canary answers it: 0.15 escalation in total vs 0.07 is a different
     mix, not a worse model. Judged per route: clearly better on plural, the same elsewhere."""
-    src = tmp_path / "m"
-    src.mkdir()
-    (src / "config.json").write_text("{}")
-    registry = ModelRegistry(tmp_path / "reg")
-    registry.register(src, "v1", {})
-    registry.register(src, "v2", {})
-    registry.promote("v1")
+    registry = registry_with_two(tmp_path)
     base = _live({"v1": (0, 0)})
     after = _live(
         {"v1": (102, 7), "v2": (40, 6)},

@@ -7,25 +7,7 @@ import itertools
 from pathlib import Path
 
 from deploy import CanaryConfig, ModelRegistry, RolloutController
-
-
-def _registry(tmp_path: Path) -> ModelRegistry:
-    src = tmp_path / "m"
-    src.mkdir()
-    (src / "config.json").write_text("{}")
-    reg = ModelRegistry(tmp_path / "reg")
-    reg.register(src, "v1", {})
-    reg.register(src, "v2", {})
-    reg.promote("v1")
-    return reg
-
-
-def _metrics(v1: tuple[int, int], v2: tuple[int, int]) -> str:
-    lines = ["# TYPE distillery_student_answers_total counter"]
-    for version, (ok, esc) in (("v1", v1), ("v2", v2)):
-        lines.append(f'distillery_student_answers_total{{escalated="false",model_version="{version}"}} {ok}')
-        lines.append(f'distillery_student_answers_total{{escalated="true",model_version="{version}"}} {esc}')
-    return "\n".join(lines) + "\n"
+from tests.unit.deploy.registries import answer_metrics, registry_with_two
 
 
 def _controller(reg: ModelRegistry, snapshots: list[str] | None) -> RolloutController:
@@ -41,8 +23,8 @@ def _controller(reg: ModelRegistry, snapshots: list[str] | None) -> RolloutContr
 
 
 def test_without_a_canary_the_candidate_is_promoted_on_its_gate_and_says_so(tmp_path: Path) -> None:
-    reg = _registry(tmp_path)
-    rollout = _controller(reg, [_metrics((0, 0), (0, 0))]).roll_out("v2", canary=False, actor="cli")
+    reg = registry_with_two(tmp_path)
+    rollout = _controller(reg, [answer_metrics((0, 0), (0, 0))]).roll_out("v2", canary=False, actor="cli")
     assert rollout.promoted and not rollout.canaried
     assert reg.pointers()["current"] == "v2"
     assert reg.audit()[-1]["reason"] == "gate passed (no canary)" and reg.audit()[-1]["actor"] == "cli"
@@ -50,15 +32,15 @@ def test_without_a_canary_the_candidate_is_promoted_on_its_gate_and_says_so(tmp_
 
 
 def test_no_gateway_to_judge_on_promotes_on_the_gate(tmp_path: Path) -> None:
-    reg = _registry(tmp_path)
+    reg = registry_with_two(tmp_path)
     rollout = _controller(reg, None).roll_out("v2", actor="loop", reason="drift: gate passed")
     assert rollout.promoted and not rollout.canaried
     assert reg.audit()[-1]["reason"] == "drift: gate passed"
 
 
 def test_a_healthy_canary_is_promoted_with_its_evidence(tmp_path: Path) -> None:
-    reg = _registry(tmp_path)
-    ctl = _controller(reg, [_metrics((0, 0), (0, 0)), _metrics((90, 10), (27, 3))])
+    reg = registry_with_two(tmp_path)
+    ctl = _controller(reg, [answer_metrics((0, 0), (0, 0)), answer_metrics((90, 10), (27, 3))])
     rollout = ctl.roll_out("v2", actor="loop")
     assert rollout.promoted and rollout.canaried
     assert rollout.candidate.answers == 30 and rollout.current.answers == 100
@@ -68,8 +50,8 @@ def test_a_healthy_canary_is_promoted_with_its_evidence(tmp_path: Path) -> None:
 
 
 def test_a_canary_that_escalates_more_is_rolled_back_and_the_current_stays(tmp_path: Path) -> None:
-    reg = _registry(tmp_path)
-    ctl = _controller(reg, [_metrics((0, 0), (0, 0)), _metrics((90, 10), (5, 25))])
+    reg = registry_with_two(tmp_path)
+    ctl = _controller(reg, [answer_metrics((0, 0), (0, 0)), answer_metrics((90, 10), (5, 25))])
     rollout = ctl.roll_out("v2", actor="loop")
     assert rollout.verdict == "rollback" and rollout.canaried and not rollout.promoted
     assert reg.pointers()["current"] == "v1" and reg.canary() == (None, 0.0)
@@ -80,8 +62,8 @@ def test_focus_routes_come_from_what_the_candidate_was_trained_on(tmp_path: Path
     """A route with a real share of the new examples (and no answers yet to say it does not
     fail) is held to "clearly better"; with no per-route answers, no verdict: rolled back
     at the timeout, never promoted blind."""
-    reg = _registry(tmp_path)
-    ctl = _controller(reg, [_metrics((0, 0), (0, 0)), _metrics((90, 10), (27, 3))])
+    reg = registry_with_two(tmp_path)
+    ctl = _controller(reg, [answer_metrics((0, 0), (0, 0)), answer_metrics((90, 10), (27, 3))])
     rollout = ctl.roll_out("v2", trained_on={"plural": 90, "capital": 5}, actor="loop")
     assert rollout.focus == ["plural"]
     assert rollout.verdict == "rollback" and "no verdict in time" in rollout.reason
