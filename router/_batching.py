@@ -15,12 +15,9 @@ __all__ = ["generate_prompts", "generate_requests"]
 async def generate_prompts(
     backend: Backend, prompts: Sequence[str], *, max_tokens: int = 24, batch_size: int = 64
 ) -> list[Generation]:
-    """Greedy completions of ``prompts``, ``batch_size`` at a time, in order."""
-    out: list[Generation] = []
-    for i in range(0, len(prompts), batch_size):
-        reqs = [GenerationRequest(prompt=p, max_tokens=max_tokens) for p in prompts[i : i + batch_size]]
-        out.extend(await backend.generate(reqs))
-    return out
+    """Greedy completions of ``prompts``, in order (``generate_requests`` over raw prompts)."""
+    requests = [GenerationRequest(prompt=p, max_tokens=max_tokens) for p in prompts]
+    return await generate_requests(backend, requests, batch_size=batch_size)
 
 
 async def generate_requests(
