@@ -14,6 +14,14 @@ from deploy._canary import (
     parse_version_stats,
     wilson_interval,
 )
+from deploy._control import (
+    ControlEntry,
+    ControlStore,
+    ControlStoreUnavailable,
+    FileControlStore,
+    PostgresControlStore,
+    open_control_store,
+)
 from deploy._controller import Rollout, RolloutController
 from deploy._evidence import EvidenceBoard, EvidencePublisher, ReplicaEvidence, combine_live, replica_id
 from deploy._follower import RegistryFollower
@@ -29,6 +37,12 @@ from deploy.errors import (
 )
 
 __all__ = [
+    "ControlEntry",
+    "ControlStore",
+    "ControlStoreUnavailable",
+    "FileControlStore",
+    "PostgresControlStore",
+    "open_control_store",
     "LEASE_FILE",
     "CanaryConfig",
     "RefreshInProgress",

@@ -1,12 +1,13 @@
 """Canary evidence from every ingress replica, not from whichever one a scrape reached.
 
 Each ingress replica publishes its own per-version counts (answers, escalations, audits and
-their agreement, answers per route) as a typed ``ReplicaEvidence`` file under the registry
-(``evidence/<replica>.json``, rewritten about once a second, atomically). The controller's
-``EvidenceBoard`` sums them. A scrape of ``/metrics`` through the load balancer reads one
-replica's counters: with two replicas the canary saw about half its answers, and a
-different half at each poll. The registry's directory is already what every replica
-follows for its pointers, so the evidence needs no other shared service.
+their agreement, answers per route) as a typed ``ReplicaEvidence`` document in the
+registry's control store (key ``evidence/<replica>``: a file ``evidence/<replica>.json``
+under the registry, or a row in the control tables), rewritten about once a second. The
+controller's ``EvidenceBoard`` sums them. A scrape of ``/metrics`` through the load
+balancer reads one replica's counters: with two replicas the canary saw about half its
+answers, and a different half at each poll. The control store is already what every
+replica follows for its pointers, so the evidence needs no other shared service.
 
 Counters only grow: the board remembers the last evidence of every replica it has seen, so
 a replica that stops (scaled down, its node lost) keeps what it counted and the sums never
@@ -22,11 +23,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
 from deploy._canary import LiveMetrics, VersionStats
+from deploy._control import ControlStore
 
 __all__ = ["EvidenceBoard", "EvidencePublisher", "ReplicaEvidence", "combine_live", "replica_id"]
 
@@ -117,44 +118,34 @@ def replica_id() -> str:
 
 
 class EvidenceBoard:
-    """The evidence files under a registry: replicas publish, the controller reads."""
+    """The replicas' evidence in a control store: replicas publish, the controller reads."""
 
-    def __init__(self, registry_dir: Path) -> None:
-        self._dir = Path(registry_dir) / EVIDENCE_DIR
+    def __init__(self, control: ControlStore) -> None:
+        self._control = control
         self._seen: dict[str, ReplicaEvidence] = {}
 
-    @property
-    def directory(self) -> Path:
-        return self._dir
-
     def publish(self, evidence: ReplicaEvidence) -> None:
-        """Atomically (a reader never sees half a file)."""
-        self._dir.mkdir(parents=True, exist_ok=True)
-        final = self._dir / f"{evidence.replica}.json"
-        tmp = final.with_name(f".{final.name}.tmp")
-        tmp.write_text(evidence.model_dump_json())
-        os.replace(tmp, final)
+        """One document per replica, replaced whole (a reader never sees half of one)."""
+        self._control.put(f"{EVIDENCE_DIR}/{evidence.replica}", evidence.model_dump(mode="json"))
 
     def prune(self, now: float, max_age_s: float = 7 * 86400.0) -> None:
-        """Files of replicas gone for ``max_age_s`` (no canary runs that long); a file is
-        never removed sooner, so a reader never loses counts mid-canary."""
-        for path in self._dir.glob("*.json") if self._dir.is_dir() else []:
-            with contextlib.suppress(OSError):
-                if now - path.stat().st_mtime > max_age_s:
-                    path.unlink()
+        """Evidence of replicas gone for ``max_age_s`` (no canary runs that long); never
+        sooner, so a reader never loses counts mid-canary."""
+        for key, entry in self._control.scan(EVIDENCE_DIR).items():
+            if now - entry.updated_at > max_age_s:
+                self._control.put(key, None)
 
     def read(self) -> LiveMetrics | None:
         """Every replica's counts summed (those seen before and gone since included);
         None while no replica has published."""
-        if self._dir.is_dir():
-            for path in self._dir.glob("*.json"):
-                try:
-                    evidence = ReplicaEvidence.model_validate_json(path.read_bytes())
-                except (OSError, ValidationError):
-                    continue  # removed meanwhile, or not ours: the next read sees it again
-                seen = self._seen.get(evidence.replica)
-                if seen is None or evidence.written_at >= seen.written_at:
-                    self._seen[evidence.replica] = evidence
+        for entry in self._control.scan(EVIDENCE_DIR).values():
+            try:
+                evidence = ReplicaEvidence.model_validate(entry.value)
+            except ValidationError:
+                continue  # not ours
+            seen = self._seen.get(evidence.replica)
+            if seen is None or evidence.written_at >= seen.written_at:
+                self._seen[evidence.replica] = evidence
         if not self._seen:
             return None
         return combine_live(e.live() for e in self._seen.values())
@@ -185,7 +176,7 @@ class EvidencePublisher:
         self._board.publish(ReplicaEvidence.of(self.replica, self._collect(), self._clock()))
 
     def start(self) -> EvidencePublisher:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(Exception):  # housekeeping: never what stops a replica
             self._board.prune(self._clock())
         self._thread = threading.Thread(target=self._run, name="evidence-publisher", daemon=True)
         self._thread.start()

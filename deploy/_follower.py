@@ -1,9 +1,10 @@
 """Follows a registry's pointers and hands each new rollout to whoever serves it.
 
 Promote, canary start and end, rollback and the operator's threshold pin are all writes
-to the registry's pointer file; serving replicas poll its modification time (cheap: one
-``stat``) and apply the new ``RolloutState`` in place. This is the one hot-swap path:
-the loop, the CLI and the admin API write the registry, and the replicas follow.
+to the registry's pointers; serving replicas poll their revision (one small read from the
+control store: a file, or one indexed row) and apply the new ``RolloutState`` in place.
+This is the one hot-swap path: the loop, the CLI and the admin API write the registry,
+and the replicas follow.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class RegistryFollower:
         self._registry = registry
         self._apply = apply
         self._poll_s = poll_s
-        self._seen: float | None = None
+        self._seen: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> RegistryFollower:
@@ -43,12 +44,11 @@ class RegistryFollower:
     async def check(self) -> bool:
         """One poll; True when a changed rollout was applied. A failed apply is retried at
         the next poll (the pointers are remembered only once applied)."""
-        path = self._registry.pointers_path
-        mtime = path.stat().st_mtime if path.is_file() else None
-        if mtime is None or mtime == self._seen:
+        revision = self._registry.pointers_revision()
+        if revision is None or revision == self._seen:
             return False
         await self._apply(self._registry.rollout_state())
-        self._seen = mtime
+        self._seen = revision
         return True
 
     async def _run(self) -> None:

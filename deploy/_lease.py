@@ -1,49 +1,51 @@
-"""One refresh at a time per registry: a lease file beside the registry's pointers.
+"""One refresh at a time per registry: a lease in the registry's control store.
 
 Two refreshes on one registry (the stack's own loop and a second one started by hand,
 or a CronJob beside the loop Deployment) trained on the same two cores, slowed each other
-tenfold and raced to promote. The lease lives where the registry lives, so every process
-that can change the registry sees it, on one host or on a shared volume:
+tenfold and raced to promote. The lease lives where the registry's pointers live (its
+``ControlStore``: ``refresh.lease`` beside them, or a row in the control tables), so every
+process that can change the registry sees it:
 
-* ``acquire`` creates ``refresh.lease`` with ``O_CREAT | O_EXCL`` (atomic on local and NFS
-  filesystems): the holder, its host and pid, and a heartbeat time;
+* ``acquire`` creates it only if absent (compare-and-swap against "absent"): the holder,
+  its host and pid, and a heartbeat time;
 * the holder renews the heartbeat every ``ttl_s / 3`` from a background thread;
 * a lease whose heartbeat is older than ``ttl_s`` belongs to a holder that crashed (a
   SIGKILLed trainer cannot release it), and so does one whose holder was a process on
-  this host that is gone: the next ``acquire`` takes it over by renaming it away first
-  (only one rename of a path can succeed) and creating its own;
+  this host that is gone: the next ``acquire`` takes it over by swapping it against the
+  revision it read (of two takers, one wins);
 * ``release`` removes it only if it is still this holder's.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from deploy._control import FILE_NAMES, ControlStore
 from deploy.errors import RefreshInProgress
 
 __all__ = ["LEASE_FILE", "RefreshLease"]
 
-LEASE_FILE = "refresh.lease"
+LEASE_KEY = "lease"
+LEASE_FILE = FILE_NAMES[LEASE_KEY]
 
 
 class RefreshLease:
     def __init__(
         self,
-        root: Path,
+        control: ControlStore,
         *,
         holder: str,
         ttl_s: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = root / LEASE_FILE
+        self._control = control
         self.holder = holder
         self.ttl_s = ttl_s
         self._clock = clock
@@ -54,11 +56,8 @@ class RefreshLease:
     # ---- reading ------------------------------------------------------------------
     def current(self) -> dict[str, Any] | None:
         """The lease as written, or None when nobody holds it."""
-        try:
-            data: dict[str, Any] = json.loads(self.path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return data
+        entry = self._control.read(LEASE_KEY)
+        return dict(entry.value) if entry is not None else None
 
     def expired(self, lease: dict[str, Any]) -> bool:
         """Its heartbeat is older than the TTL, or its holder was a process on this host
@@ -69,47 +68,29 @@ class RefreshLease:
 
     # ---- holding ------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
-        now = self._clock()
         return {
             "holder": self.holder,
             "token": self._token,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "heartbeat": now,
+            "heartbeat": self._clock(),
             "ttl_s": self.ttl_s,
         }
 
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(self._payload(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        return True
-
     def acquire(self) -> None:
         """Takes the lease or raises ``RefreshInProgress`` naming the live holder."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._create():
+        if self._control.swap(LEASE_KEY, None, self._payload()):
             return self._start_renewing()
-        lease = self.current()
-        if lease is not None and not self.expired(lease):
+        entry = self._control.read(LEASE_KEY)
+        if entry is not None and not self.expired(entry.value):
+            lease = entry.value
             raise RefreshInProgress(
                 f"another refresh holds the registry's lease: {lease.get('holder')} "
                 f"(pid {lease.get('pid')} on {lease.get('host')}, heartbeat "
                 f"{self._clock() - float(lease.get('heartbeat', 0)):.0f}s ago)"
             )
-        # Expired (its holder died) or vanished meanwhile: take it over.
-        stale = self.path.with_name(f"{LEASE_FILE}.stale-{self._token}")
-        try:
-            os.rename(self.path, stale)
-            stale.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass  # someone else moved it first; the create below decides
-        if not self._create():
+        # Expired (its holder died) or released meanwhile: take it over, against what we read.
+        if not self._control.swap(LEASE_KEY, entry.revision if entry is not None else None, self._payload()):
             holder = (self.current() or {}).get("holder")
             raise RefreshInProgress(f"another refresh took the registry's lease first: {holder}")
         self._start_renewing()
@@ -121,24 +102,30 @@ class RefreshLease:
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
-            self.renew()
+            with contextlib.suppress(Exception):  # the store is down a moment: the next beat retries
+                self.renew()
+
+    def _mine(self) -> str | None:
+        """The revision of the lease if it is still this holder's."""
+        entry = self._control.read(LEASE_KEY)
+        if entry is None or entry.value.get("token") != self._token:
+            return None
+        return entry.revision
 
     def renew(self) -> None:
-        lease = self.current()
-        if lease is None or lease.get("token") != self._token:
+        revision = self._mine()
+        if revision is None:
             return  # lost it (taken over after a stall): the holder finds out at release
-        tmp = self.path.with_name(f".{LEASE_FILE}.{self._token}")
-        tmp.write_text(json.dumps(self._payload()))
-        os.replace(tmp, self.path)
+        self._control.swap(LEASE_KEY, revision, self._payload())
 
     def release(self) -> None:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=5)
             self._renewer = None
-        lease = self.current()
-        if lease is not None and lease.get("token") == self._token:
-            self.path.unlink(missing_ok=True)
+        revision = self._mine()
+        if revision is not None:
+            self._control.swap(LEASE_KEY, revision, None)
 
     def __enter__(self) -> RefreshLease:
         self.acquire()

@@ -5,12 +5,17 @@ Layout under ``<root>``::
     versions/<version>/            a Hugging Face model directory (+ distillery_model.json)
     versions/<version>/manifest.json   lineage: parent, dataset hash/size, teacher, training
                                        config, gate metrics, created time
-    pointers.json                  {"current": v, "previous": v} - replaced atomically
-    audit.jsonl                    one line per register/promote/rollback, append-only
 
-Pointers change only through ``promote`` and ``rollback`` and are written with
-``os.replace`` so a crash leaves either the old or the new pointers, never a mix. A
-version directory is written under a temporary name and renamed into place, so a retrain
+and, in its control store (``deploy._control``: files beside the versions by default, or
+tables in the PostgreSQL feedback database)::
+
+    pointers                       {"current": v, "previous": v, "canary": v, ...}
+    audit (log)                    one entry per register/promote/rollback, append-only
+    refresh_request                an operator's pending refresh, taken once by the loop
+
+Pointers change by compare-and-swap (``deploy._control.update``): a crash leaves either
+the old or the new pointers, never a mix, and two writers cannot lose each other's change.
+A version directory is written under a temporary name and renamed into place, so a retrain
 killed mid-way leaves the registry untouched.
 """
 
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from common.model_dir import MANIFEST_FILE
+from deploy._control import ControlStore, FileControlStore, take, update
 from deploy._rollout import RolloutState
 from deploy.errors import ModelNotFound, RegistryError, RollbackFailed
 
@@ -51,11 +57,10 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
 
 
 class ModelRegistry:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, control: ControlStore | None = None) -> None:
         self.root = root
         self._versions = root / "versions"
-        self._pointers = root / "pointers.json"
-        self._audit = root / "audit.jsonl"
+        self.control: ControlStore = control if control is not None else FileControlStore(root)
         # Nothing is created until something is written: a read-only command (``models
         # list``, ``drift check``) on a fresh checkout leaves no registry behind.
 
@@ -72,15 +77,14 @@ class ModelRegistry:
             raise ModelNotFound(f"no model version {version!r} in {self.root}")
         return RegisteredModel(version, path, json.loads((path / MANIFEST).read_text()))
 
-    @property
-    def pointers_path(self) -> Path:
-        return self._pointers
+    def pointers_revision(self) -> str | None:
+        """Changes whenever the pointers do (what a follower polls); None before any."""
+        entry = self.control.read("pointers")
+        return entry.revision if entry is not None else None
 
     def _read(self) -> dict[str, Any]:
-        if not self._pointers.is_file():
-            return {}
-        data: dict[str, Any] = json.loads(self._pointers.read_text())
-        return data
+        entry = self.control.read("pointers")
+        return dict(entry.value) if entry is not None else {}
 
     def pointers(self) -> dict[str, str | None]:
         data = self._read()
@@ -113,68 +117,66 @@ class ModelRegistry:
         decision (e.g. escalate less while the teacher is degraded), not a model property."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise RegistryError(f"threshold must be in [0, 1], got {threshold}")
-        data = self._read()
-        if threshold is None:
-            data.pop("threshold_override", None)
-        else:
-            data["threshold_override"] = threshold
-        self._write(data)
+
+        def pin(data: dict[str, Any] | None) -> dict[str, Any]:
+            data = dict(data or {})
+            if threshold is None:
+                data.pop("threshold_override", None)
+            else:
+                data["threshold_override"] = threshold
+            return data
+
+        update(self.control, "pointers", pin)
         self._log("threshold", threshold=threshold, reason=reason, actor=actor)
 
     # ---- refresh requests (admin API -> refresh loop) -------------------------------
-    @property
-    def _refresh_request_path(self) -> Path:
-        return self.root / "refresh_request.json"
-
     def request_refresh(self, *, reason: str = "", actor: str = "cli") -> dict[str, Any]:
         """Asks the refresh loop (wherever it runs) for a refresh at its next tick."""
         request = {"requested_at": time.time(), "reason": reason, "actor": actor}
-        _write_json_atomic(self._refresh_request_path, request)
+        self.control.put("refresh_request", request)
         self._log("refresh_requested", reason=reason, actor=actor)
         return request
 
     def pending_refresh(self) -> dict[str, Any] | None:
-        path = self._refresh_request_path
-        if not path.is_file():
-            return None
-        data: dict[str, Any] = json.loads(path.read_text())
-        return data
+        entry = self.control.read("refresh_request")
+        return dict(entry.value) if entry is not None else None
 
     def take_refresh_request(self) -> dict[str, Any] | None:
-        request = self.pending_refresh()
-        if request is not None:
-            self._refresh_request_path.unlink(missing_ok=True)
-        return request
+        """The pending request, once: of two loops, only one gets it."""
+        return take(self.control, "refresh_request")
 
     def start_canary(self, version: str, share: float, *, actor: str = "cli") -> None:
         self.get(version)
         if not 0.0 < share <= 1.0:
             raise RegistryError(f"canary share must be in (0, 1], got {share}")
-        self._write({**self._read(), "canary": version, "canary_share": share})
+        update(
+            self.control, "pointers", lambda data: {**(data or {}), "canary": version, "canary_share": share}
+        )
         self._log("canary", version=version, share=share, actor=actor)
 
     def end_canary(self, *, reason: str = "", actor: str = "cli") -> None:
-        data = self._read()
-        version = data.pop("canary", None)
-        data.pop("canary_share", None)
-        self._write(data)
-        self._log("canary_end", version=version, reason=reason, actor=actor)
+        ended: list[str | None] = []
 
-    def _sticky(self) -> dict[str, Any]:
-        value = self._read().get("threshold_override")
+        def end(data: dict[str, Any] | None) -> dict[str, Any]:
+            data = dict(data or {})
+            ended[:] = [data.pop("canary", None)]
+            data.pop("canary_share", None)
+            return data
+
+        update(self.control, "pointers", end)
+        self._log("canary_end", version=ended[0] if ended else None, reason=reason, actor=actor)
+
+    @staticmethod
+    def _sticky(data: dict[str, Any]) -> dict[str, Any]:
+        value = data.get("threshold_override")
         return {} if value is None else {"threshold_override": value}
-
-    def _write(self, data: dict[str, Any]) -> None:
-        _write_json_atomic(self._pointers, data)
 
     def current(self) -> RegisteredModel | None:
         version = self.pointers()["current"]
         return self.get(version) if version else None
 
     def audit(self) -> list[dict[str, Any]]:
-        if not self._audit.is_file():
-            return []
-        return [json.loads(line) for line in self._audit.read_text().splitlines() if line.strip()]
+        return self.control.entries("audit")
 
     # ---- writing ----------------------------------------------------------------------
     def register(self, source_dir: Path, version: str, manifest: dict[str, Any]) -> RegisteredModel:
@@ -199,27 +201,36 @@ class ModelRegistry:
 
     def promote(self, version: str, *, reason: str = "", actor: str = "cli") -> RegisteredModel:
         model = self.get(version)
-        ptr = self.pointers()
-        if ptr["current"] == version:
-            return model
-        # A promotion ends any canary; an operator's threshold override stays.
-        self._write({"current": version, "previous": ptr["current"], **self._sticky()})
-        self._log("promote", version=version, previous=ptr["current"], reason=reason, actor=actor)
+        previous: list[str | None] = []
+
+        def promote(data: dict[str, Any] | None) -> dict[str, Any] | None:
+            data = data or {}
+            previous[:] = [data.get("current")]
+            if data.get("current") == version:
+                return data or None
+            # A promotion ends any canary; an operator's threshold override stays.
+            return {"current": version, "previous": data.get("current"), **self._sticky(data)}
+
+        update(self.control, "pointers", promote)
+        if previous and previous[0] != version:
+            self._log("promote", version=version, previous=previous[0], reason=reason, actor=actor)
         return model
 
     def rollback(self, *, reason: str = "", actor: str = "cli") -> RegisteredModel:
-        ptr = self.pointers()
-        if not ptr["previous"]:
-            raise RollbackFailed("no previous version to roll back to")
-        model = self.get(ptr["previous"])
-        self._write({"current": ptr["previous"], "previous": ptr["current"], **self._sticky()})
-        self._log("rollback", version=ptr["previous"], rolled_back=ptr["current"], reason=reason, actor=actor)
-        return model
+        moved: list[tuple[str, str | None]] = []
+
+        def back(data: dict[str, Any] | None) -> dict[str, Any]:
+            data = data or {}
+            if not data.get("previous"):
+                raise RollbackFailed("no previous version to roll back to")
+            self.get(data["previous"])
+            moved[:] = [(data["previous"], data.get("current"))]
+            return {"current": data["previous"], "previous": data.get("current"), **self._sticky(data)}
+
+        update(self.control, "pointers", back)
+        version, rolled_back = moved[0]
+        self._log("rollback", version=version, rolled_back=rolled_back, reason=reason, actor=actor)
+        return self.get(version)
 
     def _log(self, action: str, **fields: Any) -> None:
-        line = json.dumps({"ts": time.time(), "action": action, **fields})
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._audit.open("a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.control.append("audit", {"ts": time.time(), "action": action, **fields})

@@ -70,7 +70,7 @@ def live_evidence(settings: DistillerySettings, gateway_url: str) -> Callable[[]
 
     from deploy import EvidenceBoard
 
-    board = EvidenceBoard(settings.resolved_registry_dir)
+    board = EvidenceBoard(settings.open_registry().control)
 
     def fetch() -> Any:
         live = board.read()
@@ -94,12 +94,11 @@ def build_loop(
     the configured student when the registry is empty (``ensure_registry``); False for a
     read-only use (``distillery drift check``), which must never write the registry."""
 
-    from deploy import ModelRegistry
     from feedback import open_store
     from retrain import RefreshLoop, ensure_registry, serving_model
     from router import AgreementMetric
 
-    registry = ModelRegistry(settings.resolved_registry_dir)
+    registry = settings.open_registry()
     if bootstrap:
         ensure_registry(registry, settings.tier_dir("student"))
     else:
@@ -196,10 +195,9 @@ class LocalStack:
         if self._want["serve"] and self.settings.follow_registry:
             # Before anything starts: a registry of another preset or student would be
             # served (and retrained on this traffic) without a word.
-            from deploy import ModelRegistry
             from retrain import serving_model
 
-            registry = ModelRegistry(self.settings.resolved_registry_dir)
+            registry = self.settings.open_registry()
             serving_model(registry, self.settings.tier_dir("student"))
         feedback = self.settings.feedback
         if self._want["broker"] and feedback.enabled and not feedback.kafka.bootstrap:

@@ -21,7 +21,7 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from common.errors import DistilleryError
-from deploy import EvidenceBoard, EvidencePublisher, ModelRegistry
+from deploy import EvidenceBoard, EvidencePublisher
 from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, SpoolWriteError, claim_spool_dir
 from gateway._admin import build_admin_router
 from gateway._api import build_api
@@ -234,11 +234,11 @@ class GatewayIngress:
         self._metrics.threshold.set(policy.threshold)
         self._feedback = _feedback_sink(settings, self._metrics)
         self._metrics.set_audit_config(settings.audit)
-        # The canary's evidence from every replica (deploy._evidence): beside the registry
-        # this replica follows, where the controller reads it.
+        # The canary's evidence from every replica (deploy._evidence): in the control store
+        # of the registry this replica follows, where the controller reads it.
         self._evidence = (
             EvidencePublisher(
-                EvidenceBoard(settings.resolved_registry_dir), self._metrics.canary_evidence
+                EvidenceBoard(settings.open_registry().control), self._metrics.canary_evidence
             ).start()
             if settings.follow_registry
             else None
@@ -285,7 +285,7 @@ class GatewayIngress:
             evidence.stop()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        registry = ModelRegistry(self._settings.resolved_registry_dir)
+        registry = self._settings.open_registry()
         return build_api(
             self._serving,
             self._metrics,

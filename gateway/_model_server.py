@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import serve
 
-from deploy import ModelRegistry, RegistryFollower, RolloutState
+from deploy import ModelRegistry, RegistryFollower, RolloutState, open_control_store
 from gateway.settings import GatewaySettings
 from router import Backend, BackendConfig, Generation, GenerationRequest, TierItem
 from router._context import check_fits
@@ -39,6 +39,9 @@ class TierSpec:
     default_dir: str
     registry_dir: str | None = None
     registry_poll_s: float = 1.0
+    control_dsn: str | None = None
+    """The registry's control store (``deploy._control``): None for files under it."""
+    control_scope: str = "default"
 
 
 def tier_spec(settings: GatewaySettings, tier: str) -> TierSpec:
@@ -50,7 +53,16 @@ def tier_spec(settings: GatewaySettings, tier: str) -> TierSpec:
         default_dir=str(settings.tier_dir(tier)),
         registry_dir=str(settings.resolved_registry_dir) if follow else None,
         registry_poll_s=settings.registry_poll_s,
+        control_dsn=settings.control_dsn,
+        control_scope=settings.control_scope,
     )
+
+
+def _registry(spec: TierSpec) -> ModelRegistry | None:
+    if spec.registry_dir is None:
+        return None
+    root = Path(spec.registry_dir)
+    return ModelRegistry(root, open_control_store(root, spec.control_dsn, scope=spec.control_scope))
 
 
 class ModelServer:
@@ -77,7 +89,7 @@ class ModelServer:
     async def _start(self, spec: TierSpec) -> None:
         self._spec = spec
         model_dir = Path(spec.config.model_dir or spec.default_dir)
-        registry = ModelRegistry(Path(spec.registry_dir)) if spec.registry_dir is not None else None
+        registry = _registry(spec)
         if registry is not None:
             # Start on what the registry serves: loading the configured directory first and
             # then the registry's (the same weights, another path) started two engines.

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deploy import ModelRegistry, open_control_store
 from feedback.config import FeedbackConfig
 from gateway._ledger import RatingsConfig
 from gateway.auth import AuthConfig
@@ -128,6 +129,36 @@ class GatewaySettings(BaseSettings):
     """Student replicas serve the registry's current (and canary) version, polled every
     ``registry_poll_s``; promote/rollback/canary then need only a pointer change."""
     registry_poll_s: float = 1.0
+    control_store: Literal["files", "database"] = "files"
+    """Where the control plane's state lives (pointers and rollout, refresh requests, the
+    loop's state and events, the refresh lease, each replica's canary evidence): ``files``
+    under ``registry_dir`` (one host, or a volume every node mounts with working locks);
+    ``database``: two tables in the PostgreSQL feedback database (``feedback.store_dsn``),
+    for replicas and a loop on several nodes. Model versions stay under ``registry_dir``."""
+    control_scope: str = Field(default="default", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    """Names this deployment's rows in the control tables (staging and production, or a
+    test, can share one database)."""
+
+    @model_validator(mode="after")
+    def _database_control_needs_postgres(self) -> GatewaySettings:
+        if self.control_store == "database" and not self.store_dsn.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError(
+                "control_store: database keeps the control plane in the PostgreSQL feedback database; "
+                "set feedback.store_dsn to a postgresql:// DSN (or use control_store: files)"
+            )
+        return self
+
+    @property
+    def control_dsn(self) -> str | None:
+        """The control store's database, or None for files under the registry directory."""
+        return self.store_dsn if self.control_store == "database" else None
+
+    def open_registry(self) -> ModelRegistry:
+        """The registry these settings name, with its control store."""
+        root = self.resolved_registry_dir
+        return ModelRegistry(root, open_control_store(root, self.control_dsn, scope=self.control_scope))
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -13,7 +13,7 @@ from retrain._derive import BootstrapResult, bootstrap_student, derive_student, 
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import EvalResult, GateReport, evaluate_model, expected_calibration_error, run_gate
 from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, VerifierConfig, build_verifiers
-from retrain._loop import EVENTS_FILE, LoopConfig, LoopEvent, LoopMetrics, RefreshLoop, RemoteLoop
+from retrain._loop import EVENTS_FILE, EVENTS_LOG, LoopConfig, LoopEvent, LoopMetrics, RefreshLoop, RemoteLoop
 from retrain._quantize import QuantizeOutcome, quantize_version, quantized_version_name
 from retrain._refresh import (
     RefreshOutcome,
@@ -38,6 +38,7 @@ __all__ = [
     "quantize_version",
     "quantized_version_name",
     "EVENTS_FILE",
+    "EVENTS_LOG",
     "RemoteLoop",
     "PRETRAINED_TRAINING",
     "BootstrapResult",

@@ -29,6 +29,7 @@ from deploy import (
     ModelRegistry,
     RefreshInProgress,
     RefreshLease,
+    RegistryError,
     RolloutController,
 )
 from feedback import FeedbackStore
@@ -42,7 +43,7 @@ from retrain.config import DistillConfig, GateConfig
 from retrain.errors import NotEnoughFeedback
 from router import AgreementMetric
 
-__all__ = ["EVENTS_FILE", "LoopConfig", "LoopEvent", "LoopMetrics", "RefreshLoop", "RemoteLoop"]
+__all__ = ["EVENTS_FILE", "EVENTS_LOG", "LoopConfig", "LoopEvent", "LoopMetrics", "RefreshLoop", "RemoteLoop"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +88,11 @@ class LoopConfig(BaseModel):
 
 
 REFRESH_RESULTS = ("promoted", "refused", "rolled_back", "skipped", "failed")
-EVENTS_FILE = "loop_events.jsonl"
-"""Every tick's outcome, appended beside the registry: what ``distillery demo scenario``
-and operators read to follow a running loop from another process."""
+EVENTS_LOG = "loop_events"
+"""Every tick's outcome, appended to the registry's control store: what ``distillery demo
+scenario`` and operators read to follow a running loop from another process."""
+EVENTS_FILE = f"{EVENTS_LOG}.jsonl"
+"""Its file in the embedded (file) control store, beside the registry's pointers."""
 
 
 class LoopMetrics:
@@ -171,15 +174,13 @@ class RefreshLoop:
         self.canary = canary or CanaryConfig()
         self._agreement = agreement or AgreementMetric()
         self._factory = backend_factory
-        self._lease = RefreshLease(registry.root, holder=holder, ttl_s=lease_ttl_s)
-        self._events_file = registry.root / EVENTS_FILE
+        self._lease = RefreshLease(registry.control, holder=holder, ttl_s=lease_ttl_s)
         self._workdir = workdir
         self._suite = suite
         self._fetch = fetch_metrics
         self._scorer = scorer
         self.metrics = metrics or LoopMetrics()
         self._clock = clock
-        self._state_file = registry.root / "loop_state.json"
         self._stop = threading.Event()
         self.events: list[LoopEvent] = []
         self._reference_cache: dict[str, tuple[list[str], list[float | None]]] = {}
@@ -198,17 +199,11 @@ class RefreshLoop:
 
     # ---- persisted state ------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        if self._state_file.is_file():
-            data: dict[str, Any] = json.loads(self._state_file.read_text())
-            return data
-        return {}
+        entry = self._registry.control.read("loop_state")
+        return dict(entry.value) if entry is not None else {}
 
     def _save_state(self, **updates: Any) -> None:
-        state = {**self._state(), **updates}
-        self._state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self._state_file)
+        self._registry.control.put("loop_state", {**self._state(), **updates})
 
     # ---- one tick -------------------------------------------------------------------
     def check_drift(self, now: float, *, record: bool = True) -> DriftResult:
@@ -458,11 +453,9 @@ class RefreshLoop:
         self.events.append(event)
         logger.info("loop tick", extra={"fields": asdict(event)})
         try:
-            self._events_file.parent.mkdir(parents=True, exist_ok=True)
-            with self._events_file.open("a") as f:
-                f.write(json.dumps(asdict(event), default=str) + "\n")
-        except OSError:
-            logger.exception("could not append to %s", self._events_file)
+            self._registry.control.append(EVENTS_LOG, json.loads(json.dumps(asdict(event), default=str)))
+        except (OSError, RegistryError):
+            logger.exception("could not append to the loop's events in %s", self._registry.control.describe())
         return event
 
     def run(self) -> None:
@@ -511,14 +504,11 @@ class RemoteLoop:
     def tick(self) -> LoopEvent:
         asked = self._clock()
         self._registry.request_refresh(reason=self._reason, actor="remote")
-        path = self._registry.root / EVENTS_FILE
         deadline = time.monotonic() + self._timeout_s
         while time.monotonic() < deadline:
-            if path.is_file():
-                for line in path.read_text().splitlines():
-                    row = json.loads(line) if line.strip() else {}
-                    answers = row.get("trigger") == "manual" or row.get("result") == "failed"
-                    if answers and float(row.get("at", 0)) >= asked - 1.0:
-                        return LoopEvent(**row)
+            for row in self._registry.control.entries(EVENTS_LOG):
+                answers = row.get("trigger") == "manual" or row.get("result") == "failed"
+                if answers and float(row.get("at", 0)) >= asked - 1.0:
+                    return LoopEvent(**row)
             time.sleep(self._poll_s)
         raise TimeoutError(f"the running refresh loop did not answer within {self._timeout_s:g}s")

@@ -63,9 +63,7 @@ def progress_bar() -> Iterator[ProgressFn]:
 
 
 def registry_of(settings: DistillerySettings) -> Any:
-    from deploy import ModelRegistry
-
-    return ModelRegistry(settings.resolved_registry_dir)
+    return settings.open_registry()
 
 
 def roll_out(

@@ -91,7 +91,7 @@ def cmd_retrain(args: argparse.Namespace, settings: DistillerySettings) -> int:
 
     registry = registry_of(settings)
     ensure_registry(registry, settings.tier_dir("student"))
-    lease = RefreshLease(registry.root, holder="distillery retrain")
+    lease = RefreshLease(registry.control, holder="distillery retrain")
     lease.acquire()  # another refresh runs: RefreshInProgress, printed, exit 2
     try:
         return _retrain(args, settings, registry)

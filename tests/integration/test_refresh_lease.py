@@ -28,7 +28,7 @@ def registry(demo_models, tmp_path) -> ModelRegistry:
 
 
 def test_a_second_refresh_is_refused_while_one_runs_and_says_who_holds_it(registry, demo_models, tmp_path):
-    running = RefreshLease(registry.root, holder="the stack's refresh loop")
+    running = RefreshLease(registry.control, holder="the stack's refresh loop")
     running.acquire()
     try:
         env = {

@@ -47,3 +47,19 @@ def test_tier_dirs_default_under_models_dir(tmp_path):
     s = load_settings(models_dir=str(tmp_path))
     assert s.tier_dir("student") == tmp_path / "student"
     assert s.tier_dir("teacher") == tmp_path / "teacher"
+
+
+def test_the_control_store_is_files_unless_the_feedback_database_is_postgres(tmp_path):
+    from deploy import FileControlStore
+
+    settings = load_settings(var_dir=tmp_path)
+    assert settings.control_dsn is None
+    assert isinstance(settings.open_registry().control, FileControlStore)
+    with pytest.raises(ValueError, match=r"control_store: database .* postgresql://"):
+        load_settings(var_dir=tmp_path, control_store="database")
+    pg = load_settings(
+        var_dir=tmp_path, control_store="database", feedback={"store_dsn": "postgresql://db/distillery"}
+    )
+    assert pg.control_dsn == "postgresql://db/distillery"
+    with pytest.raises(ValueError, match="control_scope"):
+        load_settings(var_dir=tmp_path, control_scope="a b/../c")

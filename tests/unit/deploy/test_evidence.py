@@ -11,6 +11,7 @@ from deploy import (
     CanaryController,
     EvidenceBoard,
     EvidencePublisher,
+    FileControlStore,
     LiveMetrics,
     ReplicaEvidence,
     VersionStats,
@@ -34,7 +35,7 @@ def _live(
 
 
 def test_the_board_sums_every_replica(tmp_path: Path) -> None:
-    board = EvidenceBoard(tmp_path)
+    board = EvidenceBoard(FileControlStore(tmp_path))
     assert board.read() is None  # nobody has published
     board.publish(ReplicaEvidence.of("a", _live({"v1": (10, 1)}, {("v1", "plural"): (4, 1)}), 1.0))
     board.publish(
@@ -42,7 +43,7 @@ def test_the_board_sums_every_replica(tmp_path: Path) -> None:
             "b", _live({"v1": (5, 2), "v2": (3, 0)}, {("v1", "plural"): (2, 2)}, audits_on=True), 1.0
         )
     )
-    live = EvidenceBoard(tmp_path).read()  # another process: the controller's
+    live = EvidenceBoard(FileControlStore(tmp_path)).read()  # another process: the controller's
     assert live is not None
     assert live.stats("v1") == VersionStats(15, 3) and live.stats("v2") == VersionStats(3, 0)
     assert live.by_route[("v1", "plural")] == VersionStats(6, 3)
@@ -50,8 +51,8 @@ def test_the_board_sums_every_replica(tmp_path: Path) -> None:
 
 
 def test_counts_never_fall_when_a_replica_goes_or_a_file_is_stale_or_broken(tmp_path: Path) -> None:
-    board = EvidenceBoard(tmp_path)
-    publisher = EvidenceBoard(tmp_path)
+    board = EvidenceBoard(FileControlStore(tmp_path))
+    publisher = EvidenceBoard(FileControlStore(tmp_path))
     publisher.publish(ReplicaEvidence.of("a", _live({"v1": (10, 1)}), 5.0))
     publisher.publish(ReplicaEvidence.of("b", _live({"v1": (4, 0)}), 5.0))
     assert board.read().stats("v1").answers == 14  # type: ignore[union-attr]
@@ -67,7 +68,7 @@ def test_a_canary_is_judged_on_the_answers_of_every_replica(tmp_path: Path) -> N
     """Each replica served 12 of the canary's answers: one replica's scrape (12 < 20) would
     wait to the timeout and roll back; all of them (24) promote."""
     registry = registry_with_two(tmp_path)
-    board = EvidenceBoard(tmp_path / "reg")
+    board = EvidenceBoard(registry.control)
     for replica in ("a", "b"):
         board.publish(ReplicaEvidence.of(replica, _live({"v1": (0, 0)}), 1.0))
     polls = itertools.count()
@@ -98,16 +99,16 @@ def test_a_replica_publishes_its_gateway_counts_and_its_last_ones_when_it_stops(
     metrics.student_answers.labels("v1", "false", "plural").inc(3)
     metrics.student_answers.labels("v1", "true", "plural").inc(1)
     metrics.audits.labels("v1", "agreed").inc(2)
-    board = EvidenceBoard(tmp_path)
+    board = EvidenceBoard(FileControlStore(tmp_path))
     publisher = EvidencePublisher(board, metrics.canary_evidence, replica="r1", interval_s=3600)
     publisher.publish_once()
-    live = EvidenceBoard(tmp_path).read()
+    live = EvidenceBoard(FileControlStore(tmp_path)).read()
     assert live is not None and live.stats("v1") == VersionStats(4, 1, 2, 2)
     assert live.by_route[("v1", "plural")] == VersionStats(4, 1)
     publisher.start()
     metrics.student_answers.labels("v1", "false", "plural").inc(5)
     publisher.stop()  # the answers since the last tick are published on the way out
-    live = EvidenceBoard(tmp_path).read()
+    live = EvidenceBoard(FileControlStore(tmp_path)).read()
     assert live is not None and live.stats("v1").answers == 9
 
 
