@@ -446,8 +446,52 @@ def run_gate(
     # Recalibrated on a gate sample dominated by a drifted route, the current's threshold
     # can drop far below its own (0.958 vs 0.988 on the real pair), which made it look as if
     # it escalated almost nothing on its old routes.
-    reasons = judge(cur.escalated_at(serving) if serving is not None else cur, cand, config)
+    served_cur = cur.escalated_at(serving) if serving is not None else cur
+    if serving is not None and config.min_route_calibration is not None:
+        cand = keep_current_bars(served_cur, cand, serving)
+    reasons = judge(served_cur, cand, config)
     return GateReport(not reasons, reasons or ["all checks passed"], cand, cur, report_config)
+
+
+def keep_current_bars(cur: EvalResult, cand: EvalResult, serving: CalibrationRecord) -> EvalResult:
+    """Old routes too small for a bar of their own keep the one they are served at today.
+
+    A refresh's recalibration is dominated by the routes it was trained for; the candidate's
+    shared threshold can rise above the one the current version serves a small old route
+    at, and that route's right answers then escalate (loop robustness seed 3: the shared
+    bar 0.985 -> 0.992, ``capital``'s 13 suite items below ``min_route_calibration``, its
+    live escalations 7.5% -> 15.5% after the swap). Such a route (text answers only: a
+    route's bar wins over a kind's) gets the current's bar as its own where the candidate,
+    at that bar, serves no more of its suite items wrong than the current does; a bar is
+    only ever lowered. ``cand``'s overall escalation rate is left as recalibrated (lowering
+    a route's bar can only lower it, so the gate's comparison stays conservative)."""
+    route_bars = dict(cand.route_thresholds)
+    escalated = dict(cand.suite_escalated)
+    for route, items in cand.suite_scores.items():
+        if route in route_bars or route == "unlabelled" or any(kind != "text" for kind, _ in items):
+            continue
+        bar = serving.threshold_for("text", route)
+        if bar >= cand.threshold:
+            continue
+        now_right, was_right, was_esc = (
+            cand.suite_correct.get(route),
+            cur.suite_correct.get(route),
+            cur.suite_escalated.get(route),
+        )
+        if (
+            now_right is None
+            or was_right is None
+            or was_esc is None
+            or not len(now_right) == len(was_right) == len(items)
+        ):
+            continue
+        kept = [conf >= bar for _, conf in items]
+        now_wrong = sum(k and not r for k, r in zip(kept, now_right, strict=True))
+        was_wrong = sum(not e and not r for e, r in zip(was_esc, was_right, strict=True))
+        if now_wrong <= was_wrong:
+            route_bars[route] = bar
+            escalated[route] = [not k for k in kept]
+    return replace(cand, route_thresholds=route_bars, suite_escalated=escalated)
 
 
 def judge(cur: EvalResult, cand: EvalResult, config: GateConfig) -> list[str]:

@@ -161,3 +161,42 @@ def test_invalid_answers_past_the_bar_are_refused_only_beyond_chance():
 def test_without_per_item_answers_the_invalid_rate_alone_decides():
     reasons = judge(result(invalid_rate=0.0), result(invalid_rate=2 / 96, escalation_rate=0.3), GateConfig())
     assert reasons == ["invalid answers 0.021 > 0.020 (current 0.000)"]
+
+
+def test_a_small_old_route_keeps_the_bar_it_is_served_at_when_the_candidate_is_as_right():
+    """Seed 3: the candidate's shared bar rose 0.985 -> 0.992 and ``capital`` (too few items
+    for a bar of its own) escalated its right answers live. It keeps 0.985 where the
+    candidate serves no more of its items wrong there; a route it would serve worse does not."""
+    from common.model_dir import CalibrationRecord
+    from retrain._gate import keep_current_bars
+
+    serving = CalibrationRecord(scorer="mean_logprob", threshold=0.985)
+    scores = [("text", c) for c in (0.999, 0.99, 0.988, 0.986, 0.97)]
+    current = result(
+        suite_correct={"capital": [True, True, True, True, False], "plural": [True] * 5},
+        suite_escalated={"capital": [False, False, False, False, True], "plural": [False] * 5},
+    )
+    candidate = result(
+        threshold=0.992,
+        suite_scores={"capital": scores, "plural": scores, "tools": [("tool_call", 0.99)] * 5},
+        suite_correct={
+            "capital": [True, True, True, True, False],
+            "plural": [True, True, True, False, False],
+        },
+        suite_escalated={
+            "capital": [False, True, True, True, True],
+            "plural": [False, True, True, True, True],
+        },
+    )
+    kept = keep_current_bars(current, candidate, serving)
+    assert kept.route_thresholds == {"capital": 0.985}  # plural: 1 served wrong at 0.985 vs 0
+    assert kept.suite_escalated["capital"] == [False, False, False, False, True]
+    assert kept.suite_escalated["plural"] == candidate.suite_escalated["plural"]
+    assert judge(current, kept, GateConfig()) == []
+    # A route the candidate has its own bar for, or one served at a higher bar, is left alone.
+    own = keep_current_bars(
+        current, result(**{**candidate.__dict__, "route_thresholds": {"capital": 0.97}}), serving
+    )
+    assert own.route_thresholds == {"capital": 0.97}
+    low = keep_current_bars(current, result(**{**candidate.__dict__, "threshold": 0.98}), serving)
+    assert low.route_thresholds == {}
