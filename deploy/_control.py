@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from deploy.errors import RegistryError
+from deploy.errors import ControlStoreUnavailable, RegistryError
 
 __all__ = [
     "ControlEntry",
@@ -55,10 +55,6 @@ _KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)
 FILE_NAMES = {"lease": "refresh.lease"}
 """Keys whose file names predate the store (operators' runbooks and the chaos tests name
 them); every other key ``k`` is ``k.json``, a log ``l`` is ``l.jsonl``."""
-
-
-class ControlStoreUnavailable(RegistryError):
-    """The control database cannot be reached (or refused the statement)."""
 
 
 @dataclass(frozen=True)

@@ -183,11 +183,18 @@ class EvidencePublisher:
         return self
 
     def _run(self) -> None:
+        failing = False
         while not self._stop.is_set():
             try:
                 self.publish_once()
-            except Exception:  # a full disk must not take serving down; the next tick retries
-                logger.exception("could not publish this replica's canary evidence")
+            except Exception as exc:  # a full disk, the store down: serving goes on; retried
+                if not failing:
+                    logger.warning("could not publish this replica's canary evidence (retrying): %s", exc)
+                failing = True
+            else:
+                if failing:
+                    logger.warning("publishing this replica's canary evidence again")
+                failing = False
             self._stop.wait(self._interval_s)
 
     def stop(self) -> None:

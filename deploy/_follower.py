@@ -5,14 +5,20 @@ to the registry's pointers; serving replicas poll their revision (one small read
 control store: a file, or one indexed row) and apply the new ``RolloutState`` in place.
 This is the one hot-swap path: the loop, the CLI and the admin API write the registry,
 and the replicas follow.
+
+With the control store unreachable (PostgreSQL stopped), a replica keeps serving the last
+rollout it applied; ``status()`` says since when it cannot read it (``/healthz``), the log
+says so once each way, and the first poll after it returns applies whatever changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
+from deploy._control import ControlStoreUnavailable
 from deploy._registry import ModelRegistry
 from deploy._rollout import RolloutState
 
@@ -36,6 +42,14 @@ class RegistryFollower:
         self._poll_s = poll_s
         self._seen: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._unreachable: tuple[float, str] | None = None
+
+    def status(self) -> dict[str, object]:
+        """Whether the last poll could read the control store (for ``/healthz``)."""
+        if self._unreachable is None:
+            return {"reachable": True}
+        since, error = self._unreachable
+        return {"reachable": False, "since": since, "error": error}
 
     def start(self) -> RegistryFollower:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -55,8 +69,17 @@ class RegistryFollower:
         while True:
             try:
                 await self.check()
+            except ControlStoreUnavailable as exc:
+                if self._unreachable is None:
+                    logger.warning("control store unreachable; serving the last rollout applied: %s", exc)
+                    self._unreachable = (time.time(), str(exc))
             except Exception:
                 logger.exception("could not apply the registry's rollout state")
+            else:
+                if self._unreachable is not None:
+                    down = time.time() - self._unreachable[0]
+                    logger.warning("control store reachable again after %.0f s", down)
+                    self._unreachable = None
             await asyncio.sleep(self._poll_s)
 
     async def stop(self) -> None:

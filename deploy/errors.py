@@ -5,14 +5,22 @@ DistilleryError
     ├── ModelNotFound ..... no such version in the registry
     ├── RollbackFailed .... nothing to roll back to
     ├── RefreshInProgress . another refresh holds the registry's lease
-    └── RegistryMismatch .. the registry descends from another student than the configured one
+    ├── RegistryMismatch .. the registry descends from another student than the configured one
+    └── ControlStoreUnavailable  the control store (its database) cannot be reached
 """
 
 from __future__ import annotations
 
 from common.errors import DistilleryError
 
-__all__ = ["ModelNotFound", "RefreshInProgress", "RegistryError", "RegistryMismatch", "RollbackFailed"]
+__all__ = [
+    "ControlStoreUnavailable",
+    "ModelNotFound",
+    "RefreshInProgress",
+    "RegistryError",
+    "RegistryMismatch",
+    "RollbackFailed",
+]
 
 
 class RegistryError(DistilleryError):
@@ -35,3 +43,8 @@ class RegistryMismatch(RegistryError):
     """The registry serves a line of versions that does not start from the configured
     student: it belongs to another preset or configuration (or to a student since rebuilt).
     Serving it would answer with the wrong model and retrain it on the wrong traffic."""
+
+
+class ControlStoreUnavailable(RegistryError):
+    """The control database cannot be reached (or refused the statement): serving goes on
+    with the rollout it applied last; rollouts and refreshes wait for it."""

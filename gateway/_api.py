@@ -170,7 +170,7 @@ def build_api(
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, responses=_ERROR_RESPONSES)
     async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
-        return serving.rate(body, _principal(request))
+        return await serving.rate(body, _principal(request))
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:

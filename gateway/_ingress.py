@@ -26,7 +26,7 @@ from feedback import DiskSpool, EscalationProducer, FeedbackMetrics, SpoolWriteE
 from gateway._admin import build_admin_router
 from gateway._api import build_api
 from gateway._feedback_sink import FeedbackSink, RouteLabeler
-from gateway._ledger import ResponseLedger
+from gateway._ledger import IssuedAnswer, Ledger, RatingsConfig, ReplicatedLedger, ResponseLedger
 from gateway._model_server import ModelServer, tier_spec
 from gateway._route_prior import PriorLearner
 from gateway._serving import OpenAIServing
@@ -175,6 +175,33 @@ class _AuditReport:
         self._metrics.audit_dropped(reason)
 
 
+class _HandleMirror:
+    """The shared ledger's Serve handle as a ``LedgerMirror``."""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+
+    async def record_many(self, answers: list[tuple[str, int, IssuedAnswer]]) -> None:
+        await self._handle.record_many.remote(answers)
+
+    async def find(self, response_id: str, index: int, principal: str) -> IssuedAnswer | None:
+        answer: IssuedAnswer | None = await self._handle.find.remote(response_id, index, principal)
+        return answer
+
+    async def mark(self, response_id: str, index: int, fingerprint: str) -> None:
+        await self._handle.mark.remote(response_id, index, fingerprint)
+
+
+def _ledger(config: RatingsConfig, shared: DeploymentHandle[Any] | None) -> Ledger | None:
+    """This replica's ledger; mirrored to the shared one when the ingress has several."""
+    if not config.enabled:
+        return None
+    local = ResponseLedger(config)
+    if shared is None:
+        return local
+    return ReplicatedLedger(local, _HandleMirror(shared), config).start()
+
+
 def _auditor(
     settings: GatewaySettings, router: CascadeRouter, teacher: GenerationClient, report: _AuditReport
 ) -> ShadowAuditor | None:
@@ -198,6 +225,7 @@ class GatewayIngress:
         student: DeploymentHandle[Any] | None,
         teacher: DeploymentHandle[Any],
         settings: GatewaySettings,
+        shared_ledger: DeploymentHandle[Any] | None = None,
     ) -> None:
         self._student = student
         self._teacher = teacher
@@ -246,6 +274,7 @@ class GatewayIngress:
         self._auditor = _auditor(
             settings, self._router, teacher_client, _AuditReport(self._metrics, self._feedback)
         )
+        self._ledger = _ledger(settings.ratings, shared_ledger)
         self._serving = OpenAIServing(
             self._router,
             self._metrics,
@@ -253,7 +282,7 @@ class GatewayIngress:
             lambda: self._versions,
             self._feedback,
             auditor=self._auditor,
-            ledger=ResponseLedger(settings.ratings) if settings.ratings.enabled else None,
+            ledger=self._ledger,
             streaming=StreamingCascade(self._router, student_client, teacher_client),
         )
         logger.info("cascade policy: %s >= %.6f keeps the student", policy.scorer, policy.threshold)
@@ -320,6 +349,7 @@ class GatewayIngress:
             "threshold_override": s_info.get("threshold_override"),
             "auth": "enabled" if self._settings.auth.enabled else "disabled",
             "student_engine_starts": s_info.get("engine_starts"),
+            "control_store": s_info.get("control_store"),
             "student_backend": (s_info.get("backend") or {}).get("kind"),
             "route_prior": self._prior_learner.prior.table() if self._prior_learner is not None else None,
         }

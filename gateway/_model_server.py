@@ -175,6 +175,7 @@ class ModelServer:
             "backends_in_flight": slots.in_flight(),
             "retired_versions": slots.retired,
             "engine_stats": _engine_stats(current.backend),
+            "control_store": self._follower.status() if self._follower is not None else None,
         }
 
 

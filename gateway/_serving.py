@@ -28,7 +28,7 @@ from typing import Any
 
 from feedback import SpoolWriteError
 from gateway._feedback_sink import FeedbackSink
-from gateway._ledger import IssuedAnswer, ResponseLedger, feedback_fingerprint
+from gateway._ledger import IssuedAnswer, Ledger, feedback_fingerprint
 from gateway._live import LiveStream, chat_sse, completion_sse, routing_of
 from gateway._structured import answer_message, chat_fields, response_format, sampling_fields
 from gateway.errors import BadRequest, FeedbackDisabled, ModelNotFound, ResponseNotFound
@@ -101,7 +101,7 @@ class OpenAIServing:
         feedback: FeedbackSink | None = None,
         *,
         auditor: ShadowAuditor | None = None,
-        ledger: ResponseLedger | None = None,
+        ledger: Ledger | None = None,
         streaming: StreamingCascade | None = None,
     ) -> None:
         self._streaming = streaming if server.stream_mode == "live" else None
@@ -362,13 +362,13 @@ class OpenAIServing:
         return offer
 
     # ---- /v1/feedback ----------------------------------------------------------------
-    def rate(self, body: FeedbackRequest, principal: str = "anonymous") -> FeedbackResponse:
+    async def rate(self, body: FeedbackRequest, principal: str = "anonymous") -> FeedbackResponse:
         """Records the application's rating of one answer it was given (idempotent)."""
         if self._ledger is None or self._feedback is None:
             raise FeedbackDisabled(
                 "feedback is not recorded by this gateway (the feedback stream or ratings are off)"
             )
-        issued = self._ledger.find(body.id, body.index, principal)
+        issued = await self._ledger.lookup(body.id, body.index, principal)
         if issued is None:
             raise ResponseNotFound(
                 "no answer with this id and index can be rated: it was never issued to this API key,"
@@ -381,7 +381,7 @@ class OpenAIServing:
                 self._feedback.record_rating(issued, body.score, body.correction, body.comment)
             except SpoolWriteError as exc:
                 raise FeedbackDisabled("the feedback could not be recorded right now; retry shortly") from exc
-            issued.last_rating = fingerprint
+            await self._ledger.mark(body.id, body.index, fingerprint)
             self._metrics.observe_rating(issued.tier, body.score, body.correction is not None)
         return FeedbackResponse(
             id=f"fb-{fingerprint}",

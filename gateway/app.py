@@ -21,6 +21,7 @@ from common.errors import ConfigError
 from common.paths import socket_safe_dir
 from gateway import __version__
 from gateway._ingress import GatewayIngress
+from gateway._ledger_server import SharedLedger
 from gateway._model_server import ModelServer, TierSpec, tier_spec
 from gateway.settings import GatewaySettings, ServerConfig
 
@@ -75,7 +76,16 @@ def build_app(settings: GatewaySettings) -> Application:
         ),
         gateway_fingerprint(settings),
     )
-    app: Application = ingress.bind(student, teacher, settings)
+    ledger = None
+    if settings.server.ingress_replicas > 1 and settings.ratings.enabled:
+        # Ratings from any replica (gateway._ledger_server): one shared ledger.
+        shared = deployment(SharedLedger, name="ledger", num_replicas=1, max_ongoing_requests=1024, **opts)
+        fingerprint = {
+            "ratings": settings.ratings.model_dump(mode="json"),
+            "ingress_replicas": settings.server.ingress_replicas,
+        }
+        ledger = _pinned(shared, fingerprint).bind(settings.ratings, settings.server.ingress_replicas)
+    app: Application = ingress.bind(student, teacher, settings, ledger)
     return app
 
 

@@ -8,6 +8,7 @@ DistilleryError
 ├── gateway.errors.FeedbackDisabled ..... 503 feedback_disabled (no feedback stream configured)
 ├── deploy.errors.ModelNotFound ......... 404 version_not_found (admin API)
 ├── deploy.errors.RegistryError ......... 409 registry_conflict (admin API: e.g. nothing to roll back to)
+│   └── ControlStoreUnavailable ......... 503 control_store_unavailable (admin API: rollouts paused)
 ├── router.errors.TeacherUnavailable .... 503 teacher_unavailable (TeacherTimeout: 504-free 503)
 │   └── TeacherCircuitOpen .............. 503 teacher_unavailable + Retry-After (breaker open)
 └── router.errors.StudentUnavailable .... 503 student_unavailable
@@ -34,8 +35,8 @@ import re
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import DistilleryError
+from deploy.errors import ControlStoreUnavailable, RegistryError
 from deploy.errors import ModelNotFound as VersionNotFound
-from deploy.errors import RegistryError
 from gateway.protocol import ErrorInfo, ErrorResponse
 from router.errors import (
     InvalidRequest,
@@ -143,6 +144,13 @@ def to_error_response(exc: BaseException) -> tuple[int, ErrorResponse]:
     if isinstance(exc, VersionNotFound):
         message = client_message(str(exc), "no such model version")
         return error_response(404, message, "invalid_request_error", "version_not_found", "version")
+    if isinstance(exc, ControlStoreUnavailable):
+        return error_response(
+            503,
+            f"the control store cannot be reached, so rollouts are paused (serving goes on); {_RETRY}",
+            "service_unavailable",
+            "control_store_unavailable",
+        )
     if isinstance(exc, RegistryError):
         message = client_message(str(exc), "the registry refused the change")
         return error_response(409, message, "invalid_request_error", "registry_conflict")

@@ -61,8 +61,8 @@ class ServerConfig(BaseModel):
         ingress_replicas (`int`, defaults to 1): ingress replicas behind the load balancer;
             with ``student_placement: ingress`` each holds its own student engine (so the
             student scales with them). The canary sums every replica's evidence
-            (``deploy._evidence``); a rating (``POST /v1/feedback``) must reach the replica
-            that answered (its ledger is per replica).
+            (``deploy._evidence``); a rating (``POST /v1/feedback``) may reach any replica
+            (each mirrors its ledger to one shared ledger deployment, ``gateway._ledger_server``).
     """
 
     host: str = "127.0.0.1"

@@ -9,6 +9,7 @@ JSON file beside the registry, so a killed loop resumes where it was.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -25,6 +26,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from deploy import (
     CanaryConfig,
+    ControlStoreUnavailable,
     LiveMetrics,
     ModelRegistry,
     RefreshInProgress,
@@ -461,9 +463,19 @@ class RefreshLoop:
     def run(self) -> None:
         """Ticks every ``check_interval_s``, and at once when a refresh is requested
         (``distillery models refresh``, the admin API, ``distillery demo scenario``)."""
+        paused_since: float | None = None
         while not self._stop.is_set():
             try:
                 self.tick()
+                if paused_since is not None:
+                    logger.warning("control store reachable again; refreshes resumed")
+                    paused_since = None
+            except ControlStoreUnavailable as exc:
+                # Not a failed refresh: nothing can be read or written until it returns
+                # (and every change is a compare-and-swap, so nothing is left half-done).
+                if paused_since is None:
+                    paused_since = time.monotonic()
+                    logger.warning("control store unreachable; refreshes paused: %s", exc)
             except Exception as exc:
                 logger.exception("refresh loop tick failed")
                 self.metrics.refreshes.labels("failed").inc()
@@ -473,8 +485,9 @@ class RefreshLoop:
                 self._record(LoopEvent(self._clock(), "error", None, "failed", detail=detail))
             deadline = time.monotonic() + self._config.check_interval_s
             while not self._stop.is_set() and time.monotonic() < deadline:
-                if self._registry.pending_refresh() is not None:
-                    break
+                with contextlib.suppress(ControlStoreUnavailable):
+                    if self._registry.pending_refresh() is not None:
+                        break
                 self._stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
 
     def stop(self) -> None:

@@ -266,3 +266,64 @@ def test_settings_put_the_whole_control_plane_in_the_database(tmp_path: Path, po
     registry.control.append(EVENTS_LOG, {"result": "promoted"})
     files = sorted(p.name for p in settings.resolved_registry_dir.iterdir())
     assert files == ["versions"]
+
+
+@pytest.mark.asyncio
+async def test_with_the_control_store_down_serving_keeps_its_rollout_and_nothing_is_half_applied(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL stopped: a replica keeps the rollout it applied and says since when it
+    cannot read the store; a promotion and a refresh's lease fail with a clear error (503 at
+    the admin API, no DSN in it) and leave nothing behind; once it is back, the next
+    promotion reaches the replica."""
+    import asyncio
+
+    from deploy import ControlStoreUnavailable
+    from feedback._local_postgres import LocalPostgres
+    from feedback.errors import StoreUnavailable
+    from gateway.errors import to_error_response
+
+    try:
+        server = LocalPostgres.create(prefix_name="distillery-pg-control-")
+    except StoreUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        registry = _registry(tmp_path, lambda: PostgresControlStore(server.dsn, scope="outage"))
+        registry.promote("v1")
+        applied: list[RolloutState] = []
+
+        async def apply(state: RolloutState) -> None:
+            applied.append(state)
+
+        replica = ModelRegistry(tmp_path / "registry", PostgresControlStore(server.dsn, scope="outage"))
+        follower = RegistryFollower(replica, apply, poll_s=0.05).start()
+        try:
+
+            async def until(cond: Callable[[], bool]) -> None:
+                for _ in range(400):
+                    if cond():
+                        return
+                    await asyncio.sleep(0.05)
+                raise AssertionError("timed out")
+
+            await until(lambda: bool(applied))
+            server.stop()
+            await until(lambda: follower.status()["reachable"] is False)
+            assert applied[-1].model_path == registry.get("v1").path and len(applied) == 1
+            with pytest.raises(ControlStoreUnavailable) as raised:
+                registry.promote("v2", reason="while the database is down")
+            status, body = to_error_response(raised.value)
+            assert status == 503 and body.error.code == "control_store_unavailable"
+            assert "127.0.0.1" not in body.error.message and "postgresql" not in body.error.message
+            with pytest.raises(ControlStoreUnavailable):
+                RefreshLease(registry.control, holder="loop").acquire()
+            server.start()
+            await until(lambda: follower.status()["reachable"] is True)
+            assert registry.pointers() == {"current": "v1", "previous": None}  # nothing half-applied
+            assert "while the database is down" not in [e.get("reason") for e in registry.audit()]
+            registry.promote("v2")
+            await until(lambda: applied[-1].model_path == registry.get("v2").path)
+        finally:
+            await follower.stop()
+    finally:
+        server.remove()
