@@ -175,6 +175,14 @@ class _AuditReport:
         self._metrics.audit_dropped(reason)
 
 
+def _replica_tag() -> str | None:
+    try:
+        tag: str = serve.get_replica_context().replica_tag
+    except Exception:  # outside Serve (a unit test's app)
+        return None
+    return tag
+
+
 class _HandleMirror:
     """The shared ledger's Serve handle as a ``LedgerMirror``."""
 
@@ -349,6 +357,13 @@ class GatewayIngress:
             "threshold_override": s_info.get("threshold_override"),
             "auth": "enabled" if self._settings.auth.enabled else "disabled",
             "student_engine_starts": s_info.get("engine_starts"),
+            "teacher_engine_starts": t_info.get("engine_starts"),
+            # Which replica instances answer: a redeploy that restarted one shows a new tag.
+            "replicas": {
+                "ingress": _replica_tag(),
+                "student": s_info.get("replica") or _replica_tag(),
+                "teacher": t_info.get("replica"),
+            },
             "control_store": s_info.get("control_store"),
             "student_backend": (s_info.get("backend") or {}).get("kind"),
             "route_prior": self._prior_learner.prior.table() if self._prior_learner is not None else None,

@@ -43,13 +43,17 @@ APP_NAME = "distillery"
 def build_app(settings: GatewaySettings) -> Application:
     # Replicas reserve no CPU: on a 2-core box three 1-CPU replicas would not schedule,
     # and torch thread counts (BackendConfig.num_threads) are what really divide the cores.
-    opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0}}
+    roles = settings.node_roles
+
+    def opts(part: str, **actor: Any) -> dict[str, Any]:
+        return {"ray_actor_options": {"num_cpus": 0, "resources": roles.resources(part), **actor}}
+
     deployment: Any = serve.deployment  # its overloads do not type the builder form
 
     def model_server(tier: str) -> Any:
         cfg = settings.student if tier == "student" else settings.teacher
         dep = deployment(
-            ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts
+            ModelServer, name=tier, num_replicas=cfg.num_replicas, max_ongoing_requests=256, **opts(tier)
         )
         spec = tier_spec(settings, tier)
         return _pinned(dep, spec_fingerprint(spec)).bind(spec)
@@ -57,7 +61,7 @@ def build_app(settings: GatewaySettings) -> Application:
     # student_placement: ingress (the default) has the ingress open the student in its process.
     student = model_server("student") if settings.student_placement == "deployment" else None
     teacher = model_server("teacher")
-    ingress_opts = opts
+    ingress_opts = opts("ingress")
     if settings.server.ingress_same_loop:
         # The ingress only awaits (handles, a non-blocking feedback queue): Serve's extra
         # user-code thread and router loop cost two cross-thread hops per request there.
@@ -65,7 +69,7 @@ def build_app(settings: GatewaySettings) -> Application:
             "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
             "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
         }
-        ingress_opts = {"ray_actor_options": {"num_cpus": 0, "runtime_env": {"env_vars": same_loop}}}
+        ingress_opts = opts("ingress", runtime_env={"env_vars": same_loop})
     ingress = _pinned(
         deployment(
             GatewayIngress,
@@ -79,7 +83,9 @@ def build_app(settings: GatewaySettings) -> Application:
     ledger = None
     if settings.server.ingress_replicas > 1 and settings.ratings.enabled:
         # Ratings from any replica (gateway._ledger_server): one shared ledger.
-        shared = deployment(SharedLedger, name="ledger", num_replicas=1, max_ongoing_requests=1024, **opts)
+        shared = deployment(
+            SharedLedger, name="ledger", num_replicas=1, max_ongoing_requests=1024, **opts("ledger")
+        )
         fingerprint = {
             "ratings": settings.ratings.model_dump(mode="json"),
             "ingress_replicas": settings.server.ingress_replicas,

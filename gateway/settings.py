@@ -22,7 +22,35 @@ from router import AgreementConfig, AuditConfig
 from router.config import BackendConfig, CascadeConfig
 from router.pricing import PricingConfig
 
-__all__ = ["GatewaySettings", "ServerConfig"]
+__all__ = ["GatewaySettings", "NodeRoles", "ServerConfig"]
+
+ROLE_SHARE = 0.001
+"""What one replica takes of its role's resource: a node with ``{"student": 1}`` holds up
+to a thousand; the resource marks where a replica may go, the CPUs and memory decide how
+many fit."""
+
+
+class NodeRoles(BaseModel):
+    """Which Ray nodes each part runs on: a role is a custom resource the nodes that may
+    host that part advertise (``ray start --resources '{"student": 1}'``; on KubeRay, a
+    worker group's ``rayStartParams.resources``). None: anywhere (one machine).
+
+    Parameters:
+        ingress (`str | None`): the ingress replicas (and, with ``student_placement:
+            ingress``, the student's engine inside them).
+        student (`str | None`): the student's deployment (``student_placement: deployment``).
+        teacher (`str | None`): the teacher's deployment.
+        ledger (`str | None`): the shared ratings ledger (``ingress_replicas > 1``).
+    """
+
+    ingress: str | None = None
+    student: str | None = None
+    teacher: str | None = None
+    ledger: str | None = None
+
+    def resources(self, part: str) -> dict[str, float]:
+        role: str | None = getattr(self, part)
+        return {} if role is None else {role: ROLE_SHARE}
 
 
 class ServerConfig(BaseModel):
@@ -129,6 +157,8 @@ class GatewaySettings(BaseSettings):
     """Student replicas serve the registry's current (and canary) version, polled every
     ``registry_poll_s``; promote/rollback/canary then need only a pointer change."""
     registry_poll_s: float = 1.0
+    node_roles: NodeRoles = NodeRoles()
+    """Ray custom resources placing each deployment on the nodes of its role."""
     control_store: Literal["files", "database"] = "files"
     """Where the control plane's state lives (pointers and rollout, refresh requests, the
     loop's state and events, the refresh lease, each replica's canary evidence): ``files``

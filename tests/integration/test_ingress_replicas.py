@@ -8,6 +8,7 @@ engines on CI's two cores would cost minutes and prove nothing more here)."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,15 +89,54 @@ def test_two_replicas_serve_count_every_answer_and_rate_from_either(replicated: 
     ]
     assert len(serving) == 2, "both ingress replicas answered (else this test proves nothing)"
 
-    # Ratings: every answer, through whichever replica the proxy picks, once each.
+    # Ratings: every answer, through whichever replica the proxy picks, once each. In
+    # another order than the answers: a round-robin balancer sending the i-th rating
+    # where it sent the i-th request would hand each rating to the replica that answered.
+    order = list(ids)
+    random.Random(7).shuffle(order)
     with httpx.Client(timeout=60) as client:
-        for rid in ids:
+        for rid in order:
             first = client.post(f"{replicated.url}/v1/feedback", json={"id": rid, "rating": True})
             assert first.status_code == 200 and first.json()["status"] == "recorded", first.text
-        for rid in ids[:10]:
+        for rid in order[::-1][:10]:
             again = client.post(f"{replicated.url}/v1/feedback", json={"id": rid, "rating": True})
             assert again.status_code == 200 and again.json()["status"] == "unchanged", again.text
         unknown = client.post(
             f"{replicated.url}/v1/feedback", json={"id": "cmpl-never-issued", "rating": True}
         )
         assert unknown.status_code == 404 and "never issued" in unknown.json()["error"]["message"]
+
+
+def test_a_loop_or_gate_setting_redeploys_no_replica(replicated: Any) -> None:
+    """``serve.run`` again with only ``loop.check_interval_s`` and ``gate.max_ece`` changed:
+    the same replica instances answer (Serve tags, evidence ids) and no engine started again."""
+    from ray import serve
+
+    from gateway.app import build_app
+
+    def seen() -> tuple[set[str], set[str], set[int]]:
+        tags: set[str] = set()
+        teachers: set[str] = set()
+        starts: set[int] = set()
+        with httpx.Client(timeout=30) as client:
+            for _ in range(30):
+                health = client.get(f"{replicated.url}/healthz").json()
+                tags.add(health["replicas"]["ingress"])
+                teachers.add(health["replicas"]["teacher"])
+                starts.update({health["student_engine_starts"], health["teacher_engine_starts"]})
+        return tags, teachers, starts
+
+    before = seen()
+    assert len(before[0]) == 2 and before[2] == {1}
+    evidence_before = set(replicated.registry.control.scan("evidence"))
+    settings = replicated.settings
+    changed = settings.model_copy(
+        update={
+            "loop": settings.loop.model_copy(update={"check_interval_s": settings.loop.check_interval_s + 7}),
+            "gate": settings.gate.model_copy(update={"max_ece": settings.gate.max_ece + 0.05}),
+        }
+    )
+    name = replicated.url.rsplit("/", 1)[1]
+    serve.run(build_app(changed), name=name, route_prefix=f"/{name}")
+    assert seen() == before
+    assert set(replicated.registry.control.scan("evidence")) == evidence_before

@@ -51,3 +51,22 @@ def test_ingress_replicas_from_the_settings() -> None:
     app = build_app(load_settings(server={"ingress_replicas": 3}))
     assert app._bound_deployment.name == "ingress" and app._bound_deployment.num_replicas == 3
     assert build_app(load_settings())._bound_deployment.num_replicas == 1
+
+
+def test_node_roles_place_each_deployment_and_a_second_ingress_adds_the_shared_ledger() -> None:
+    roles = {"ingress": "edge", "student": "student", "teacher": "gpu", "ledger": "edge"}
+    settings = load_settings(student_placement="deployment", node_roles=roles, server={"ingress_replicas": 2})
+    ingress = build_app(settings)._bound_deployment
+    placed = {ingress.name: ingress.ray_actor_options["resources"]}
+    for arg in ingress.init_args:
+        bound = getattr(arg, "_bound_deployment", None)
+        if bound is not None:
+            placed[bound.name] = bound.ray_actor_options["resources"]
+    assert placed == {
+        "ingress": {"edge": 0.001},
+        "student": {"student": 0.001},
+        "teacher": {"gpu": 0.001},
+        "ledger": {"edge": 0.001},
+    }
+    one = build_app(load_settings())._bound_deployment
+    assert one.ray_actor_options["resources"] == {} and one.init_args[3] is None  # no ledger
