@@ -39,6 +39,7 @@ BENCHMARKS: list[str] = [
     "quantize",
     "live_quality",
     "structured",
+    "cluster",
 ]
 
 
