@@ -23,7 +23,7 @@ from bench._traffic import Traffic
 from demo import ALL_SKILLS, sample_examples
 from router import BackendConfig, Generation, GenerationRequest, generate_prompts
 from router._transformers_backend import TransformersBackend
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -223,7 +223,20 @@ def test_close_shuts_the_engine_down(vllm_student, engine_loop):
     engine_loop.run(vllm_student.generate([GenerationRequest(prompt="upper: abc =")]))
     engine_loop.run(vllm_student.close())
     assert vllm_student.closed
-    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in mine)
+
+    def gone() -> bool:
+        for pid in mine:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                continue
+        return True
+
+    # vLLM's shutdown waits 5 s for the core to leave on SIGTERM, then SIGKILLs it and
+    # returns without waiting: on a loaded machine (the full suite) the kill is delivered
+    # but the process is not reaped yet when close returns.
+    assert wait_until(gone, timeout_s=15, every_s=0.1), "the engine core process outlived close()"
     with pytest.raises(RuntimeError, match="shut down"):
         engine_loop.run(vllm_student.generate([GenerationRequest(prompt="upper: abc =")]))
     engine_loop.run(vllm_student.close())  # idempotent
