@@ -27,7 +27,7 @@ from gateway._admin import build_admin_router
 from gateway._api import build_api
 from gateway._feedback_sink import FeedbackSink, RouteLabeler
 from gateway._ledger import IssuedAnswer, Ledger, RatingsConfig, ReplicatedLedger, ResponseLedger
-from gateway._model_server import ModelServer, tier_spec
+from gateway._model_server import ModelServer, replica_tag, tier_spec
 from gateway._route_prior import PriorLearner
 from gateway._serving import OpenAIServing
 from gateway.metrics import GatewayMetrics
@@ -173,14 +173,6 @@ class _AuditReport:
 
     def audit_dropped(self, reason: str) -> None:
         self._metrics.audit_dropped(reason)
-
-
-def _replica_tag() -> str | None:
-    try:
-        tag: str = serve.get_replica_context().replica_tag
-    except Exception:  # outside Serve (a unit test's app)
-        return None
-    return tag
 
 
 class _HandleMirror:
@@ -360,8 +352,8 @@ class GatewayIngress:
             "teacher_engine_starts": t_info.get("engine_starts"),
             # Which replica instances answer: a redeploy that restarted one shows a new tag.
             "replicas": {
-                "ingress": _replica_tag(),
-                "student": s_info.get("replica") or _replica_tag(),
+                "ingress": replica_tag(),
+                "student": s_info.get("replica") or replica_tag(),
                 "teacher": t_info.get("replica"),
             },
             "control_store": s_info.get("control_store"),

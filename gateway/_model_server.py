@@ -65,6 +65,15 @@ def _registry(spec: TierSpec) -> ModelRegistry | None:
     return ModelRegistry(root, open_control_store(root, spec.control_dsn, scope=spec.control_scope))
 
 
+def replica_tag() -> str | None:
+    """This Serve replica's unique tag; None outside a replica."""
+    try:
+        tag: str = serve.get_replica_context().replica_tag
+    except Exception:
+        return None
+    return tag
+
+
 class ModelServer:
     """One tier's model: checks a request against it, then batches it.
 
@@ -151,10 +160,7 @@ class ModelServer:
     def info(self) -> dict[str, Any]:
         slots, current = self._slots, self._slots.current
         cal = current.calibration
-        try:
-            replica = serve.get_replica_context().replica_tag
-        except Exception:  # opened outside Serve, in the ingress's process
-            replica = None
+        replica = replica_tag()  # None: opened outside Serve, in the ingress's process
         return {
             "tier": self._spec.tier,
             "replica": replica,

@@ -463,18 +463,18 @@ class RefreshLoop:
     def run(self) -> None:
         """Ticks every ``check_interval_s``, and at once when a refresh is requested
         (``distillery models refresh``, the admin API, ``distillery demo scenario``)."""
-        paused_since: float | None = None
+        paused = False  # the control store was unreachable at the last tick
         while not self._stop.is_set():
             try:
                 self.tick()
-                if paused_since is not None:
+                if paused:
                     logger.warning("control store reachable again; refreshes resumed")
-                    paused_since = None
+                    paused = False
             except ControlStoreUnavailable as exc:
                 # Not a failed refresh: nothing can be read or written until it returns
                 # (and every change is a compare-and-swap, so nothing is left half-done).
-                if paused_since is None:
-                    paused_since = time.monotonic()
+                if not paused:
+                    paused = True
                     logger.warning("control store unreachable; refreshes paused: %s", exc)
             except Exception as exc:
                 logger.exception("refresh loop tick failed")
