@@ -26,7 +26,7 @@ from deploy._controller import Rollout, RolloutController
 from deploy._evidence import EvidenceBoard, EvidencePublisher, ReplicaEvidence, combine_live, replica_id
 from deploy._follower import RegistryFollower
 from deploy._lease import LEASE_FILE, RefreshLease
-from deploy._registry import ModelRegistry, RegisteredModel
+from deploy._registry import ModelRegistry, RegisteredModel, open_registry
 from deploy._rollout import RolloutState
 from deploy.errors import (
     ModelNotFound,
@@ -43,6 +43,7 @@ __all__ = [
     "FileControlStore",
     "PostgresControlStore",
     "open_control_store",
+    "open_registry",
     "LEASE_FILE",
     "CanaryConfig",
     "RefreshInProgress",

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from common.model_dir import MANIFEST_FILE
-from deploy._control import ControlStore, FileControlStore, take, update
+from deploy._control import ControlStore, FileControlStore, open_control_store, take, update
 from deploy._rollout import RolloutState
 from deploy.errors import ModelNotFound, RegistryError, RollbackFailed
 
-__all__ = ["ModelRegistry", "RegisteredModel"]
+__all__ = ["ModelRegistry", "RegisteredModel", "open_registry"]
 
 MANIFEST = "manifest.json"
 
@@ -234,3 +234,8 @@ class ModelRegistry:
 
     def _log(self, action: str, **fields: Any) -> None:
         self.control.append("audit", {"ts": time.time(), "action": action, **fields})
+
+
+def open_registry(root: Path, control_dsn: str | None = None, *, scope: str = "default") -> ModelRegistry:
+    """The registry under ``root`` with its control store (files there, or the database)."""
+    return ModelRegistry(root, open_control_store(root, control_dsn, scope=scope))

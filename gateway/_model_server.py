@@ -19,7 +19,7 @@ from typing import Any
 
 from ray import serve
 
-from deploy import ModelRegistry, RegistryFollower, RolloutState, open_control_store
+from deploy import ModelRegistry, RegistryFollower, RolloutState, open_registry
 from gateway.settings import GatewaySettings
 from router import Backend, BackendConfig, Generation, GenerationRequest, TierItem
 from router._context import check_fits
@@ -61,8 +61,7 @@ def tier_spec(settings: GatewaySettings, tier: str) -> TierSpec:
 def _registry(spec: TierSpec) -> ModelRegistry | None:
     if spec.registry_dir is None:
         return None
-    root = Path(spec.registry_dir)
-    return ModelRegistry(root, open_control_store(root, spec.control_dsn, scope=spec.control_scope))
+    return open_registry(Path(spec.registry_dir), spec.control_dsn, scope=spec.control_scope)
 
 
 def replica_tag() -> str | None:

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deploy import ModelRegistry, open_control_store
+from deploy import ModelRegistry, open_registry
 from feedback.config import FeedbackConfig
 from gateway._ledger import RatingsConfig
 from gateway.auth import AuthConfig
@@ -187,8 +187,7 @@ class GatewaySettings(BaseSettings):
 
     def open_registry(self) -> ModelRegistry:
         """The registry these settings name, with its control store."""
-        root = self.resolved_registry_dir
-        return ModelRegistry(root, open_control_store(root, self.control_dsn, scope=self.control_scope))
+        return open_registry(self.resolved_registry_dir, self.control_dsn, scope=self.control_scope)
 
     @property
     def resolved_models_dir(self) -> Path:
