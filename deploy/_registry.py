@@ -6,7 +6,9 @@ Layout under ``<root>``::
     versions/<version>/manifest.json   lineage: parent, dataset hash/size, teacher, training
                                        config, gate metrics, created time
 
-and, in its control store (``deploy._control``: files beside the versions by default, or
+or, with ``files_url`` (nodes that share no volume), under that URL, each node pulling a
+version into its own cache keyed by the version's digest (``deploy._artifacts``); and, in
+its control store (``deploy._control``: files beside the versions by default, or
 tables in the PostgreSQL feedback database)::
 
     pointers                       {"current": v, "previous": v, "canary": v, ...}
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common.model_dir import MANIFEST_FILE
+from deploy._artifacts import VersionFiles, tree_digest
 from deploy._control import ControlStore, FileControlStore, open_control_store, take, update
 from deploy._rollout import RolloutState
 from deploy.errors import ModelNotFound, RegistryError, RollbackFailed
@@ -57,25 +60,46 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, control: ControlStore | None = None) -> None:
+    def __init__(
+        self, root: Path, control: ControlStore | None = None, *, files: VersionFiles | None = None
+    ) -> None:
+        """``files`` None: versions under ``root/versions``; else at its URL, and ``get``
+        returns this node's cached copy (pulled on first use)."""
         self.root = root
         self._versions = root / "versions"
         self.control: ControlStore = control if control is not None else FileControlStore(root)
+        self.files = files
         # Nothing is created until something is written: a read-only command (``models
         # list``, ``drift check``) on a fresh checkout leaves no registry behind.
 
     # ---- reading ----------------------------------------------------------------------
     def versions(self) -> list[RegisteredModel]:
-        if not self._versions.is_dir():
+        """Every version, oldest first. With remote files, nothing is pulled: a path is
+        where this node's copy is or would be (``get`` pulls it)."""
+        if self.files is not None:
+            out = [self._remote(v, pull=False) for v in self.files.list_versions()]
+        elif not self._versions.is_dir():
             return []
-        out = [self.get(p.name) for p in self._versions.iterdir() if (p / MANIFEST).is_file()]
+        else:
+            out = [self.get(p.name) for p in self._versions.iterdir() if (p / MANIFEST).is_file()]
         return sorted(out, key=lambda m: (m.manifest.get("created", 0), m.version))
 
     def get(self, version: str) -> RegisteredModel:
+        if self.files is not None:
+            return self._remote(version, pull=True)
         path = self._versions / version
         if not (path / MANIFEST).is_file():
             raise ModelNotFound(f"no model version {version!r} in {self.root}")
         return RegisteredModel(version, path, json.loads((path / MANIFEST).read_text()))
+
+    def _remote(self, version: str, *, pull: bool) -> RegisteredModel:
+        assert self.files is not None
+        manifest = self.files.manifest(version)
+        digest = manifest.get("digest")
+        if not digest:
+            raise RegistryError(f"version {version!r} at {self.files.url} has no digest")
+        path = self.files.pull(version, digest) if pull else self.files.cached(digest)
+        return RegisteredModel(version, path, manifest)
 
     def pointers_revision(self) -> str | None:
         """Changes whenever the pointers do (what a follower polls); None before any."""
@@ -180,22 +204,32 @@ class ModelRegistry:
 
     # ---- writing ----------------------------------------------------------------------
     def register(self, source_dir: Path, version: str, manifest: dict[str, Any]) -> RegisteredModel:
-        """Copies a finished model directory in as ``version`` (atomically, by rename)."""
-        target = self._versions / version
-        if target.exists():
+        """Copies a finished model directory in as ``version`` (atomically: by rename, or,
+        at a URL, manifest last), with the digest of its files in its manifest."""
+        remote = self.files
+        if remote is not None and remote.exists(version):
             raise RegistryError(f"version {version!r} already exists")
-        staging = self._versions / f".staging-{version}-{os.getpid()}"
-        self._versions.mkdir(parents=True, exist_ok=True)
+        target = self._versions / version
+        if remote is None and target.exists():
+            raise RegistryError(f"version {version!r} already exists")
+        parent = self._versions if remote is None else remote.cache_dir
+        staging = parent / f".staging-{version}-{os.getpid()}"
+        parent.mkdir(parents=True, exist_ok=True)
         if staging.exists():
             shutil.rmtree(staging)
         shutil.copytree(source_dir, staging)
-        full = {"version": version, "created": time.time(), **manifest}
-        _write_json_atomic(staging / MANIFEST, full)
         distillery_manifest = staging / MANIFEST_FILE
         own = json.loads(distillery_manifest.read_text()) if distillery_manifest.is_file() else {}
         own["version"] = version
         _write_json_atomic(distillery_manifest, own)
-        os.replace(staging, target)
+        digest = tree_digest(staging)
+        full = {"version": version, "created": time.time(), **manifest, "digest": digest}
+        _write_json_atomic(staging / MANIFEST, full)
+        if remote is None:
+            os.replace(staging, target)
+        else:
+            remote.upload(staging, version)
+            remote.adopt(staging, digest)
         self._log("register", version=version, parent=manifest.get("parent"))
         return self.get(version)
 
@@ -236,6 +270,16 @@ class ModelRegistry:
         self.control.append("audit", {"ts": time.time(), "action": action, **fields})
 
 
-def open_registry(root: Path, control_dsn: str | None = None, *, scope: str = "default") -> ModelRegistry:
-    """The registry under ``root`` with its control store (files there, or the database)."""
-    return ModelRegistry(root, open_control_store(root, control_dsn, scope=scope))
+def open_registry(
+    root: Path,
+    control_dsn: str | None = None,
+    *,
+    scope: str = "default",
+    files_url: str | None = None,
+    cache_dir: Path | None = None,
+) -> ModelRegistry:
+    """The registry under ``root`` with its control store (files there, or the database);
+    with ``files_url``, its versions' files there, cached in ``cache_dir`` (default
+    ``root/cache``)."""
+    files = VersionFiles(files_url, cache_dir or root / "cache") if files_url else None
+    return ModelRegistry(root, open_control_store(root, control_dsn, scope=scope), files=files)

@@ -94,6 +94,7 @@ def build_loop(
     the configured student when the registry is empty (``ensure_registry``); False for a
     read-only use (``distillery drift check``), which must never write the registry."""
 
+    from distillery._trainer import trainer_refresher
     from feedback import open_store
     from retrain import RefreshLoop, ensure_registry, serving_model
     from router import AgreementMetric
@@ -122,6 +123,7 @@ def build_loop(
         canary=settings.canary,
         agreement=AgreementMetric(settings.agreement),
         backend_factory=serving_factory(settings),
+        refresher=trainer_refresher(settings, suite),
     )
 
 

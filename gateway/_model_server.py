@@ -42,6 +42,9 @@ class TierSpec:
     control_dsn: str | None = None
     """The registry's control store (``deploy._control``): None for files under it."""
     control_scope: str = "default"
+    registry_url: str | None = None
+    """Versions' files at a URL, pulled into ``model_cache_dir`` on this replica's node."""
+    model_cache_dir: str | None = None
 
 
 def tier_spec(settings: GatewaySettings, tier: str) -> TierSpec:
@@ -55,13 +58,21 @@ def tier_spec(settings: GatewaySettings, tier: str) -> TierSpec:
         registry_poll_s=settings.registry_poll_s,
         control_dsn=settings.control_dsn,
         control_scope=settings.control_scope,
+        registry_url=settings.registry_url,
+        model_cache_dir=str(settings.resolved_model_cache_dir),
     )
 
 
 def _registry(spec: TierSpec) -> ModelRegistry | None:
     if spec.registry_dir is None:
         return None
-    return open_registry(Path(spec.registry_dir), spec.control_dsn, scope=spec.control_scope)
+    return open_registry(
+        Path(spec.registry_dir),
+        spec.control_dsn,
+        scope=spec.control_scope,
+        files_url=spec.registry_url,
+        cache_dir=Path(spec.model_cache_dir) if spec.model_cache_dir else None,
+    )
 
 
 def replica_tag() -> str | None:

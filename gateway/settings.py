@@ -41,12 +41,15 @@ class NodeRoles(BaseModel):
         student (`str | None`): the student's deployment (``student_placement: deployment``).
         teacher (`str | None`): the teacher's deployment.
         ledger (`str | None`): the shared ratings ledger (``ingress_replicas > 1``).
+        trainer (`str | None`): a refresh's dataset, training and gate, as Ray work
+            (``distillery._trainer``); None: in the refresh loop's own process.
     """
 
     ingress: str | None = None
     student: str | None = None
     teacher: str | None = None
     ledger: str | None = None
+    trainer: str | None = None
 
     def resources(self, part: str) -> dict[str, float]:
         role: str | None = getattr(self, part)
@@ -157,6 +160,14 @@ class GatewaySettings(BaseSettings):
     """Student replicas serve the registry's current (and canary) version, polled every
     ``registry_poll_s``; promote/rollback/canary then need only a pointer change."""
     registry_poll_s: float = 1.0
+    registry_url: str | None = None
+    """Where model versions' files live when the nodes share no volume: any fsspec URL
+    (``file:///mnt/models``; ``s3://bucket/distillery`` or ``gs://...`` with ``s3fs`` or
+    ``gcsfs`` installed). Each node pulls a version once into ``model_cache_dir``, keyed by
+    the digest registered with it. None: under ``registry_dir``."""
+    model_cache_dir: Path | None = None
+    """This node's copies of versions pulled from ``registry_url`` (default
+    ``<var_dir>/model-cache``)."""
     node_roles: NodeRoles = NodeRoles()
     """Ray custom resources placing each deployment on the nodes of its role."""
     control_store: Literal["files", "database"] = "files"
@@ -187,7 +198,17 @@ class GatewaySettings(BaseSettings):
 
     def open_registry(self) -> ModelRegistry:
         """The registry these settings name, with its control store."""
-        return open_registry(self.resolved_registry_dir, self.control_dsn, scope=self.control_scope)
+        return open_registry(
+            self.resolved_registry_dir,
+            self.control_dsn,
+            scope=self.control_scope,
+            files_url=self.registry_url,
+            cache_dir=self.resolved_model_cache_dir,
+        )
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.var_dir / "model-cache"
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -16,6 +16,7 @@ from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, VerifierC
 from retrain._loop import EVENTS_FILE, EVENTS_LOG, LoopConfig, LoopEvent, LoopMetrics, RefreshLoop, RemoteLoop
 from retrain._quantize import QuantizeOutcome, quantize_version, quantized_version_name
 from retrain._refresh import (
+    Refresher,
     RefreshOutcome,
     check_lineage,
     ensure_registry,
@@ -61,6 +62,7 @@ __all__ = [
     "Pair",
     "RefreshLoop",
     "RefreshOutcome",
+    "Refresher",
     "RetrainError",
     "TrainResult",
     "build_dataset",

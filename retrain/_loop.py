@@ -39,7 +39,7 @@ from retrain._dataset import Pair, load_reference
 from retrain._drift import DriftConfig, DriftResult, check_drift, traffic_sample
 from retrain._gate import BackendFactory, answer_budget, transformers_factory
 from retrain._quantize import QuantizeOutcome, quantize_version
-from retrain._refresh import RefreshOutcome, run_refresh
+from retrain._refresh import Refresher, RefreshOutcome, run_refresh
 from retrain._retry import Failure, RetryPlan, plan_retry
 from retrain.config import DistillConfig, GateConfig
 from retrain.errors import NotEnoughFeedback
@@ -164,10 +164,12 @@ class RefreshLoop:
         backend_factory: BackendFactory = transformers_factory,
         holder: str = "refresh loop",
         lease_ttl_s: float = 120.0,
+        refresher: Refresher | None = None,
     ) -> None:
         """``suite`` None: each refresh builds it (``retrain.build_suite``).
         ``backend_factory`` builds the engine that evaluates a model directory (the gate,
-        the drift reference): the serving factory in production."""
+        the drift reference): the serving factory in production. ``refresher`` None: the
+        refresh runs here (``run_refresh`` with this loop's store, registry and configs)."""
         self._store = store
         self._registry = registry
         self._config = config
@@ -183,6 +185,7 @@ class RefreshLoop:
         self._scorer = scorer
         self.metrics = metrics or LoopMetrics()
         self._clock = clock
+        self._refresher: Refresher = refresher or self._refresh_here
         self._stop = threading.Event()
         self.events: list[LoopEvent] = []
         self._reference_cache: dict[str, tuple[list[str], list[float | None]]] = {}
@@ -364,17 +367,7 @@ class RefreshLoop:
         if plan is not None:
             logger.info("refresh recipe: %s", plan.summary)
         try:
-            outcome = run_refresh(
-                self._store,
-                self._registry,
-                workdir=self._workdir,
-                suite=self._suite,
-                distill_config=recipe,
-                gate_config=self.gate,
-                scorer=self._scorer,
-                agreement=self._agreement,
-                backend_factory=self._factory,
-            )
+            outcome = self._refresher(recipe)
         except NotEnoughFeedback as exc:
             self.metrics.refreshes.labels("skipped").inc()
             return self._record(LoopEvent(now, trigger, drift_info, "skipped", detail=str(exc)))
@@ -391,6 +384,19 @@ class RefreshLoop:
         if event.result == "promoted" and event.version is not None and scheme:
             self._record(self.quantize(event.version, scheme, now=now))
         return event
+
+    def _refresh_here(self, recipe: DistillConfig) -> RefreshOutcome:
+        return run_refresh(
+            self._store,
+            self._registry,
+            workdir=self._workdir,
+            suite=self._suite,
+            distill_config=recipe,
+            gate_config=self.gate,
+            scorer=self._scorer,
+            agreement=self._agreement,
+            backend_factory=self._factory,
+        )
 
     def quantize(self, version: str, scheme: str, *, now: float | None = None) -> LoopEvent:
         """``version``'s quantized candidate, gated and rolled out like any (the tick calls

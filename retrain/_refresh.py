@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common.model_dir import REFERENCE_FILE, ModelManifest, ModelSource, read_model_version
 from deploy import ModelNotFound, ModelRegistry, RegisteredModel, RegistryMismatch
@@ -25,7 +25,15 @@ from retrain._train import distill
 from retrain.config import DistillConfig, GateConfig
 from router import AgreementMetric
 
-__all__ = ["RefreshOutcome", "check_lineage", "ensure_registry", "lineage", "run_refresh", "serving_model"]
+__all__ = [
+    "RefreshOutcome",
+    "Refresher",
+    "check_lineage",
+    "ensure_registry",
+    "lineage",
+    "run_refresh",
+    "serving_model",
+]
 
 
 @dataclass
@@ -40,6 +48,14 @@ class RefreshOutcome:
     @property
     def reasons(self) -> list[str]:
         return self.gate.reasons
+
+
+class Refresher(Protocol):
+    """Runs one refresh (dataset, training, gate, registration) with this recipe: in the
+    loop's process by default, or as Ray work on a ``trainer`` node
+    (``distillery._trainer``)."""
+
+    def __call__(self, recipe: DistillConfig) -> RefreshOutcome: ...
 
 
 def ensure_registry(registry: ModelRegistry, serving_dir: Path) -> RegisteredModel:
