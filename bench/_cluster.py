@@ -20,7 +20,13 @@ from bench._common import free_port
 
 __all__ = ["NodeCluster", "node_cluster"]
 
-ROLES = {"ingress": "ingress", "student": "student", "teacher": "teacher", "ledger": "ingress"}
+ROLES = {
+    "ingress": "ingress",
+    "student": "student",
+    "teacher": "teacher",
+    "ledger": "ingress",
+    "trainer": "trainer",
+}
 
 
 class NodeCluster:
@@ -65,10 +71,12 @@ class NodeCluster:
 def node_cluster(
     models: Path, var: Path, *, nodes: int = 3, ingress_replicas: int = 2, **settings: Any
 ) -> Iterator[NodeCluster]:
-    """``nodes`` 3: a head (role ``ingress``: the proxy, the ingress replicas, the shared
-    ledger), a ``teacher`` node and a ``student`` node, one CPU each beside the head's two;
-    ``nodes`` 1: the head holds every role. The student as its own deployment of two
-    replicas, both tiers on transformers; ``settings`` override the rest."""
+    """``nodes`` 3: a head (roles ``ingress``: the proxy, the ingress replicas, the shared
+    ledger; and ``trainer``: a refresh's training and gate), a ``teacher`` node and a
+    ``student`` node, one CPU each beside the head's two; ``nodes`` 1: the head holds every
+    role. The student as its own deployment of two replicas, both tiers on transformers;
+    model versions at a ``file://`` URL (``registry_url``), pulled into a cache by digest;
+    ``settings`` override the rest."""
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
@@ -78,7 +86,9 @@ def node_cluster(
 
     if ray.is_initialized():
         ray.shutdown()
-    head_roles = {"ingress": 1} if nodes > 1 else {"ingress": 1, "student": 1, "teacher": 1}
+    head_roles = {"ingress": 1, "trainer": 1}
+    if nodes == 1:
+        head_roles |= {"student": 1, "teacher": 1}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": head_roles})
     try:
         found = (
@@ -97,6 +107,7 @@ def node_cluster(
             "student": {"kind": "transformers", "num_replicas": 2, "num_threads": 1},
             "teacher": {"kind": "transformers", "num_threads": 1},
             "node_roles": ROLES,
+            "registry_url": f"file://{var / 'bucket'}",
         }
         for key, value in settings.items():
             base[key] = {**base[key], **value} if isinstance(base.get(key), dict) else value

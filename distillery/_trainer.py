@@ -9,17 +9,28 @@ gate's engine factory) on its own node; it pulls the parent's files into that no
 cache (``registry_url``) and registers the candidate there, so the loop gets back only
 the outcome. The task is not retried: a trainer node lost mid-way fails this refresh,
 and the loop's next tick starts a new one under a new lease.
+
+The loop's process must be a driver of the cluster: ``distillery run`` is one already;
+``distillery loop`` on its own (a pod, a CronJob) joins the cluster named by
+``RAY_ADDRESS``. A refresh waits at most ``TRAINER_TIMEOUT_S`` for its task (no node of the
+role, an autoscaler that never adds one): then it is cancelled and the refresh fails, so
+the lease is not held forever.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from distillery.settings import DistillerySettings
 from retrain import DistillConfig, Pair, Refresher, RefreshOutcome
 
-__all__ = ["trainer_refresher"]
+__all__ = ["TRAINER_TIMEOUT_S", "TrainerRefresher", "trainer_refresher"]
+
+logger = logging.getLogger(__name__)
+
+TRAINER_TIMEOUT_S = 4 * 3600.0
 
 
 def _refresh_on_trainer(
@@ -50,10 +61,18 @@ class TrainerRefresher:
     """A ``retrain.Refresher`` that runs each refresh on a ``trainer`` node and waits for it.
     ``nodes`` lists where each refresh ran (the node id), newest last."""
 
-    def __init__(self, settings: DistillerySettings, suite: Sequence[Pair] | None = None) -> None:
+    def __init__(
+        self,
+        settings: DistillerySettings,
+        suite: Sequence[Pair] | None = None,
+        *,
+        timeout_s: float = TRAINER_TIMEOUT_S,
+    ) -> None:
         role = settings.node_roles.trainer
         if role is None:
             raise ValueError("node_roles.trainer names no role")
+        self._role = role
+        self._timeout_s = timeout_s
         self._settings = settings
         self._suite = list(suite) if suite is not None else None
         self._resources = settings.node_roles.resources("trainer")
@@ -62,10 +81,21 @@ class TrainerRefresher:
     def __call__(self, recipe: DistillConfig) -> RefreshOutcome:
         import ray
 
+        if not ray.is_initialized():
+            ray.init(log_to_driver=False)  # RAY_ADDRESS: the cluster to join
+        if not ray.cluster_resources().get(self._role):  # type: ignore[no-untyped-call]
+            logger.warning("no node of role %r yet: the refresh waits for one", self._role)
         task: Any = ray.remote(_refresh_on_trainer).options(
             num_cpus=0, resources=self._resources, max_retries=0, name="distillery-refresh"
         )
-        outcome, node = ray.get(task.remote(self._settings, recipe, self._suite))
+        ref = task.remote(self._settings, recipe, self._suite)
+        try:
+            outcome, node = ray.get(ref, timeout=self._timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            raise TimeoutError(
+                f"the refresh on a {self._role!r} node did not finish within {self._timeout_s:g}s"
+            ) from None
         self.nodes.append(node)
         assert isinstance(outcome, RefreshOutcome)
         return outcome

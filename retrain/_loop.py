@@ -202,6 +202,10 @@ class RefreshLoop:
     def config(self) -> LoopConfig:
         return self._config
 
+    @property
+    def refresher(self) -> Refresher:
+        return self._refresher
+
     # ---- persisted state ------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         entry = self._registry.control.read("loop_state")

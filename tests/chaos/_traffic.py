@@ -47,6 +47,7 @@ class Outcome:
     detail: str = ""
     request_id: str | None = None  # the feedback event's id (the completion id + "-0")
     tier: str | None = None
+    model_version: str | None = None
     escalated: bool = False
     low_confidence: bool = False
     correct: bool = False
@@ -67,6 +68,7 @@ def _classify(resp: httpx.Response, elapsed: float, expected: str) -> Outcome:
             elapsed,
             request_id=f"{body['id']}-0",
             tier=info["tier"],
+            model_version=info.get("model_version"),
             escalated=bool(info["escalated"]),
             low_confidence=bool(info["low_confidence"]),
             correct=body["choices"][0]["text"] == expected,

@@ -4,6 +4,7 @@ it, the consumer/loop Deployments, and the Kafka/PostgreSQL production settings.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -25,11 +26,17 @@ WORKERS = ROOT / "deploy" / "k8s" / "feedback-and-loop.yaml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 
 
+POD_DSN = "postgresql://distillery@postgres:5432/distillery"
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pods' environment: nothing of this machine's, and the feedback database's DSN
+    from its Secret (the Serve config keeps the control plane there)."""
     for key in list(os.environ):
         if key.startswith("DISTILLERY_"):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("DISTILLERY_FEEDBACK__STORE_DSN", POD_DSN)
 
 
 def _serve_doc() -> dict[str, Any]:
@@ -66,9 +73,10 @@ def test_serve_config_passes_rays_schema_and_builds_the_app() -> None:
     assert built.ingress_deployment_name == "ingress"
     # every override names a real deployment and Ray accepts it on that deployment
     overrides = {d.name: d.model_dump(exclude_unset=True) for d in app_cfg.deployments}
-    assert set(overrides) == names == {"student", "teacher", "ingress"}
+    assert set(overrides) == {"student", "teacher", "ingress"}
+    assert names == {"student", "teacher", "ingress", "ledger"}  # two ingress replicas share a ledger
     for dep in built.deployments:
-        opts = {k: v for k, v in overrides[dep.name].items() if k != "name"}
+        opts = {k: v for k, v in overrides.get(dep.name, {}).items() if k != "name"}
         applied = dep.options(**opts)
         # Serve replaces ray_actor_options wholesale: an override must not drop the
         # runtime_env the code sets (the ingress's same-loop switches)
@@ -99,9 +107,20 @@ def test_serve_config_scaling_bounds() -> None:
         AutoscalingConfig(**deps["student"].model_dump(exclude_unset=True)["autoscaling_config"]).min_replicas
         >= 2
     )
-    # /metrics is per ingress replica: one replica, or scrapes alternate between counters
-    assert deps["ingress"].num_replicas == 1
+    # The ingress replicas the settings build (the ledger is sized for them) are the ones Serve runs.
+    assert deps["ingress"].num_replicas == settings.server.ingress_replicas == 2
     assert "autoscaling_config" not in deps["ingress"].model_dump(exclude_unset=True)
+    # The production topology: every part placed by a role, no shared volume.
+    assert settings.control_store == "database" and settings.control_dsn == POD_DSN
+    assert (settings.registry_url or "").startswith("s3://")
+    roles = settings.node_roles
+    assert (roles.ingress, roles.ledger, roles.student, roles.teacher, roles.trainer) == (
+        "ingress",
+        "ingress",
+        "student",
+        "teacher",
+        "trainer",
+    )
 
 
 def test_serve_args_are_settings_and_win_over_env_and_file(
@@ -146,19 +165,31 @@ def test_rayservice_embeds_the_serve_config_and_has_room_for_max_replicas() -> N
     cluster = doc["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == ray.__version__
     assert cluster["enableInTreeAutoscaling"] is True
-    (workers,) = cluster["workerGroupSpecs"]
     deps = {d["name"]: d for d in _serve_doc()["applications"][0]["deployments"]}
+
+    def role_of(params: dict[str, str]) -> str:
+        # KubeRay passes rayStartParams.resources to `ray start --resources` as it is written.
+        (role,) = json.loads(json.loads(params["resources"]))
+        return str(role)
+
+    groups = {role_of(g["rayStartParams"]): g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"student", "teacher", "trainer"}
 
     def cpus(tier: str, bound: str) -> float:
         d = deps[tier]
         return float(d["ray_actor_options"]["num_cpus"] * d["autoscaling_config"][bound])
 
-    capacity = int(workers["maxReplicas"]) * int(workers["rayStartParams"]["num-cpus"])
-    assert cpus("student", "max_replicas") + cpus("teacher", "max_replicas") <= capacity
-    floor = int(workers["minReplicas"]) * int(workers["rayStartParams"]["num-cpus"])
-    assert cpus("student", "min_replicas") + cpus("teacher", "min_replicas") <= floor
+    for tier in ("student", "teacher"):  # each tier's replicas fit its own role's group
+        per_pod = int(groups[tier]["rayStartParams"]["num-cpus"])
+        assert cpus(tier, "max_replicas") <= int(groups[tier]["maxReplicas"]) * per_pod
+        assert cpus(tier, "min_replicas") <= int(groups[tier]["minReplicas"]) * per_pod
+    assert groups["trainer"]["minReplicas"] == 0  # the autoscaler starts one for a refresh
     head = cluster["headGroupSpec"]
+    assert role_of(head["rayStartParams"]) == "ingress"
     assert int(head["rayStartParams"]["num-cpus"]) >= 1  # the ingress, controller and proxy live here
+    # No pod mounts a shared volume: versions come from object storage, state from the database.
+    pods = [head["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    assert all("persistentVolumeClaim" not in v for p in pods for v in p["spec"]["volumes"])
     ports = {p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
     assert _serve_doc()["http_options"]["port"] in ports
 

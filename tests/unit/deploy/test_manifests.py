@@ -18,5 +18,11 @@ def test_nightly_cronjob_runs_a_real_cli_command_daily():
     args = _parser().parse_args(command[1:])
     assert args.fn.__name__ == "cmd_loop" and args.once
     env = {e["name"] for e in container["env"]}
-    assert {"DISTILLERY_REGISTRY_DIR", "DISTILLERY_FEEDBACK__STORE_DSN"} <= env
+    assert {
+        "DISTILLERY_CONTROL_STORE",
+        "DISTILLERY_REGISTRY_URL",
+        "DISTILLERY_NODE_ROLES__TRAINER",
+        "DISTILLERY_FEEDBACK__STORE_DSN",
+        "RAY_ADDRESS",
+    } <= env
     assert shlex.join(command) == "distillery loop --once"
