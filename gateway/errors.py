@@ -12,6 +12,7 @@ DistilleryError
 ├── router.errors.TeacherUnavailable .... 503 teacher_unavailable (TeacherTimeout: 504-free 503)
 │   └── TeacherCircuitOpen .............. 503 teacher_unavailable + Retry-After (breaker open)
 └── router.errors.StudentUnavailable .... 503 student_unavailable
+    └── StudentCircuitOpen .............. 503 student_unavailable + Retry-After (breaker open)
 anything else ........................... 500 internal_error (a bug: logged with traceback)
 
 Every body is written for the client (``to_error_response`` is the one builder): a 5xx
@@ -40,6 +41,7 @@ from deploy.errors import ModelNotFound as VersionNotFound
 from gateway.protocol import ErrorInfo, ErrorResponse
 from router.errors import (
     InvalidRequest,
+    StudentCircuitOpen,
     StudentUnavailable,
     TeacherCircuitOpen,
     TeacherTimeout,
@@ -101,7 +103,7 @@ def error_headers(exc: BaseException) -> dict[str, str]:
     """Headers an error response carries: ``Retry-After`` (whole seconds, at least 1) when
     the teacher's circuit breaker is open, so clients back off for its cooldown."""
     exc = unwrap(exc)
-    if isinstance(exc, TeacherCircuitOpen):
+    if isinstance(exc, TeacherCircuitOpen | StudentCircuitOpen):
         return {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
     return {}
 
@@ -164,6 +166,9 @@ def to_error_response(exc: BaseException) -> tuple[int, ErrorResponse]:
         return error_response(
             503, f"the teacher model is unavailable; {_RETRY}", "service_unavailable", "teacher_unavailable"
         )
+    if isinstance(exc, StudentCircuitOpen):
+        message = client_message(str(exc), "the student is failing and is not called for now")
+        return error_response(503, message, "service_unavailable", "student_unavailable")
     if isinstance(exc, StudentUnavailable):
         return error_response(
             503, f"the student model is unavailable; {_RETRY}", "service_unavailable", "student_unavailable"

@@ -26,6 +26,7 @@ from router._types import Generation, GenerationRequest, OutputKind
 from router.config import CascadeConfig
 from router.errors import (
     InvalidRequest,
+    StudentCircuitOpen,
     StudentUnavailable,
     TeacherCircuitOpen,
     TeacherTimeout,
@@ -102,6 +103,11 @@ class _NullObserver:
         pass
 
 
+def _log_student_breaker(old: BreakerState, new: BreakerState) -> None:
+    log = logger.warning if new == "open" else logger.info
+    log("student tier breaker %s -> %s", old, new)
+
+
 class CascadeRouter:
     """Routes one request. ``policy`` is swapped whole by ``reconfigure`` (hot knob).
 
@@ -132,6 +138,12 @@ class CascadeRouter:
         self._retry = RetryPolicy(
             config.teacher_retries, config.teacher_backoff_s, config.teacher_backoff_max_s
         )
+        self.student_breaker = CircuitBreaker(
+            config.student_breaker_failure_threshold,
+            config.student_breaker_cooldown_s,
+            clock=breaker_clock,
+            on_transition=_log_student_breaker,
+        )
         self.breaker = CircuitBreaker(
             config.breaker_failure_threshold,
             config.breaker_cooldown_s,
@@ -150,14 +162,23 @@ class CascadeRouter:
             return CascadeResult(gen, "teacher", None, False, False, None, 0.0, t_lat, "ok")
         if force is None and self.prior.skip_student(request.route):
             return await self.teacher_first(request)
+        permit = self.student_permit(force)
+        if permit is None:  # the student tier is failing: not asked until its probe
+            gen, t_lat = await self.call_teacher(request)
+            return CascadeResult(gen, "teacher", None, True, False, None, 0.0, t_lat, "student_failed")
         started = time.perf_counter()
+        verdict = False
         try:
             # asyncio.timeout, not wait_for: no extra task per request on the hot path.
             async with asyncio.timeout(self._config.student_timeout_s):
                 student = await self._student.generate(request)
+            self.student_breaker.record_success(permit)
+            verdict = True
         except InvalidRequest:
             raise
         except Exception as exc:
+            self.student_breaker.record_failure(permit)
+            verdict = True
             why = (
                 f"the student did not answer within {self._config.student_timeout_s:g}s"
                 if isinstance(exc, TimeoutError)
@@ -169,6 +190,9 @@ class CascadeRouter:
             gen, t_lat = await self.call_teacher(request)
             s_lat = time.perf_counter() - started - t_lat
             return CascadeResult(gen, "teacher", None, True, False, None, s_lat, t_lat, "student_failed")
+        finally:
+            if not verdict:  # a client's bad request or a cancellation: free the probe slot
+                self.student_breaker.release(permit)
         s_lat = time.perf_counter() - started
         self.prior.saw_version(student.model_version)
         policy = self.policy_for(student)
@@ -226,6 +250,20 @@ class CascadeRouter:
         return CascadeResult(
             gen, "teacher", None, True, False, None, 0.0, t_lat, "ok", threshold, decided_at_tokens=0
         )
+
+    def student_permit(self, force: Tier | None) -> Permit | None:
+        """A permit to ask the student (``None``: its breaker is open; go to the teacher).
+        A request for the student tier by name has nothing to fall back on: it is refused
+        with ``StudentUnavailable`` while the breaker is open."""
+        permit = self.student_breaker.allow()
+        if permit is None and force == "student":
+            wait_s = self.student_breaker.retry_after_s()
+            raise StudentCircuitOpen(
+                f"the student is failing ({self.student_breaker.failure_threshold} consecutive "
+                f"failures); retry in {wait_s:.1f}s",
+                retry_after_s=wait_s,
+            )
+        return permit
 
     def policy_for(self, student: Generation) -> ThresholdPolicy:
         """The policy for the answering version (``resolve_threshold``'s precedence).

@@ -164,18 +164,36 @@ class StreamingCascade:
                 async for item in items:
                     yield item
             return
+        breaker = self._router.student_breaker
+        permit = self._router.student_permit(force)
+        if permit is None:  # the student tier is failing: not asked until its probe
+            async with aclosing(teacher(request, None, None, 0.0, "student_failed", 0.0)) as items:
+                async for item in items:
+                    yield item
+            return
         run = _StudentRun(held=[])
+        failed: Exception | None = None
         try:
             async with aclosing(self._run_student(request, run, force)) as chunks:
                 async for chunk in chunks:
                     yield chunk
-        except (InvalidRequest, StreamBroken, StudentUnavailable):
+            breaker.record_success(permit)
+        except (InvalidRequest, StreamBroken):
+            breaker.release(permit)
             raise
         except Exception as exc:
+            breaker.record_failure(permit)
+            if isinstance(exc, StudentUnavailable):
+                raise
             if force == "student":
                 raise StudentUnavailable(
                     f"the student failed: {type(exc).__name__}: {str(exc)[:200]}"
                 ) from exc
+            failed = exc
+        except BaseException:  # the client went away (cancellation): no verdict
+            breaker.release(permit)
+            raise
+        if failed is not None:
             relay = teacher(request, None, None, run.latency_s, "student_failed", 0.0)
             async with aclosing(relay) as items:
                 async for item in items:

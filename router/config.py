@@ -48,6 +48,12 @@ class CascadeConfig(BaseModel):
             that open the circuit breaker (calls then fail fast, without a teacher call).
         breaker_cooldown_s (`float`, defaults to 10): how long it stays open before one
             probe call is let through (success closes it, failure re-opens it).
+        student_breaker_failure_threshold (`int`, defaults to 3),
+        student_breaker_cooldown_s (`float`, defaults to 5): the same for the student
+            tier: after that many consecutive student failures (a timeout, a replica lost
+            with its node), requests go straight to the teacher for the cooldown, then one
+            probe asks the student again. Without it, while a student node is gone every
+            request would wait ``student_timeout_s`` before escalating.
         prior (`PriorConfig`): the route prior, learned from the feedback store, that
             decides a route's requests before the student's first token where the store
             is sure (``router._prior``).
@@ -65,6 +71,8 @@ class CascadeConfig(BaseModel):
     teacher_backoff_max_s: float = Field(default=2.0, ge=0.0)
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=10.0, gt=0.0)
+    student_breaker_failure_threshold: int = Field(default=3, ge=1)
+    student_breaker_cooldown_s: float = Field(default=5.0, gt=0.0)
     prior: PriorConfig = PriorConfig()
 
     @model_validator(mode="after")

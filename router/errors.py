@@ -11,6 +11,7 @@ __all__ = [
     "PromptTooLong",
     "RoutingError",
     "ReplicaUnavailable",
+    "StudentCircuitOpen",
     "StudentUnavailable",
     "TeacherCircuitOpen",
     "TeacherConnectionError",
@@ -40,6 +41,15 @@ class PromptTooLong(InvalidRequest):
 
 class StudentUnavailable(RoutingError):
     """The student tier failed; nothing to fall back on but the teacher."""
+
+
+class StudentCircuitOpen(StudentUnavailable):
+    """The student tier's breaker is open and the student was asked for by name: refused
+    at once; ``retry_after_s`` is the time left before its probe."""
+
+    def __init__(self, message: str, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ReplicaUnavailable(RoutingError):

@@ -95,6 +95,7 @@ class FakeStreamingStudent:
         self.closed = False
         self.finished = False
         self.whole_calls = 0
+        self.streams = 0
         self.version = version
 
     def whole(self) -> Generation:
@@ -112,6 +113,7 @@ class FakeStreamingStudent:
     async def stream(self, request: GenerationRequest) -> Any:
         from router import TokenDelta
 
+        self.streams += 1
         try:
             yield self.head
             for i, (text, prob) in enumerate(self.tokens):

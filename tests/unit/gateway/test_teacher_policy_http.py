@@ -42,3 +42,16 @@ def test_an_open_breaker_answers_503_with_retry_after_in_whole_seconds():
 def test_a_student_asked_for_by_name_that_cannot_answer_is_a_503_not_a_500():
     status, body = to_error_response(StudentUnavailable("the student did not answer within 10s"))
     assert status == 503 and body.error.code == "student_unavailable"
+
+
+def test_the_student_tiers_open_breaker_answers_503_with_retry_after():
+    from router.errors import StudentCircuitOpen
+
+    exc = StudentCircuitOpen(
+        "the student is failing (3 consecutive failures); retry in 4.2s", retry_after_s=4.2
+    )
+    status, body = to_error_response(exc)
+    assert status == 503 and body.error.code == "student_unavailable"
+    assert "retry in 4.2s" in body.error.message
+    assert error_headers(exc) == {"Retry-After": "5"}
+    assert error_headers(StudentUnavailable("x")) == {}

@@ -152,3 +152,67 @@ async def test_each_student_version_is_judged_by_its_own_calibrated_threshold():
     assert result.tier == "student" and result.threshold == 0.8
     pinned, _, _ = _router(student=FakeTier(answer), threshold=0.95)  # a pinned threshold wins
     assert (await pinned.route(REQ)).tier == "teacher"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _breaker_router(student: FakeTier, clock: _Clock) -> tuple[CascadeRouter, FakeTier]:
+    teacher = FakeTier(lambda r: make_generation("CBA", 0.99, "t1"))
+    config = CascadeConfig(student_breaker_failure_threshold=3, student_breaker_cooldown_s=5.0)
+    policy = ThresholdPolicy("mean_logprob", 0.95)
+    return CascadeRouter(student, teacher, policy, config, breaker_clock=clock), teacher
+
+
+async def test_a_failing_student_tier_is_skipped_until_its_probe_then_asked_again():
+    """A student node lost: after 3 failures in a row requests go straight to the teacher
+    (no student_timeout_s wait each), a request for the student by name is refused at once,
+    and after the cooldown one probe finds the student back."""
+    clock = _Clock()
+    student = FakeTier(lambda r: make_generation("cba", 0.999, "s1"), fail=RuntimeError("node lost"))
+    router, teacher = _breaker_router(student, clock)
+    for _ in range(3):
+        assert (await router.route(REQ)).outcome == "student_failed"
+    assert len(student.calls) == 3 and router.student_breaker.state == "open"
+    skipped = await router.route(REQ)
+    assert (skipped.tier, skipped.outcome, skipped.escalated) == ("teacher", "student_failed", True)
+    assert len(student.calls) == 3 and len(teacher.calls) == 4  # the student was not asked
+    with pytest.raises(StudentUnavailable, match=r"retry in 5\.0s"):
+        await router.route(REQ, force="student")
+    assert len(student.calls) == 3
+
+    clock.now = 5.0
+    student.fail = None  # the node is back
+    probed = await router.route(REQ)
+    assert probed.tier == "student" and len(student.calls) == 4
+    assert router.student_breaker.state == "closed"
+
+
+async def test_bad_requests_and_cancelled_probes_never_open_the_student_breaker():
+    clock = _Clock()
+    strict = FakeTier(lambda r: make_generation("cba", 0.999, "s1"), max_prompt_chars=3)
+    router, _ = _breaker_router(strict, clock)
+    for _ in range(5):
+        with pytest.raises(PromptTooLong):
+            await router.route(REQ)
+    assert router.student_breaker.state == "closed"
+
+    broken = FakeTier(lambda r: make_generation("cba", 0.999, "s1"), fail=RuntimeError("node lost"))
+    router, _ = _breaker_router(broken, clock)
+    for _ in range(3):
+        await router.route(REQ)
+    clock.now += 5.0
+    broken.fail, broken.delay_s = None, 10.0
+    probe = asyncio.create_task(router.route(REQ))  # the half-open probe ...
+    await asyncio.sleep(0.01)
+    probe.cancel()  # ... whose client went away: no verdict, the slot is free again
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    broken.delay_s = 0.0
+    assert (await router.route(REQ)).tier == "student"
+    assert router.student_breaker.state == "closed"

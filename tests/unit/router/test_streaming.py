@@ -208,3 +208,16 @@ async def test_text_a_delta_held_back_is_flushed_from_the_whole_answer():
     streaming, _ = cascade(student, FakeStreamingTeacher(TEACHER))
     chunks, end = await collect(streaming.stream(REQ))
     assert "".join(c.text for c in chunks) == "café!" == end.result.generation.text
+
+
+async def test_a_failing_student_tier_streams_the_teacher_without_asking_the_student():
+    failing = FakeStreamingStudent(SURE_ANSWER, commit_tokens=3, commit_bar=0.9, fail_at=0)
+    teacher = FakeStreamingTeacher(TEACHER)
+    streaming, router = cascade(failing, teacher, student_breaker_failure_threshold=2)
+    for _ in range(2):
+        _, end = await collect(streaming.stream(REQ))
+        assert end.result.outcome == "student_failed"
+    assert router.student_breaker.state == "open" and failing.streams == 2
+    chunks, end = await collect(streaming.stream(REQ))
+    assert {c.tier for c in chunks} == {"teacher"} and end.result.outcome == "student_failed"
+    assert failing.streams == 2 and teacher.calls == 3
