@@ -216,6 +216,18 @@ class GatewayMetrics:
             ["state"],
             registry=r,
         )
+        self.student_breaker_state = Gauge(
+            "distillery_student_breaker_state",
+            "Student tier circuit breaker in this ingress replica: 0 closed, 1 half-open, 2 open "
+            "(open: requests go straight to the teacher).",
+            registry=r,
+        )
+        self.student_breaker_transitions = Counter(
+            "distillery_student_breaker_transitions_total",
+            "Student tier circuit breaker state changes, by the state entered.",
+            ["state"],
+            registry=r,
+        )
         self.teacher_errors = Counter(
             "distillery_teacher_errors_total",
             "Failed teacher calls (each attempt), by reason; circuit_open: failed fast, not called.",
@@ -229,6 +241,7 @@ class GatewayMetrics:
         )
         for state in BREAKER_STATE_CODES:
             self.teacher_breaker_transitions.labels(state)
+            self.student_breaker_transitions.labels(state)
         for reason in TEACHER_ERROR_REASONS:
             self.teacher_errors.labels(reason)
         # Live quality (router._audit, POST /v1/feedback).
@@ -446,6 +459,10 @@ class GatewayMetrics:
     def breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
         self.teacher_breaker_state.set(BREAKER_STATE_CODES[new])
         self.teacher_breaker_transitions.labels(new).inc()
+
+    def student_breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
+        self.student_breaker_state.set(BREAKER_STATE_CODES[new])
+        self.student_breaker_transitions.labels(new).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -102,10 +102,8 @@ class _NullObserver:
     def breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
         pass
 
-
-def _log_student_breaker(old: BreakerState, new: BreakerState) -> None:
-    log = logger.warning if new == "open" else logger.info
-    log("student tier breaker %s -> %s", old, new)
+    def student_breaker_transition(self, old: BreakerState, new: BreakerState) -> None:
+        pass
 
 
 class CascadeRouter:
@@ -142,7 +140,7 @@ class CascadeRouter:
             config.student_breaker_failure_threshold,
             config.student_breaker_cooldown_s,
             clock=breaker_clock,
-            on_transition=_log_student_breaker,
+            on_transition=self._student_breaker_moved,
         )
         self.breaker = CircuitBreaker(
             config.breaker_failure_threshold,
@@ -250,6 +248,11 @@ class CascadeRouter:
         return CascadeResult(
             gen, "teacher", None, True, False, None, 0.0, t_lat, "ok", threshold, decided_at_tokens=0
         )
+
+    def _student_breaker_moved(self, old: BreakerState, new: BreakerState) -> None:
+        log = logger.warning if new == "open" else logger.info
+        log("student tier breaker %s -> %s", old, new)
+        self._observer.student_breaker_transition(old, new)
 
     def student_permit(self, force: Tier | None) -> Permit | None:
         """A permit to ask the student (``None``: its breaker is open; go to the teacher).

@@ -71,13 +71,16 @@ TRANSIENT_HTTP = frozenset({429, 502, 503, 504})
 
 
 class TeacherObserver(Protocol):
-    """Receives what the teacher calls did (the gateway's metrics implement it)."""
+    """Receives what the teacher calls did, and the student tier's breaker (the gateway's
+    metrics implement it)."""
 
     def teacher_error(self, reason: str) -> None: ...
 
     def teacher_retry(self) -> None: ...
 
     def breaker_transition(self, old: BreakerState, new: BreakerState) -> None: ...
+
+    def student_breaker_transition(self, old: BreakerState, new: BreakerState) -> None: ...
 
 
 class CircuitBreaker:

@@ -44,6 +44,14 @@ def test_a_student_asked_for_by_name_that_cannot_answer_is_a_503_not_a_500():
     assert status == 503 and body.error.code == "student_unavailable"
 
 
+def test_the_student_breaker_is_exported_apart_from_the_teachers():
+    m = GatewayMetrics()
+    m.student_breaker_transition("closed", "open")
+    assert _value(m, "distillery_student_breaker_state") == 2
+    assert _value(m, "distillery_student_breaker_transitions_total", {"state": "open"}) == 1
+    assert _value(m, "distillery_teacher_breaker_state") == 0
+
+
 def test_the_student_tiers_open_breaker_answers_503_with_retry_after():
     from router.errors import StudentCircuitOpen
 

@@ -61,6 +61,9 @@ class Recorder:
     def breaker_transition(self, old: str, new: str) -> None:
         self.transitions.append((old, new))
 
+    def student_breaker_transition(self, old: str, new: str) -> None:
+        self.transitions.append((f"student:{old}", f"student:{new}"))
+
 
 class ScriptedTeacher:
     """Fails with the scripted exceptions in order, then answers."""
