@@ -76,19 +76,35 @@ def render(img_dir: Path) -> list[str]:
         f"{loss['kill_at_s']:.0f} s ({loss['killed_processes']} processes), a node of its role "
         f"added {back_after:.0f} s later. {s['requests_during_node_loss']} requests from the kill until "
         f"the student answered again, {s['failed_during_node_loss']} failed "
-        f"({loss['answered_by_teacher_during_node_loss']} answered by the teacher after "
-        "`cascade.student_timeout_s`); escalations answered in the whole run "
-        f"{loss['escalations_answered']}, lost {s['escalations_lost']}; the student answered again "
-        f"{recovery} after the kill.",
+        f"({loss['answered_by_teacher_during_node_loss']} answered by the teacher); escalations "
+        f"answered in the whole run {loss['escalations_answered']}, lost {s['escalations_lost']}; "
+        f"the student answered again {recovery} after the kill.",
         "",
-        "While the student's role has no node, every request waits out `cascade.student_timeout_s`",
-        "(a Serve handle queues a call until a replica exists) before the teacher answers it, so",
-        "throughput falls to about clients / timeout: nothing fails, but a breaker on the student",
-        "tier (teacher first after repeated student failures, as the teacher's breaker does the other",
-        "way) would keep the teacher's own rate; not built yet.",
+        "While the student's role has no node, a call waits (a Serve handle queues it until a",
+        "replica exists) until `cascade.student_timeout_s` and the teacher answers it. After",
+        "`cascade.student_breaker_failure_threshold` (3) such failures in a row the student tier's",
+        "breaker opens and requests go straight to the teacher, one probe every",
+        "`student_breaker_cooldown_s` (5 s): the teacher's own rate instead of clients / timeout.",
+        *_before_breaker(data),
         "",
     ]
     img = plot(loss, img_dir / "cluster_node_loss.png")
     if img is not None:
         lines += ["![node loss timeline](img/cluster_node_loss.png)", ""]
     return lines
+
+
+def _before_breaker(data: dict[str, Any]) -> list[str]:
+    """The run before the student breaker, kept in the results for the comparison."""
+    before = data.get("before_student_breaker")
+    if not before:
+        return []
+    return [
+        "",
+        f"Before the breaker (same harness, {before['when']}): {before['requests_during_node_loss']} "
+        f"requests from the kill until the student answered again, {before['failed_during_node_loss']} "
+        f"failed, the student back after {before['recovery_s']:.0f} s. Counts from two runs, not a",
+        "ratio: what the breaker changes is the order of magnitude of requests served while the node is",
+        "gone. The student's return took longer with it in this run; the likely cause is the teacher,",
+        "now answering at its own rate, sharing the two cores with the replacement replica's start.",
+    ]
