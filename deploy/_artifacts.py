@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ __all__ = ["VersionFiles", "tree_digest"]
 MANIFEST = "manifest.json"
 """The registry's per-version record (lineage, digest): not part of the digest itself."""
 CHUNK = 1 << 20
+_DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _file_sha256(path: Path) -> str:
@@ -141,3 +144,18 @@ class VersionFiles:
         except OSError:  # another process on this node pulled it first
             shutil.rmtree(partial, ignore_errors=True)
         return target
+
+    def prune(self, keep: Iterable[str]) -> list[str]:
+        """Removes this node's cached copies but those of ``keep`` (digests); the removed
+        digests. Only finished copies are candidates (a pull in progress is a
+        ``.partial-*`` directory); an engine that loaded a removed copy keeps its open
+        files (Linux frees them on close)."""
+        kept = set(keep)
+        if not self.cache_dir.is_dir():
+            return []
+        removed = []
+        for entry in self.cache_dir.iterdir():
+            if entry.is_dir() and _DIGEST_DIR.match(entry.name) and entry.name not in kept:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        return sorted(removed)

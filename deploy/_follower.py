@@ -61,8 +61,18 @@ class RegistryFollower:
         revision = self._registry.pointers_revision()
         if revision is None or revision == self._seen:
             return False
-        await self._apply(self._registry.rollout_state())
+        # In a thread: with versions at a URL, reading the rollout pulls the new version's
+        # files (hundreds of MB), which must not stall the replica's requests.
+        state = await asyncio.to_thread(self._registry.rollout_state)
+        await self._apply(state)
         self._seen = revision
+        try:
+            pruned = await asyncio.to_thread(self._registry.prune_cache)
+        except Exception:  # a cache left unpruned is not a failed rollout
+            logger.warning("could not prune the model cache", exc_info=True)
+        else:
+            if pruned:
+                logger.info("model cache: removed %d version(s) no pointer names", len(pruned))
         return True
 
     async def _run(self) -> None:

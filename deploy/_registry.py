@@ -101,6 +101,21 @@ class ModelRegistry:
         path = self.files.pull(version, digest) if pull else self.files.cached(digest)
         return RegisteredModel(version, path, manifest)
 
+    def prune_cache(self) -> list[str]:
+        """With remote files: drops this node's cached versions the pointers no longer name
+        (current, previous, canary stay: a rollback needs no pull). The digests removed."""
+        if self.files is None:
+            return []
+        data = self._read()
+        named = {data.get(k) for k in ("current", "previous", "canary")} - {None}
+        keep = set()
+        for version in named:
+            try:
+                keep.add(self.files.manifest(str(version)).get("digest"))
+            except ModelNotFound:
+                continue
+        return self.files.prune(d for d in keep if d)
+
     def pointers_revision(self) -> str | None:
         """Changes whenever the pointers do (what a follower polls); None before any."""
         entry = self.control.read("pointers")

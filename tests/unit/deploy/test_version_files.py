@@ -99,3 +99,26 @@ def test_identical_bytes_share_one_cached_copy_and_local_registries_record_the_d
     kept = local.register(_model_dir(tmp_path, "c"), "v1", {})
     assert kept.path == tmp_path / "local" / "versions" / "v1"
     assert kept.manifest["digest"] == tree_digest(kept.path) == first.manifest["digest"]
+
+
+def test_a_nodes_cache_keeps_what_the_pointers_name_and_drops_the_rest(tmp_path: Path) -> None:
+    bucket = tmp_path / "bucket"
+    trainer = _node(tmp_path, "trainer", bucket)
+    for i, name in enumerate(("v1", "v2", "v3")):
+        trainer.register(_model_dir(tmp_path, name, bytes([i]) * 100), name, {})
+    server = _node(tmp_path, "server", bucket)
+    digests = {m.version: server.get(m.version).manifest["digest"] for m in server.versions()}
+    pulling = tmp_path / "server" / "cache" / ".partial-abc-1"
+    pulling.mkdir()  # another process's pull in progress is never touched
+    server.promote("v1")
+    server.promote("v2")
+    server.start_canary("v3", 0.1)
+    assert server.prune_cache() == []  # current, previous and canary: all kept
+    server.end_canary()
+    assert server.prune_cache() == [digests["v3"]]
+    assert sorted(p.name for p in (tmp_path / "server" / "cache").iterdir()) == sorted(
+        [digests["v1"], digests["v2"], ".partial-abc-1"]
+    )
+    # A rollback needs no pull (previous was kept), and a version pruned is pulled again on use.
+    assert server.rollback().path.is_dir()
+    assert server.get("v3").path.is_dir()
