@@ -43,9 +43,11 @@ def _refresh_on_trainer(
     from retrain import run_refresh
     from router import AgreementMetric
 
+    registry = settings.open_registry()
+    registry.prune_cache()  # earlier candidates no pointer names any more
     outcome = run_refresh(
         open_store(settings.store_dsn),
-        settings.open_registry(),
+        registry,
         workdir=settings.var_dir / "candidates",
         suite=suite,
         distill_config=recipe,
