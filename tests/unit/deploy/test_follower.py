@@ -67,3 +67,35 @@ async def test_a_failed_apply_is_retried_at_the_next_poll(tmp_path):
 def test_a_share_without_a_canary_is_refused():
     with pytest.raises(ValueError, match="canary_dir"):
         RolloutState(canary_share=0.2)
+
+
+@pytest.mark.asyncio
+async def test_reading_a_new_rollout_does_not_stall_the_replicas_event_loop(tmp_path):
+    """With versions at a URL, reading the rollout pulls the new version's files: the
+    replica's requests run on the same event loop and must go on meanwhile."""
+    import threading
+
+    reg = ModelRegistry(tmp_path / "reg")
+    reg.register(_model_dir(tmp_path, "v1"), "v1", {"parent": None})
+    reg.promote("v1")
+    pulling, served_meanwhile = threading.Event(), threading.Event()
+    read = reg.rollout_state
+
+    def slow_pull() -> RolloutState:
+        pulling.set()
+        assert served_meanwhile.wait(10), "the event loop was blocked during the pull"
+        return read()
+
+    reg.rollout_state = slow_pull  # type: ignore[method-assign]
+    applied: list[RolloutState] = []
+
+    async def apply(state: RolloutState) -> None:
+        applied.append(state)
+
+    async def a_request() -> None:
+        while not pulling.is_set():
+            await asyncio.sleep(0.005)
+        served_meanwhile.set()  # this coroutine ran while the pull was in progress
+
+    await asyncio.gather(RegistryFollower(reg, apply).check(), a_request())
+    assert len(applied) == 1
