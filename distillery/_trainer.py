@@ -20,9 +20,11 @@ the lease is not held forever.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
+from common.errors import ConfigError
 from distillery.settings import DistillerySettings
 from retrain import DistillConfig, Pair, Refresher, RefreshOutcome
 
@@ -84,7 +86,15 @@ class TrainerRefresher:
         import ray
 
         if not ray.is_initialized():
-            ray.init(log_to_driver=False)  # RAY_ADDRESS: the cluster to join
+            if not os.environ.get("RAY_ADDRESS"):
+                # A Ray of its own would have no node of the role: the refresh would wait
+                # for one until the timeout. Say what is missing instead.
+                raise ConfigError(
+                    f"node_roles.trainer is {self._role!r}, so a refresh runs as Ray work on a node of "
+                    "that role, but this process is not part of a Ray cluster: set RAY_ADDRESS "
+                    "(e.g. ray://HEAD:10001) or unset node_roles.trainer"
+                )
+            ray.init(log_to_driver=False)  # joins the cluster RAY_ADDRESS names
         if not ray.cluster_resources().get(self._role):  # type: ignore[no-untyped-call]
             logger.warning("no node of role %r yet: the refresh waits for one", self._role)
         task: Any = ray.remote(_refresh_on_trainer).options(
