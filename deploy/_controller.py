@@ -1,5 +1,7 @@
 """The one place a gated candidate goes live: through a live canary (promoted or rolled
-back on its evidence), or promoted directly where there is no canary to run.
+back on its evidence), or promoted directly where there is no canary to run; and the one
+place an operator's manual promote, rollback or canary goes through (the admin API and the
+CLI), so every change of what serves has one owner.
 
 The refresh loop, ``distillery retrain`` and ``distillery models canary`` each used to
 decide this themselves (promote, or build a canary, pick its focus routes, run it, word the
@@ -14,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from deploy._canary import CanaryConfig, CanaryController, LiveMetrics, Verdict, VersionStats, focus_routes
-from deploy._registry import ModelRegistry
+from deploy._registry import ModelRegistry, RegisteredModel
 
 __all__ = ["Rollout", "RolloutController"]
 
@@ -50,7 +52,7 @@ class RolloutController:
     def __init__(
         self,
         registry: ModelRegistry,
-        config: CanaryConfig,
+        config: CanaryConfig | None = None,
         fetch_metrics: Callable[[], str | LiveMetrics] | None = None,
         *,
         poll_s: float = 1.0,
@@ -58,7 +60,7 @@ class RolloutController:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
-        self._config = config
+        self._config = config or CanaryConfig()
         self._fetch = fetch_metrics
         self._poll_s = poll_s
         self._sleep = sleep
@@ -67,6 +69,20 @@ class RolloutController:
     @property
     def config(self) -> CanaryConfig:
         return self._config
+
+    # ---- an operator's decisions (admin API, CLI): no verdict to judge, recorded as theirs
+    def promote(self, version: str, *, reason: str, actor: str) -> RegisteredModel:
+        return self._registry.promote(version, reason=reason, actor=actor)
+
+    def rollback(self, *, reason: str, actor: str) -> RegisteredModel:
+        return self._registry.rollback(reason=reason, actor=actor)
+
+    def start_canary(self, version: str, share: float, *, actor: str) -> None:
+        """A canary an operator starts and ends by hand (``roll_out`` runs one to a verdict)."""
+        self._registry.start_canary(version, share, actor=actor)
+
+    def end_canary(self, *, reason: str, actor: str) -> None:
+        self._registry.end_canary(reason=reason, actor=actor)
 
     def roll_out(
         self,

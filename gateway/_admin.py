@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from deploy import ModelRegistry
+from deploy import ModelRegistry, RolloutController
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ErrorResponse
 
@@ -85,6 +85,7 @@ def _actor(request: Request) -> str:
 
 def build_admin_router(registry: ModelRegistry, metrics: GatewayMetrics) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"], responses=_ADMIN_ERRORS)
+    rollout = RolloutController(registry)  # every change of what serves goes through it
 
     def state() -> RegistryState:
         ptr = registry.pointers()
@@ -122,7 +123,7 @@ def build_admin_router(registry: ModelRegistry, metrics: GatewayMetrics) -> APIR
     async def promote(body: PromoteRequest, request: Request) -> RegistryState:
         return await act(
             "promote",
-            registry.promote,
+            rollout.promote,
             body.version,
             reason=body.reason or "admin API",
             actor=_actor(request),
@@ -131,16 +132,16 @@ def build_admin_router(registry: ModelRegistry, metrics: GatewayMetrics) -> APIR
     @router.post("/rollback", response_model=RegistryState)
     async def rollback(body: ReasonRequest, request: Request) -> RegistryState:
         return await act(
-            "rollback", registry.rollback, reason=body.reason or "admin API", actor=_actor(request)
+            "rollback", rollout.rollback, reason=body.reason or "admin API", actor=_actor(request)
         )
 
     @router.post("/canary", response_model=RegistryState)
     async def start_canary(body: CanaryRequest, request: Request) -> RegistryState:
-        return await act("canary", registry.start_canary, body.version, body.share, actor=_actor(request))
+        return await act("canary", rollout.start_canary, body.version, body.share, actor=_actor(request))
 
     @router.delete("/canary", response_model=RegistryState)
     async def end_canary(request: Request) -> RegistryState:
-        return await act("canary_end", registry.end_canary, reason="admin API", actor=_actor(request))
+        return await act("canary_end", rollout.end_canary, reason="admin API", actor=_actor(request))
 
     @router.put("/threshold", response_model=RegistryState)
     async def threshold(body: ThresholdRequest, request: Request) -> RegistryState:

@@ -88,14 +88,20 @@ def cmd_show(args: argparse.Namespace, settings: DistillerySettings) -> int:
     return 0
 
 
+def _rollout(settings: DistillerySettings) -> Any:
+    from deploy import RolloutController
+
+    return RolloutController(_registry_ready(settings), settings.canary)
+
+
 def cmd_promote(args: argparse.Namespace, settings: DistillerySettings) -> int:
-    _registry_ready(settings).promote(args.version, reason=args.reason or "manual", actor="cli")
+    _rollout(settings).promote(args.version, reason=args.reason or "manual", actor="cli")
     print(f"promoted {args.version}; serving replicas follow within {settings.registry_poll_s:g}s")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace, settings: DistillerySettings) -> int:
-    model = _registry_ready(settings).rollback(reason=args.reason or "manual", actor="cli")
+    model = _rollout(settings).rollback(reason=args.reason or "manual", actor="cli")
     print(f"rolled back to {model.version}; serving replicas follow within {settings.registry_poll_s:g}s")
     return 0
 
@@ -114,11 +120,11 @@ def cmd_refresh(args: argparse.Namespace, settings: DistillerySettings) -> int:
 
 
 def cmd_canary(args: argparse.Namespace, settings: DistillerySettings) -> int:
-    registry = _registry_ready(settings)
+    rollout = _rollout(settings)
     if args.end:
-        registry.end_canary(reason=args.reason or "manual", actor="cli")
+        rollout.end_canary(reason=args.reason or "manual", actor="cli")
     else:
-        registry.start_canary(args.version, args.share, actor="cli")
+        rollout.start_canary(args.version, args.share, actor="cli")
     return 0
 
 

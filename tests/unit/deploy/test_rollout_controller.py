@@ -68,3 +68,19 @@ def test_focus_routes_come_from_what_the_candidate_was_trained_on(tmp_path: Path
     assert rollout.focus == ["plural"]
     assert rollout.verdict == "rollback" and "no verdict in time" in rollout.reason
     assert reg.pointers()["current"] == "v1"
+
+
+def test_an_operators_promote_canary_and_rollback_go_through_it_and_are_recorded_as_theirs(
+    tmp_path: Path,
+) -> None:
+    reg = registry_with_two(tmp_path)
+    rollout = RolloutController(reg)  # no canary config or evidence needed for manual changes
+    current = reg.pointers()["current"]
+    rollout.start_canary("v2", 0.3, actor="alice")
+    assert reg.canary() == ("v2", 0.3)
+    rollout.end_canary(reason="looked bad", actor="alice")
+    assert reg.canary() == (None, 0.0)
+    assert rollout.promote("v2", reason="by hand", actor="bob").version == "v2"
+    assert rollout.rollback(reason="undo", actor="bob").version == current
+    rows = [(e["action"], e.get("actor")) for e in reg.audit()][-4:]
+    assert rows == [("canary", "alice"), ("canary_end", "alice"), ("promote", "bob"), ("rollback", "bob")]
