@@ -94,10 +94,9 @@ class VersionFiles:
 
     def upload(self, local: Path, version: str) -> None:
         """``local`` (with its ``manifest.json``) as ``version``: every file, then the
-        manifest, so the version appears whole or not at all."""
+        manifest, so the version appears whole or not at all. The registry checked that
+        ``version`` is new before it staged ``local``."""
         base = self._base(version)
-        if self.exists(version):
-            raise RegistryError(f"version {version!r} already exists in {self.url}")
         for rel in _tree_files(local):
             self._put(local / rel, f"{base}/{rel}")
         self._put(local / MANIFEST, f"{base}/{MANIFEST}")

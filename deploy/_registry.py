@@ -77,7 +77,7 @@ class ModelRegistry:
         """Every version, oldest first. With remote files, nothing is pulled: a path is
         where this node's copy is or would be (``get`` pulls it)."""
         if self.files is not None:
-            out = [self._remote(v, pull=False) for v in self.files.list_versions()]
+            out = [self._describe(v) for v in self.files.list_versions()]
         elif not self._versions.is_dir():
             return []
         else:
@@ -91,6 +91,11 @@ class ModelRegistry:
         if not (path / MANIFEST).is_file():
             raise ModelNotFound(f"no model version {version!r} in {self.root}")
         return RegisteredModel(version, path, json.loads((path / MANIFEST).read_text()))
+
+    def _describe(self, version: str) -> RegisteredModel:
+        """``version``'s record without its files: what a pointer change needs to check
+        (with remote files, ``get`` would pull hundreds of MB onto the node that promotes)."""
+        return self.get(version) if self.files is None else self._remote(version, pull=False)
 
     def _remote(self, version: str, *, pull: bool) -> RegisteredModel:
         assert self.files is not None
@@ -185,7 +190,7 @@ class ModelRegistry:
         return take(self.control, "refresh_request")
 
     def start_canary(self, version: str, share: float, *, actor: str = "cli") -> None:
-        self.get(version)
+        self._describe(version)
         if not 0.0 < share <= 1.0:
             raise RegistryError(f"canary share must be in (0, 1], got {share}")
         update(
@@ -222,10 +227,8 @@ class ModelRegistry:
         """Copies a finished model directory in as ``version`` (atomically: by rename, or,
         at a URL, manifest last), with the digest of its files in its manifest."""
         remote = self.files
-        if remote is not None and remote.exists(version):
-            raise RegistryError(f"version {version!r} already exists")
         target = self._versions / version
-        if remote is None and target.exists():
+        if remote.exists(version) if remote is not None else target.exists():
             raise RegistryError(f"version {version!r} already exists")
         parent = self._versions if remote is None else remote.cache_dir
         staging = parent / f".staging-{version}-{os.getpid()}"
@@ -244,12 +247,13 @@ class ModelRegistry:
             os.replace(staging, target)
         else:
             remote.upload(staging, version)
-            remote.adopt(staging, digest)
+            target = remote.adopt(staging, digest)
         self._log("register", version=version, parent=manifest.get("parent"))
-        return self.get(version)
+        return RegisteredModel(version, target, json.loads((target / MANIFEST).read_text()))
 
     def promote(self, version: str, *, reason: str = "", actor: str = "cli") -> RegisteredModel:
-        model = self.get(version)
+        """Makes ``version`` current; its record (``get`` has its files on this node)."""
+        model = self._describe(version)
         previous: list[str | None] = []
 
         def promote(data: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -272,14 +276,14 @@ class ModelRegistry:
             data = data or {}
             if not data.get("previous"):
                 raise RollbackFailed("no previous version to roll back to")
-            self.get(data["previous"])
+            self._describe(data["previous"])
             moved[:] = [(data["previous"], data.get("current"))]
             return {"current": data["previous"], "previous": data.get("current"), **self._sticky(data)}
 
         update(self.control, "pointers", back)
         version, rolled_back = moved[0]
         self._log("rollback", version=version, rolled_back=rolled_back, reason=reason, actor=actor)
-        return self.get(version)
+        return self._describe(version)
 
     def _log(self, action: str, **fields: Any) -> None:
         self.control.append("audit", {"ts": time.time(), "action": action, **fields})

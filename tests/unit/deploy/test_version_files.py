@@ -122,3 +122,19 @@ def test_a_nodes_cache_keeps_what_the_pointers_name_and_drops_the_rest(tmp_path:
     # A rollback needs no pull (previous was kept), and a version pruned is pulled again on use.
     assert server.rollback().path.is_dir()
     assert server.get("v3").path.is_dir()
+
+
+def test_pointer_changes_check_a_version_without_pulling_its_files(tmp_path: Path) -> None:
+    """The node that promotes (the loop's, the admin API's) only needs the manifest."""
+    bucket = tmp_path / "bucket"
+    trainer = _node(tmp_path, "trainer", bucket)
+    trainer.register(_model_dir(tmp_path, "a", b"1" * 100), "v1", {})
+    trainer.register(_model_dir(tmp_path, "b", b"2" * 100), "v2", {})
+    controller = _node(tmp_path, "controller", bucket)
+    controller.promote("v1")
+    controller.start_canary("v2", 0.2)
+    controller.promote("v2")
+    assert controller.rollback().version == "v1"
+    assert not (tmp_path / "controller" / "cache").exists()
+    with pytest.raises(ModelNotFound):
+        controller.promote("v9")
