@@ -24,9 +24,12 @@ from distillery._local import BrokerService, Service, Supervisor, ThreadService
 from distillery.settings import DistillerySettings
 
 if TYPE_CHECKING:
-    from retrain import RefreshLoop
+    from collections.abc import Sequence
 
-__all__ = ["LocalStack", "build_loop", "serving_factory", "with_bootstrap"]
+    from deploy import ModelRegistry
+    from retrain import DistillConfig, Pair, RefreshLoop, RefreshOutcome
+
+__all__ = ["LocalStack", "build_loop", "refresh_with_settings", "serving_factory", "with_bootstrap"]
 
 logger = logging.getLogger("distillery.stack")
 
@@ -59,6 +62,35 @@ def serving_factory(settings: DistillerySettings, tier: str = "student") -> Call
         )
 
     return build
+
+
+def refresh_with_settings(
+    settings: DistillerySettings,
+    registry: ModelRegistry,
+    recipe: DistillConfig,
+    *,
+    suite: Sequence[Pair] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> RefreshOutcome:
+    """One refresh (``retrain.run_refresh``) as these settings configure it: their store,
+    candidates directory, gate, scorer, agreement metric and serving engine, with ``recipe``
+    for training. The trainer node's task and ``distillery retrain`` both run this."""
+    from feedback import open_store
+    from retrain import run_refresh
+    from router import AgreementMetric
+
+    return run_refresh(
+        open_store(settings.store_dsn),
+        registry,
+        workdir=settings.var_dir / "candidates",
+        suite=suite,
+        distill_config=recipe,
+        gate_config=settings.gate,
+        scorer=settings.cascade.scorer,
+        progress=progress,
+        agreement=AgreementMetric(settings.agreement),
+        backend_factory=serving_factory(settings),
+    )
 
 
 def live_evidence(settings: DistillerySettings, gateway_url: str) -> Callable[[], Any]:

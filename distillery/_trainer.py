@@ -40,24 +40,11 @@ def _refresh_on_trainer(
 ) -> tuple[RefreshOutcome, str]:
     import ray
 
-    from distillery._stack import serving_factory
-    from feedback import open_store
-    from retrain import run_refresh
-    from router import AgreementMetric
+    from distillery._stack import refresh_with_settings
 
     registry = settings.open_registry()
     registry.prune_cache()  # earlier candidates no pointer names any more
-    outcome = run_refresh(
-        open_store(settings.store_dsn),
-        registry,
-        workdir=settings.var_dir / "candidates",
-        suite=suite,
-        distill_config=recipe,
-        gate_config=settings.gate,
-        scorer=settings.cascade.scorer,
-        agreement=AgreementMetric(settings.agreement),
-        backend_factory=serving_factory(settings),
-    )
+    outcome = refresh_with_settings(settings, registry, recipe, suite=suite)
     return outcome, str(ray.get_runtime_context().get_node_id())
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from distillery._stack import LocalStack, build_loop, serving_factory
+from distillery._stack import LocalStack, build_loop, refresh_with_settings
 from distillery.cli._common import progress_bar, registry_of, roll_out
 from distillery.cli._demo import ensure_models
 from distillery.settings import DistillerySettings
@@ -101,25 +101,15 @@ def cmd_retrain(args: argparse.Namespace, settings: DistillerySettings) -> int:
 
 def _retrain(args: argparse.Namespace, settings: DistillerySettings, registry: Any) -> int:
 
-    from feedback import open_store
-    from retrain import run_refresh
-    from router import AgreementMetric
-
     overrides = {
         k: v for k, v in (("steps", args.steps), ("min_new_examples", args.min_new)) if v is not None
     }
     with progress_bar() as progress:
-        outcome = run_refresh(
-            open_store(settings.store_dsn),
+        outcome = refresh_with_settings(
+            settings,
             registry,
-            workdir=settings.var_dir / "candidates",
-            suite=None,
-            distill_config=settings.retrain.model_copy(update=overrides),
-            gate_config=settings.gate,
-            scorer=settings.cascade.scorer,
+            settings.retrain.model_copy(update=overrides),
             progress=lambda step, total, loss: progress("candidate", step, total, loss),
-            agreement=AgreementMetric(settings.agreement),
-            backend_factory=serving_factory(settings),
         )
     gate = outcome.gate
     print(
