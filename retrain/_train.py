@@ -82,6 +82,8 @@ def prepare_trainer(
         raise ValueError(f"{config.method} needs the teacher's weights locally (teacher_dir)")
     manifest = ModelManifest.load(parent_dir)
     tool_format = manifest.tool_format if manifest is not None else None
+    if config.frozen_layers:
+        freeze_lower(model, config.frozen_layers)
     if config.method == "logit_kd":
         assert teacher_dir is not None
         trainer = _logit_kd_trainer(model, tok, dataset, config, scratch, teacher_dir, progress, tool_format)
@@ -90,6 +92,19 @@ def prepare_trainer(
     for callback in callbacks:
         trainer.add_callback(callback)
     return trainer, tok
+
+
+def freeze_lower(model: Any, layers: int) -> None:
+    """Stops training the input embeddings (an output head tied to them with them) and the
+    lowest ``layers`` decoder layers (``DistillConfig.frozen_layers``). Refuses a count
+    that would leave no layer to train: that is a configuration error, not a no-op."""
+    blocks = model.get_decoder().layers
+    if layers >= len(blocks):
+        raise ValueError(f"frozen_layers {layers} leaves none of the student's {len(blocks)} layers to train")
+    frozen = [model.get_input_embeddings(), *blocks[:layers]]
+    for module in frozen:
+        for param in module.parameters():
+            param.requires_grad_(False)
 
 
 def distill(

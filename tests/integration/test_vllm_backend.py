@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from bench._traffic import Traffic
+from common.model_dir import read_model_version
 from demo import ALL_SKILLS, sample_examples
 from router import BackendConfig, Generation, GenerationRequest, generate_prompts
 from router._transformers_backend import TransformersBackend
@@ -240,6 +241,63 @@ def test_close_shuts_the_engine_down(vllm_student, engine_loop):
     with pytest.raises(RuntimeError, match="shut down"):
         engine_loop.run(vllm_student.generate([GenerationRequest(prompt="upper: abc =")]))
     engine_loop.run(vllm_student.close())  # idempotent
+
+
+def perturbed_copy(model_dir: Path, out: Path) -> Path:
+    """``model_dir`` with every weight moved by seeded noise: the same network and
+    tokenizer (a candidate's layout), other answers."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model_dir, out)
+    generator = torch.Generator().manual_seed(3)
+    for file in out.glob("*.safetensors"):
+        tensors = load_file(str(file))
+        for name, t in tensors.items():
+            if t.is_floating_point() and t.numel() > 1:
+                noise = torch.randn(t.shape, generator=generator, dtype=t.dtype)
+                tensors[name] = (t + 0.5 * t.std() * noise).contiguous()
+        save_file(tensors, str(file), metadata={"format": "pt"})
+    return out
+
+
+def test_reload_from_answers_like_a_fresh_engine_on_the_new_weights(demo_models, tmp_path):
+    """The gate's parent-then-candidate path (``retrain._gate.GateEngines``): the
+    candidate's weights loaded into the parent's engine answer exactly as an engine started
+    on the candidate; a directory of another layout is refused and changes nothing."""
+    candidate = perturbed_copy(demo_models / "student", tmp_path / "candidate")
+    requests = [GenerationRequest(prompt=p, max_new_tokens=MAX_TOKENS) for p in demo_prompts(24)]
+
+    async def answers(backend: VLLMBackend) -> list[Generation]:
+        return list(await backend.generate(requests))
+
+    async def run() -> tuple[list[Generation], ...]:
+        engine = VLLMBackend(demo_models / "student", model_id="student", engine=ENGINE)
+        try:
+            before = await answers(engine)
+            assert await engine.reload_from(candidate)
+            assert engine.version == read_model_version(candidate)
+            reloaded = await answers(engine)
+            assert not await engine.reload_from(demo_models / "teacher")  # another network
+            after_refusal = await answers(engine)
+        finally:
+            await engine.close()
+        fresh_engine = VLLMBackend(candidate, model_id="student", engine=ENGINE)
+        try:
+            fresh = await answers(fresh_engine)
+        finally:
+            await fresh_engine.close()
+        return before, reloaded, after_refusal, fresh
+
+    before, reloaded, after_refusal, fresh = asyncio.run(run())
+    assert [g.text for g in reloaded] == [g.text for g in fresh]
+    for r, f in zip(reloaded, fresh, strict=True):
+        assert r.token_logprobs == pytest.approx(f.token_logprobs, abs=LOGPROB_TOLERANCE)
+    assert [g.text for g in after_refusal] == [g.text for g in reloaded]
+    changed = sum(b.text != r.text for b, r in zip(before, reloaded, strict=True))
+    assert changed >= len(requests) // 2, "the noise should have changed most answers"
 
 
 # --- inside the Serve app ---------------------------------------------------------------
