@@ -1,6 +1,7 @@
 """``make bench``: run every benchmark, then regenerate docs/benchmarks.md from the results.
 
-    python -m bench                      # everything (overhead ~25 min, loop_robustness ~2.5 h)
+    python -m bench                      # everything (overhead ~25 min, loop_robustness ~4 h,
+                                         # recipe_replay ~30 min a stored seed)
     python -m bench --only overhead,loop # some of them
     python -m bench --render-only        # rebuild the report from bench/results/*.json
     python -m bench --quick              # smaller sizes (DISTILLERY_BENCH_QUICK=1)
@@ -36,6 +37,7 @@ BENCHMARKS: list[str] = [
     "vllm_vs_transformers",
     "real_loop",
     "loop_robustness",
+    "recipe_replay",
     "quantize",
     "live_quality",
     "structured",

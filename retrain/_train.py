@@ -139,6 +139,7 @@ def distill(
     torch.set_num_threads(config.num_threads)
     scratch = output_dir.with_name(output_dir.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
     trainer, tok = prepare_trainer(
         parent_dir, dataset, config, scratch, progress=progress, teacher_dir=teacher_dir, callbacks=callbacks
     )
@@ -195,9 +196,10 @@ def _common_args(config: DistillConfig, scratch: Path, progress: ProgressFn | No
         "seed": config.seed,
         "data_seed": config.seed,
         "report_to": "none",
-        "save_strategy": "steps",
-        "save_steps": max(1, steps // 2),
-        "save_total_limit": 1,
+        # Nothing resumes a refresh from a checkpoint (a failed one is retried from its
+        # parent), and a mid-run save wrote the model and AdamW's state (~700 MB for the
+        # real student) beside serving.
+        "save_strategy": "no",
         "logging_steps": max(1, min(50, steps // 10)),
         "dataloader_num_workers": 0,
         "disable_tqdm": progress is not None,

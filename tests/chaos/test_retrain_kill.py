@@ -3,9 +3,9 @@
 ``distillery retrain`` runs as a real subprocess (TRL on the demo student) against a real
 SQLite feedback store seeded with teacher-labelled escalations (the demo domain's exact
 answers: what the teacher gives on these skills). It is killed with SIGKILL once training
-has logged step 400 of 600 (after the step-300 checkpoint was written to its scratch
-directory); the registry -- pointers, versions, manifests, audit log, loop state -- must be
-byte-for-byte what it was. A second run then trains, gates and registers normally.
+has logged step 400 of 600 (its scratch directory in place); the registry -- pointers,
+versions, manifests, audit log, loop state -- must be byte-for-byte what it was.
+A second run then trains, gates and registers normally.
 """
 
 from __future__ import annotations
