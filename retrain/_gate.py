@@ -26,6 +26,7 @@ import asyncio
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -329,13 +330,6 @@ class GateEngines:
         self.close()
 
 
-def _answers(
-    model_dir: Path, requests: Sequence[GenerationRequest], factory: BackendFactory, batch_size: int
-) -> list[Generation]:
-    with GateEngines(factory) as engines:
-        return engines.answers(model_dir, requests, batch_size)
-
-
 def evaluate_model(
     model_dir: Path,
     holdout: Sequence[Pair],
@@ -363,10 +357,8 @@ def evaluate_model(
     pairs = list(holdout) + list(suite)
     budget = answer_budget(model_dir, max_new_tokens)
     requests = [p.to_request(budget) for p in pairs]
-    if engines is not None:
-        gens = engines.answers(model_dir, requests, batch_size)
-    else:
-        gens = _answers(model_dir, requests, backend_factory, batch_size)
+    with GateEngines(backend_factory) if engines is None else nullcontext(engines) as answering:
+        gens = answering.answers(model_dir, requests, batch_size)
     kinds = [r.output_kind for r in requests]
     score = get_scorer(scorer)
     correct = [

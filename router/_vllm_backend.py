@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import threading
@@ -59,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 _GIB = 1 << 30
 _ids = itertools.count()
+MAX_LOGPROBS = 20
+"""Alternatives per token a request may ask for (OpenAI's ``top_logprobs`` limit)."""
+
 _VOLATILE_CONFIG_KEYS = frozenset(
     {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"}
 )
@@ -71,7 +75,6 @@ def same_weights_layout(a: Path, b: Path) -> bool:
     same network (config.json but the fields a save rewrites), the same tokenizer and chat
     template, neither quantized. A distilled candidate and its parent are; anything else
     gets an engine of its own."""
-    import json
 
     def config(path: Path) -> dict[str, Any] | None:
         try:
@@ -90,10 +93,6 @@ def same_weights_layout(a: Path, b: Path) -> bool:
     if cfg_a is None or cfg_a != config(b) or scheme_of(a) is not None or scheme_of(b) is not None:
         return False
     return all(same_file(n) for n in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"))
-
-
-MAX_LOGPROBS = 20
-"""Alternatives per token a request may ask for (OpenAI's ``top_logprobs`` limit)."""
 
 
 def prepare_vllm_env(cache_dir: Path) -> None:

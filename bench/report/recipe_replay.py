@@ -10,10 +10,7 @@ from typing import Any
 
 from bench._common import RESULTS
 from bench.recipe_replay import NAME
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.1%}"
+from bench.report.loop_robustness import _pct, _pts  # the loop sections' formats
 
 
 def _routes(r: dict[str, Any], side: str, names: list[str]) -> str:
@@ -42,7 +39,6 @@ def render(img_dir: Path) -> list[str]:
     for variant, v in s.items():
         overrides = json.dumps(data["variants"][variant]) if data["variants"][variant] else "(none)"
         ratio = "n/a" if v["train_ratio_vs_shipped"] is None else f"{v['train_ratio_vs_shipped']:.2f}x"
-        worst = v["old_accuracy_delta_worst"]
         cells = [
             variant,
             f"`{overrides}`",
@@ -53,7 +49,7 @@ def render(img_dir: Path) -> list[str]:
             f"{v['gate_s_mean']:.0f} s",
             _pct(v["escalation_mean"]),
             _pct(v["drifted_accuracy_mean"]),
-            "n/a" if worst is None else f"{worst * 100:+.1f} points",
+            _pts(v["old_accuracy_delta_worst"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
