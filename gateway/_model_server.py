@@ -141,7 +141,7 @@ class ModelServer:
 
     async def generate(self, request: GenerationRequest) -> Generation:
         slot, is_canary = self._slots.pick()
-        check_fits(slot.backend, request, self._spec.tier)
+        request = check_fits(slot.backend, request, self._spec.tier)
         if continuous_batching(slot.backend):
             return (await self._slots.generate(slot, [request]))[0]
         if is_canary:
@@ -153,7 +153,7 @@ class ModelServer:
         streaming handle, cancelled by the caller's ``cancel()`` (an escalation, a client
         gone), which cancels the generation in the engine."""
         slot, _ = self._slots.pick()
-        check_fits(slot.backend, request, self._spec.tier)
+        request = check_fits(slot.backend, request, self._spec.tier)
         async with aclosing(self._slots.stream(slot, request)) as items:
             async for item in items:
                 yield item

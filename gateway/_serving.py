@@ -549,9 +549,10 @@ class OpenAIServing:
         tier = self._tier_for(req.model)
         if not any(m.role == "user" and m.text.strip() for m in req.messages):
             raise EmptyPrompt("messages must contain a non-empty user message")
-        max_tokens = self._max_tokens(
-            req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens, 16
-        )
+        asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        # Left out: up to the server's limit within each tier's context (OpenAI's and vLLM's
+        # chat default), never a small fixed cut that truncates JSON answers and tool calls.
+        max_tokens = self._max_tokens(asked, self._server.max_tokens_limit)
         n = self._choices(req.n)
         fields = chat_fields(req)
         ignored = sorted(set(req.model_extra or {}))
@@ -560,6 +561,7 @@ class OpenAIServing:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         base = GenerationRequest(
             max_tokens=max_tokens,
+            max_tokens_given=asked is not None,
             temperature=req.temperature,
             top_p=req.top_p,
             stop=self._stops(req.stop),

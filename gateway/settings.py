@@ -63,7 +63,8 @@ class ServerConfig(BaseModel):
         host (`str`, defaults to ``127.0.0.1``), port (`int`, defaults to 8000).
         served_model_name (`str`, defaults to ``distillery``): the cascade's model id;
             ``<name>-student`` and ``<name>-teacher`` pin a tier.
-        max_tokens_limit (`int`, defaults to 256): largest ``max_tokens`` accepted.
+        max_tokens_limit (`int`, defaults to 256): largest ``max_tokens`` accepted, and a
+            chat request's budget when it sends none (within each tier's context).
         max_prompts_per_request (`int`, defaults to 16): largest ``prompt`` list.
         max_n (`int`, defaults to 8): largest ``n`` (choices per prompt); each choice is
             routed through the cascade on its own.

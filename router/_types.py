@@ -91,6 +91,11 @@ class GenerationRequest(BaseModel):
     prompt: str | None = None
     messages: tuple[ChatTurn, ...] | None = None
     max_tokens: int = Field(default=16, ge=1)
+    max_tokens_given: bool = True
+    """False: the client left ``max_tokens`` out of a chat request, and ``max_tokens`` is
+    the server's limit. Each tier then answers up to its own context instead of refusing
+    (``router._context.check_fits``), as OpenAI's and vLLM's chat endpoints do; a fixed
+    small default cut JSON answers and tool calls of clients that never set it."""
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: tuple[str, ...] = ()

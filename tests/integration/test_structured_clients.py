@@ -66,6 +66,27 @@ def test_every_json_schema_answer_validates_on_every_tier(client, model):
     jsonschema.validate(json.loads(choice.message.content or ""), TICKET_SCHEMA)
 
 
+def test_a_request_that_leaves_max_tokens_out_gets_whole_answers(client):
+    """The SDKs send no ``max_tokens`` unless told: a JSON answer and a forced tool call must
+    not be cut by a small server default (they were, at 16 tokens, on both tiers)."""
+    answer = client.chat.completions.create(
+        model="distillery",
+        messages=_messages(TICKET),
+        response_format=JSON_FORMAT,  # type: ignore[arg-type]
+    )
+    assert answer.choices[0].finish_reason == "stop", answer.choices[0]
+    jsonschema.validate(json.loads(answer.choices[0].message.content or ""), TICKET_SCHEMA)
+    call = client.chat.completions.create(
+        model="distillery",
+        messages=_messages('Handle this ticket with one tool call: "Please cancel order #2931."'),
+        tools=TICKET_TOOLS,  # type: ignore[arg-type]
+        tool_choice="required",
+        parallel_tool_calls=False,
+    )
+    assert call.choices[0].finish_reason == "tool_calls", call.choices[0]
+    json.loads(call.choices[0].message.tool_calls[0].function.arguments)  # type: ignore[index,union-attr]
+
+
 def test_the_openai_client_with_every_field(client):
     resp = client.chat.completions.create(
         model="distillery",

@@ -89,6 +89,34 @@ def test_chat_completion_and_logprobs():
     assert body["distillery"]["tier"] == "student"
 
 
+def test_a_chat_request_without_max_tokens_is_not_cut_at_a_small_default():
+    """The SDKs and frameworks leave ``max_tokens`` out: a tool call or a JSON answer cut at
+    16 tokens would fail its contract on both tiers. Left out, the budget is the server's
+    limit, marked as not given so each tier fits it to its own context; completions keep
+    OpenAI's documented 16."""
+    student = FakeTier(_student_answer)
+    router = CascadeRouter(
+        student, FakeTier(_student_answer), ThresholdPolicy("mean_logprob", 0.9), CascadeConfig()
+    )
+    versions = {"student": ("student", "v1"), "teacher": ("teacher", "v1")}
+    serving = OpenAIServing(router, GatewayMetrics(), ServerConfig(max_tokens_limit=64), lambda: versions)
+    client = TestClient(build_api(serving, GatewayMetrics(), _healthy), raise_server_exceptions=False)
+    chat = {"model": "distillery", "messages": [{"role": "user", "content": "reverse: hello ="}]}
+
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    assert client.post("/v1/chat/completions", json={**chat, "max_tokens": 12}).status_code == 200
+    assert client.post("/v1/chat/completions", json={**chat, "max_completion_tokens": 9}).status_code == 200
+    completion = {"model": "distillery", "prompt": "reverse: hello ="}
+    assert client.post("/v1/completions", json=completion).status_code == 200
+
+    budgets = [(call.max_tokens, call.max_tokens_given) for call in student.calls]
+    assert budgets == [(64, False), (12, True), (9, True), (16, True)]
+
+
+async def _healthy() -> dict[str, str]:
+    return {"student": "student-v1"}
+
+
 def test_chat_stream_is_server_sent_events_ending_with_done():
     client, _ = _client()
     with client.stream(
