@@ -151,6 +151,8 @@ def render(img_dir: Path) -> list[str]:
         lines += ["", f"Recipe of these runs: {data['recipe']}."]
     if data.get("not_yet_measured"):
         lines += ["", f"Not yet measured: {data['not_yet_measured']}."]
+    for trial in data.get("candidate_recipes") or []:
+        lines += _candidate_lines(trial)
     history = data.get("recipe_history") or []
     if history:
         lines += [
@@ -164,6 +166,28 @@ def render(img_dir: Path) -> list[str]:
     if image:
         lines += ["", f"![loop robustness]({Path(image).relative_to(img_dir.parent)})"]
     return [*lines, ""]
+
+
+def _candidate_lines(trial: dict[str, Any]) -> list[str]:
+    """A recipe tried live on some seeds beside the shipped one's full set (same bench,
+    same traffic, ``--set`` overrides): its runs and how they stand against the targets."""
+    s = trial["summary"]
+    sets = " ".join(f"`--set {k}={v}`" for k, v in trial["overrides"].items())
+    seeds = ", ".join(str(r["seed"]) for r in trial["runs"])
+    worst_old = _pts(s["worst_old_escalation_delta"])
+    return [
+        "",
+        f"Candidate recipe, live: {trial['recipe']} ({sets}; seeds {seeds}, {trial.get('when', '')})."
+        f" Promoted on the first refresh {s['promoted_first_refresh']} of {s['runs']}; cycle median"
+        f" {_s(s['median_cycle_s'])}, max {_s(s['max_cycle_s'])}; drifted escalation after, median"
+        f" {_pct(s['median_drifted_escalation_after'])}; old routes worst {worst_old};"
+        f" probe p99 ratio {_x(s['serving_p99_ratio_during_refresh'])}.",
+        "",
+        "| seed | first refresh | stages (s) | cycle | drifted escalation | old escalation"
+        " | agreement after (drifted / old) | probe p99 idle -> refresh | errors during refresh |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(_run_row(r) for r in trial["runs"]),
+    ]
 
 
 def _history_row(h: dict[str, Any]) -> str:
