@@ -134,7 +134,14 @@ def run_calibration(
         if target_agreement is not None
         else {"escalation_rate": float(target_escalation_rate or 0.0)}
     )
-    commit = commit_points(requests, s_gens, agrees, threshold=point.threshold, scorer=scorer)
+    commit = commit_points(
+        requests,
+        s_gens,
+        agrees,
+        threshold=point.threshold,
+        scorer=scorer,
+        escalation_budget=settings.gate.commit_escalation_budget,
+    )
     path = student_dir / CALIBRATION_FILE if write else None
     report = CalibrationReport(
         scorer=scorer,

@@ -259,15 +259,19 @@ def commit_points(
     *,
     threshold: float,
     scorer: str,
+    escalation_budget: float = 0.02,
 ) -> dict[str, CommitChoice]:
     """The commit point for text answers (structured ones are decided whole: their
-    contract needs the whole answer), calibrated on the same answers as the threshold."""
+    contract needs the whole answer), calibrated on the same answers as the threshold;
+    ``escalation_budget``: ``GateConfig.commit_escalation_budget``."""
     samples = [
         CommitSample(tuple(confidence_logprobs(g, sampled=False)), ok)
         for r, g, ok in zip(requests, answers, agrees, strict=True)
         if r.output_kind == "text"
     ]
-    cal = calibrate_commit(samples, threshold=threshold, scorer=scorer)
+    cal = calibrate_commit(
+        samples, threshold=threshold, scorer=scorer, max_extra_escalation=escalation_budget
+    )
     chosen = cal.chosen
     record = (
         CommitRecord(
@@ -344,6 +348,7 @@ def evaluate_model(
     min_kind_answers: int = 20,
     min_route_answers: int | None = None,
     engines: GateEngines | None = None,
+    commit_escalation_budget: float = 0.02,
 ) -> EvalResult:
     """``min_kind_answers``: the answers a structured kind needs for its own threshold;
     ``min_route_answers``: a route's for its own (None: one threshold for all routes).
@@ -435,7 +440,12 @@ def evaluate_model(
         commit={
             kind: choice.record
             for kind, choice in commit_points(
-                requests, gens, correct, threshold=point.threshold, scorer=scorer
+                requests,
+                gens,
+                correct,
+                threshold=point.threshold,
+                scorer=scorer,
+                escalation_budget=commit_escalation_budget,
             ).items()
             if choice.record is not None
         },
@@ -476,6 +486,7 @@ def run_gate(
             min_kind_answers=config.min_kind_calibration,
             min_route_answers=config.min_route_calibration,
             engines=engines,
+            commit_escalation_budget=config.commit_escalation_budget,
         )
 
     with GateEngines(backend_factory) as engines:

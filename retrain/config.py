@@ -208,6 +208,12 @@ class GateConfig(BaseModel):
             cascade judges a request by its route's bar, else its kind's). A refresh moves
             routes' confidences apart; one bar for all escalated an old route's right
             answers. None: one threshold for every route.
+        commit_escalation_budget (`float`, defaults to 0.02): with ``stream_mode: live``,
+            the student's tokens stream once a prefix of ``k`` tokens decides; the earliest
+            ``k`` is chosen whose decision escalates at most this much more than deciding on
+            the whole answer does, at the same served agreement (``router.calibrate_commit``).
+            A larger budget buys an earlier first token with more escalations (the real
+            pair: 12 tokens at 0.02; 4 tokens at ~0.05).
         max_new_tokens (`int | None`): answer budget of the evaluation; None takes the
             model directory's ``max_new_tokens``, else 24.
         batch_size (`int`, defaults to 64): requests per generate call of the evaluation.
@@ -239,6 +245,7 @@ class GateConfig(BaseModel):
     min_parent_agreement: float = Field(default=0.98, ge=0.0, le=1.0)
     """A quantized candidate answers as its parent on at least this share of the suite
     (``distillery models quantize``): quantization must not change what is served."""
+    commit_escalation_budget: float = Field(default=0.02, ge=0.0, le=1.0)
     max_new_tokens: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=64, ge=1)
     suite_file: Path | None = None
