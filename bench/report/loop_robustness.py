@@ -172,7 +172,7 @@ def _candidate_lines(trial: dict[str, Any]) -> list[str]:
     """A recipe tried live on some seeds beside the shipped one's full set (same bench,
     same traffic, ``--set`` overrides): its runs and how they stand against the targets."""
     s = trial["summary"]
-    sets = " ".join(f"`--set {k}={v}`" for k, v in trial["overrides"].items())
+    sets = " ".join(f"`--set {k}={v}`" for k, v in _dotted(trial["overrides"]))
     seeds = ", ".join(str(r["seed"]) for r in trial["runs"])
     worst_old = _pts(s["worst_old_escalation_delta"])
     return [
@@ -188,6 +188,16 @@ def _candidate_lines(trial: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
         *(_run_row(r) for r in trial["runs"]),
     ]
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"retrain": {"frozen_layers": 4}}`` -> ``[("retrain.frozen_layers", 4)]``: the
+    ``--set`` keys the runs were started with."""
+    out: list[tuple[str, Any]] = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out += _dotted(value, f"{name}.") if isinstance(value, dict) else [(name, value)]
+    return out
 
 
 def _history_row(h: dict[str, Any]) -> str:
