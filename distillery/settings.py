@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from common.model_dir import TrainingDefaults
@@ -94,6 +94,17 @@ class DistillerySettings(GatewaySettings):
     loop: LoopConfig = LoopConfig()
     canary: CanaryConfig = CanaryConfig()
     real: RealPairConfig = RealPairConfig()
+
+    @model_validator(mode="after")
+    def _refresh_leaves_layers_to_train(self) -> DistillerySettings:
+        """The real preset builds its student with ``real.student_layers``: a refresh that
+        would freeze all of them is refused at start, not at the first drift."""
+        if self.preset == "smollm2" and self.retrain.frozen_layers >= self.real.student_layers:
+            raise ValueError(
+                f"retrain.frozen_layers ({self.retrain.frozen_layers}) must be below real.student_layers "
+                f"({self.real.student_layers}): a refresh would have no layer left to train"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

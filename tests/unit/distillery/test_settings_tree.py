@@ -62,3 +62,11 @@ def test_config_output_is_the_whole_tree(capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert {"retrain", "gate", "loop", "canary", "agreement", "real", "cascade", "feedback"} <= set(printed)
     assert json.dumps(printed)
+
+
+def test_the_real_preset_refuses_at_load_a_refresh_that_would_freeze_every_student_layer():
+    with pytest.raises(ValueError, match=r"must be below real\.student_layers"):
+        load_settings(preset="smollm2", retrain={"frozen_layers": 2}, real={"student_layers": 2})
+    fitted = load_settings(preset="smollm2", retrain={"frozen_layers": 1}, real={"student_layers": 2})
+    assert fitted.retrain.frozen_layers == 1
+    assert load_settings(preset="demo", retrain={"frozen_layers": 9}).retrain.frozen_layers == 9
