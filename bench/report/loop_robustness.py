@@ -22,6 +22,14 @@ STAGE_COLOURS = {
 }
 
 
+_RUN_TABLE_HEAD = (
+    "| seed | first refresh | stages (s) | cycle | drifted escalation | old escalation"
+    " | agreement after (drifted / old) | probe p99 idle -> refresh | errors during refresh |",
+    "|---|---|---|---|---|---|---|---|---|",
+)
+"""The per-run table's head, for the shipped recipe's runs and each candidate's."""
+
+
 def plot(data: dict[str, Any], path: Path) -> str | None:
     """One row per run: escalation on the drifted and the old routes over time (the mix and
     the probe, per bucket; the measured windows as flat segments), the refresh's stages as
@@ -142,9 +150,7 @@ def render(img_dir: Path) -> list[str]:
             met["serving_p99_ratio"],
         ),
         "",
-        "| seed | first refresh | stages (s) | cycle | drifted escalation | old escalation"
-        " | agreement after (drifted / old) | probe p99 idle -> refresh | errors during refresh |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *_RUN_TABLE_HEAD,
     ]
     lines += [_run_row(r) for r in data["runs"]]
     if data.get("recipe"):
@@ -183,9 +189,7 @@ def _candidate_lines(trial: dict[str, Any]) -> list[str]:
         f" {_pct(s['median_drifted_escalation_after'])}; old routes worst {worst_old};"
         f" probe p99 ratio {_x(s['serving_p99_ratio_during_refresh'])}.",
         "",
-        "| seed | first refresh | stages (s) | cycle | drifted escalation | old escalation"
-        " | agreement after (drifted / old) | probe p99 idle -> refresh | errors during refresh |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *_RUN_TABLE_HEAD,
         *(_run_row(r) for r in trial["runs"]),
     ]
 

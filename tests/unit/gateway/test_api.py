@@ -20,8 +20,8 @@ def _student_answer(req):
     return make_generation("olleh", prob, "student-v1", "student")
 
 
-def _client(teacher=None, **cascade):
-    student = FakeTier(_student_answer, max_prompt_chars=40)
+def _client(teacher=None, student=None, **cascade):
+    student = student or FakeTier(_student_answer, max_prompt_chars=40)
     teacher = teacher or FakeTier(lambda r: make_generation("IFMMP", 0.99, "teacher-v1", "teacher"))
     router = CascadeRouter(student, teacher, ThresholdPolicy("mean_logprob", 0.9), CascadeConfig(**cascade))
     metrics = GatewayMetrics()
@@ -95,12 +95,7 @@ def test_a_chat_request_without_max_tokens_is_not_cut_at_a_small_default():
     limit, marked as not given so each tier fits it to its own context; completions keep
     OpenAI's documented 16."""
     student = FakeTier(_student_answer)
-    router = CascadeRouter(
-        student, FakeTier(_student_answer), ThresholdPolicy("mean_logprob", 0.9), CascadeConfig()
-    )
-    versions = {"student": ("student", "v1"), "teacher": ("teacher", "v1")}
-    serving = OpenAIServing(router, GatewayMetrics(), ServerConfig(max_tokens_limit=64), lambda: versions)
-    client = TestClient(build_api(serving, GatewayMetrics(), _healthy), raise_server_exceptions=False)
+    client, _ = _client(student=student)
     chat = {"model": "distillery", "messages": [{"role": "user", "content": "reverse: hello ="}]}
 
     assert client.post("/v1/chat/completions", json=chat).status_code == 200
@@ -111,10 +106,6 @@ def test_a_chat_request_without_max_tokens_is_not_cut_at_a_small_default():
 
     budgets = [(call.max_tokens, call.max_tokens_given) for call in student.calls]
     assert budgets == [(64, False), (12, True), (9, True), (16, True)]
-
-
-async def _healthy() -> dict[str, str]:
-    return {"student": "student-v1"}
 
 
 def test_chat_stream_is_server_sent_events_ending_with_done():
