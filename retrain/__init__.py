@@ -26,7 +26,7 @@ from retrain._refresh import (
 )
 from retrain._suite import build_suite, load_suite, save_suite
 from retrain._train import TrainResult, distill
-from retrain.config import PRETRAINED_TRAINING, DistillConfig, GateConfig
+from retrain.config import PRETRAINED_TRAINING, DistillConfig, GateConfig, QuantizeConfig
 from retrain.errors import DriftCheckError, NotEnoughFeedback, RetrainError
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "VerifierConfig",
     "build_verifiers",
     "QuantizeOutcome",
+    "QuantizeConfig",
     "quantize_version",
     "quantized_version_name",
     "EVENTS_FILE",

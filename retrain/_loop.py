@@ -41,7 +41,7 @@ from retrain._gate import BackendFactory, answer_budget, transformers_factory
 from retrain._quantize import QuantizeOutcome, quantize_version
 from retrain._refresh import Refresher, RefreshOutcome, run_refresh
 from retrain._retry import Failure, RetryPlan, plan_retry
-from retrain.config import DistillConfig, GateConfig
+from retrain.config import DistillConfig, GateConfig, QuantizeConfig
 from retrain.errors import NotEnoughFeedback
 from router import AgreementMetric
 
@@ -165,6 +165,7 @@ class RefreshLoop:
         holder: str = "refresh loop",
         lease_ttl_s: float = 120.0,
         refresher: Refresher | None = None,
+        quantize: QuantizeConfig | None = None,
     ) -> None:
         """``suite`` None: each refresh builds it (``retrain.build_suite``).
         ``backend_factory`` builds the engine that evaluates a model directory (the gate,
@@ -176,6 +177,7 @@ class RefreshLoop:
         self.distill = distill or DistillConfig()
         self.gate = gate or GateConfig()
         self.canary = canary or CanaryConfig()
+        self._quantize_config = quantize or QuantizeConfig()
         self._agreement = agreement or AgreementMetric()
         self._factory = backend_factory
         self._lease = RefreshLease(registry.control, holder=holder, ttl_s=lease_ttl_s)
@@ -419,6 +421,7 @@ class RefreshLoop:
                 agreement=self._agreement,
                 backend_factory=self._factory,
                 holdout_fraction=self.distill.holdout_fraction,
+                quantize_config=self._quantize_config,
             )
         except Exception as exc:  # the promotion stands; only its quantized twin failed
             logger.exception("quantizing %s with %s failed", version, scheme)

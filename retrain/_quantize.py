@@ -5,12 +5,21 @@ candidate does: recalibration (it moves log-probs), the gate against its parent 
 regression suite and held-out teacher answers (agreement, ECE, escalation rate at its own
 threshold: one that escalates more than its parent is refused), plus agreement with the
 parent's own answers (``GateConfig.min_parent_agreement``); then the live canary.
+
+Two kinds of scheme (``router._quantize``): the torch ones keep the parent's weights and
+are quantized by the engine as it loads; the checkpoint ones (``w8a8``, ``w4a16``) are
+written here, by llmcompressor in its own environment (``retrain._quantize_job``),
+calibrated on the requests the parent answered (``retrain._quantize_calibration``). The
+candidate directory keeps the parent's tokenizer, chat template, manifest and files
+byte for byte; only the weights and config.json are the quantizer's.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,15 +31,23 @@ from common.model_dir import (
     ModelManifest,
     ModelSource,
     QuantizationRecord,
+    directory_bytes,
 )
 from deploy import ModelRegistry, RegisteredModel
 from feedback import FeedbackStore
 from retrain._dataset import Pair
 from retrain._gate import BackendFactory, GateReport, recalibration, run_gate, transformers_factory
+from retrain._quantize_calibration import calibration_sample, calibration_texts, write_texts
 from retrain._suite import build_suite
-from retrain.config import GateConfig
+from retrain.config import GateConfig, QuantizeConfig
 from router import AgreementMetric
-from router._quantize import SCHEMES
+from router._factory import device_for
+from router._quantize import SCHEMES, QuantScheme
+
+JOB = Path(__file__).with_name("_quantize_job.py")
+WEIGHT_FILES = ("config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json")
+"""What a checkpoint scheme's quantizer writes into the candidate; everything else is
+the parent's."""
 
 __all__ = ["QuantizeOutcome", "parent_agreement", "quantize_version", "quantized_version_name"]
 
@@ -45,6 +62,8 @@ class QuantizeOutcome:
     agreement_with_parent: float
     model: RegisteredModel
     timings_s: dict[str, float]
+    bytes: dict[str, int]
+    """``parent`` and ``candidate``: each directory's size on disk."""
 
 
 def quantized_version_name(parent: str, scheme: str) -> str:
@@ -73,6 +92,7 @@ def quantize_version(
     agreement: AgreementMetric | None = None,
     backend_factory: BackendFactory = transformers_factory,
     holdout_fraction: float = 0.1,
+    quantize_config: QuantizeConfig | None = None,
 ) -> QuantizeOutcome:
     """Makes, gates and registers ``<version>-<scheme>``; the caller canaries or promotes it
     when ``passed`` (``distillery models quantize``, the loop's ``quantize_after_promotion``)."""
@@ -82,24 +102,39 @@ def quantize_version(
     parent_manifest = ModelManifest.load(parent.path)
     if parent_manifest is not None and parent_manifest.quantization is not None:
         raise ConfigError(f"{version} is already quantized ({parent_manifest.quantization.scheme})")
+    quant = SCHEMES[scheme]
+    config = quantize_config or QuantizeConfig()
+    if quant.checkpoint:
+        check_quantizer(quant, config)
     agree = agreement or AgreementMetric()
     name = quantized_version_name(version, scheme)
     timings: dict[str, float] = {}
     candidate_dir = workdir / name
     if candidate_dir.exists():
         shutil.rmtree(candidate_dir)
-    # The parent's weights and tokenizer; its calibration and gate report belong to it.
-    shutil.copytree(
-        parent.path, candidate_dir, ignore=shutil.ignore_patterns(CALIBRATION_FILE, "gate_report.json")
-    )
+    # The parent's files; its calibration and gate report belong to it, and a checkpoint
+    # scheme's weights come from the quantizer.
+    skipped = (CALIBRATION_FILE, "gate_report.json", *(WEIGHT_FILES if quant.checkpoint else ()))
+    shutil.copytree(parent.path, candidate_dir, ignore=shutil.ignore_patterns(*skipped))
     if suite is None:
         suite = build_suite(gate_config, parent.path, store, holdout_fraction=holdout_fraction)
-    calibrated_on = f"regression suite + held-out teacher answers ({len(suite)} requests)"
     manifest = parent_manifest or ModelManifest(version=name)
+    record = QuantizationRecord(
+        scheme=scheme,
+        parent=version,
+        calibration=f"torch, at load; gated on the suite ({len(suite)} requests)",
+    )
+    if quant.checkpoint:
+        t0 = time.monotonic()
+        record = write_checkpoint(
+            quant, config, parent.path, candidate_dir, manifest, version, store, holdout_fraction
+        )
+        timings["quantize"] = time.monotonic() - t0
     manifest.version, manifest.parent = name, version
     manifest.source = ModelSource(kind="quantized", path=str(parent.path), detail={"scheme": scheme})
-    manifest.quantization = QuantizationRecord(scheme=scheme, parent=version, calibration=calibrated_on)
+    manifest.quantization = record
     manifest.save(candidate_dir)
+    calibrated_on = f"regression suite + held-out teacher answers ({len(suite)} requests)"
     t0 = time.monotonic()
     gate = run_gate(
         parent.path,
@@ -136,7 +171,7 @@ def quantize_version(
         name,
         {
             "parent": version,
-            "quantization": manifest.quantization.model_dump(),
+            "quantization": record.model_dump(),
             "agreement_with_parent": round(with_parent, 4),
             "gate": {**gate.to_dict(), "passed": passed, "reasons": reasons or ["all checks passed"]},
         },
@@ -150,4 +185,100 @@ def quantize_version(
         with_parent,
         model,
         {k: round(v, 2) for k, v in timings.items()},
+        {"parent": directory_bytes(parent.path), "candidate": directory_bytes(candidate_dir)},
+    )
+
+
+def quantizer_python(config: QuantizeConfig) -> Path:
+    return config.python if config.python.is_absolute() else Path.cwd() / config.python
+
+
+def check_quantizer(scheme: QuantScheme, config: QuantizeConfig, *, device: str | None = None) -> None:
+    """Refuses, before anything is copied, a checkpoint scheme this machine cannot write
+    (no quantizer environment) or serve (its engine's devices)."""
+    where = device or device_for()
+    if where not in scheme.devices:
+        devices = " or ".join(scheme.devices)
+        raise ConfigError(
+            f"{scheme.name} is served by {scheme.engine} on {devices}, not on this machine's {where}"
+        )
+    python = quantizer_python(config)
+    if not python.is_file():
+        raise ConfigError(
+            f"{scheme.name} is written by llmcompressor in its own environment, and there is none at "
+            f"{python} (quantize.python): run `make setup-quantizer`"
+        )
+
+
+def write_checkpoint(
+    scheme: QuantScheme,
+    config: QuantizeConfig,
+    parent_dir: Path,
+    candidate_dir: Path,
+    manifest: ModelManifest,
+    parent_version: str,
+    store: FeedbackStore | None,
+    holdout_fraction: float,
+) -> QuantizationRecord:
+    """Runs the quantizer job on a calibration sample of served traffic and moves its
+    weights and config.json into ``candidate_dir``."""
+    from transformers import AutoTokenizer
+
+    sample = calibration_sample(config, parent_version, parent_dir, store, holdout_fraction=holdout_fraction)
+    if not sample.pairs:
+        raise ConfigError(
+            f"no calibration samples for {parent_version}: the store and its model files are empty"
+        )
+    tok = AutoTokenizer.from_pretrained(str(parent_dir))
+    texts = calibration_texts(tok, sample.pairs, manifest.tool_format)
+    job_dir = candidate_dir.parent / f"{candidate_dir.name}.job"
+    if job_dir.exists():
+        shutil.rmtree(job_dir)
+    job_dir.mkdir(parents=True)
+    spec = {
+        "scheme": scheme.name,
+        "source": str(parent_dir),
+        "output": str(job_dir / "out"),
+        "samples": str(write_texts(texts, job_dir / "calibration.jsonl")),
+        "max_seq_length": config.max_seq_length,
+        "smoothing_strength": config.smoothing_strength,
+        "group_size": config.group_size,
+        "threads": config.threads,
+    }
+    (job_dir / "spec.json").write_text(json.dumps(spec, indent=2))
+    log = job_dir / "job.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["HF_HUB_OFFLINE"] = "1"
+    with log.open("w") as out:
+        try:
+            done = subprocess.run(
+                [str(quantizer_python(config)), str(JOB), str(job_dir / "spec.json")],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=config.timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ConfigError(
+                f"the {scheme.name} quantizer ran past quantize.timeout_s ({config.timeout_s:.0f} s)"
+            ) from exc
+    report_file = job_dir / "out" / "job_report.json"
+    if done.returncode != 0 or not report_file.is_file():
+        tail = log.read_text()[-600:].strip().splitlines()
+        last = tail[-1] if tail else "no output"
+        raise RuntimeError(
+            f"the {scheme.name} quantizer failed (exit {done.returncode}): {last} (log: {log})"
+        )
+    report = json.loads(report_file.read_text())
+    for pattern in WEIGHT_FILES:
+        for path in (job_dir / "out").glob(pattern):
+            shutil.move(str(path), candidate_dir / path.name)
+    shutil.rmtree(job_dir / "out")
+    return QuantizationRecord(
+        scheme=scheme.name,
+        parent=parent_version,
+        calibration=sample.description,
+        calibration_samples=len(texts),
+        method={k: v for k, v in report.items() if k not in ("scheme", "samples")},
     )

@@ -12,7 +12,7 @@ from common.model_dir import ModelManifest, TrainingDefaults
 from retrain._labels import VerifierConfig
 from router.config import BackendConfig
 
-__all__ = ["PRETRAINED_TRAINING", "DistillConfig", "GateConfig"]
+__all__ = ["PRETRAINED_TRAINING", "DistillConfig", "GateConfig", "QuantizeConfig"]
 
 PRETRAINED_TRAINING = TrainingDefaults(steps=200, batch_size=16, learning_rate=1e-4, warmup_steps=10)
 """Used where neither the config nor the parent's model directory says: values that do
@@ -252,3 +252,48 @@ class GateConfig(BaseModel):
     suite_per_route: int = Field(default=50, ge=1)
     min_route_accuracy: float = Field(default=0.9, ge=0.0, le=1.0)
     route_regression_alpha: float = Field(default=0.05, gt=0.0, le=1.0)
+
+
+class QuantizeConfig(BaseModel):
+    """``quantize``: how the checkpoint schemes (``w8a8``, ``w4a16``) are written.
+
+    Their quantizer, llmcompressor, runs as a job in its own environment
+    (``retrain._quantize_job`` says why); the torch schemes (``int8_dynamic``, ``bf16``)
+    need none of this.
+
+    Parameters:
+        python (`Path`, defaults to ``.venv-quantize/bin/python``): the quantizer's
+            interpreter, relative to the working directory unless absolute; ``make
+            setup-quantizer`` builds it. Missing: a ``ConfigError`` that says so, before
+            anything is copied.
+        calibration_samples (`int`, defaults to 256): prompts the quantizer calibrates on:
+            the requests the parent student answered (served samples and escalations from
+            the store's training split, never the gate's held-out one), drawn round-robin
+            over routes so a busy route does not crowd out the others, each rendered with
+            the serving template and followed by the student's own answer. GPTQ's papers
+            calibrate on 128 random 2,048-token segments; these prompts are short, so more
+            of them.
+        min_store_samples (`int`, defaults to 32): with fewer answered prompts in the store,
+            the parent's own files (its training reference and regression suite) fill the
+            sample, and the version's ``QuantizationRecord`` says so.
+        calibration_file (`Path | None`): a JSONL (``prompt`` or ``messages``,
+            ``completion``) to calibrate on instead of the store.
+        max_seq_length (`int`, defaults to 512): longer samples are truncated.
+        smoothing_strength (`float`, defaults to 0.8): SmoothQuant's migration strength
+            (``w8a8``).
+        group_size (`int`, defaults to 128): ``w4a16``'s weight group; the job takes 64 or
+            32 where the model's layer widths are not multiples of it.
+        threads (`int | None`, defaults to 1): torch threads of the job, which runs beside
+            serving (None: torch's default, every core).
+        timeout_s (`float`, defaults to 1800).
+    """
+
+    python: Path = Path(".venv-quantize/bin/python")
+    calibration_samples: int = Field(default=256, ge=1)
+    min_store_samples: int = Field(default=32, ge=0)
+    calibration_file: Path | None = None
+    max_seq_length: int = Field(default=512, ge=16)
+    smoothing_strength: float = Field(default=0.8, gt=0.0, lt=1.0)
+    group_size: Literal[32, 64, 128] = 128
+    threads: int | None = Field(default=1, ge=1)
+    timeout_s: float = Field(default=1800.0, gt=0.0)

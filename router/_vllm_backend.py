@@ -204,10 +204,11 @@ class VLLMBackend:
                 why = f"{path} is quantized with {scheme.name}, which only {scheme.engine} serves"
                 raise ConfigError(why)
             options["quantization"] = scheme.vllm_quantization
+        dtype = cfg.dtype if scheme is None or scheme.dtype is None else scheme.dtype
         args = AsyncEngineArgs(
             model=str(path),
             tokenizer=str(path),
-            dtype=cfg.dtype,
+            dtype=dtype,
             enforce_eager=cfg.enforce_eager,
             tensor_parallel_size=cfg.tensor_parallel_size,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
@@ -239,7 +240,7 @@ class VLLMBackend:
             "vLLM engine up for %s (%s): dtype=%s max_model_len=%d kv_cache_gib=%s eager=%s tp=%d",
             self.model_id,
             self.version,
-            cfg.dtype,
+            dtype,
             self.max_context,
             cfg.kv_cache_gib,
             cfg.enforce_eager,

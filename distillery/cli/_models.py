@@ -147,6 +147,7 @@ def cmd_quantize(args: argparse.Namespace, settings: DistillerySettings) -> int:
         agreement=AgreementMetric(settings.agreement),
         backend_factory=serving_factory(settings),
         holdout_fraction=settings.retrain.holdout_fraction,
+        quantize_config=settings.quantize,
     )
     cand, cur = outcome.gate.candidate, outcome.gate.current
     print(
@@ -158,6 +159,8 @@ def cmd_quantize(args: argparse.Namespace, settings: DistillerySettings) -> int:
             f"escalation {r.escalation_rate:.1%} at {r.threshold:.6f}"
         )
     print(f"  agreement with the parent {outcome.agreement_with_parent:.3f}")
+    mib = {k: v / 2**20 for k, v in outcome.bytes.items()}
+    print(f"  directory {mib['candidate']:.1f} MiB (parent {mib['parent']:.1f} MiB)")
     print(f"gate: {'PASSED' if outcome.passed else 'REFUSED'}: {'; '.join(outcome.reasons)}")
     if not outcome.passed:
         return 1
