@@ -183,7 +183,8 @@ def _candidate_lines(trial: dict[str, Any]) -> list[str]:
     worst_old = _pts(s["worst_old_escalation_delta"])
     return [
         "",
-        f"Candidate recipe, live: {trial['recipe']} ({sets}; seeds {seeds}, {trial.get('when', '')})."
+        f"{trial.get('label', 'Candidate recipe, live')}: {trial['recipe']} ({sets}; seeds {seeds},"
+        f" {trial.get('when', '')})."
         f" Promoted on the first refresh {s['promoted_first_refresh']} of {s['runs']}; cycle median"
         f" {_s(s['median_cycle_s'])}, max {_s(s['max_cycle_s'])}; drifted escalation after, median"
         f" {_pct(s['median_drifted_escalation_after'])}; old routes worst {worst_old};"
@@ -221,8 +222,10 @@ def _run_row(r: dict[str, Any]) -> str:
     else:
         result, stages = f"none (events: {', '.join(e['result'] for e in r['events'])})", ""
     d, o, lat = r["groups"]["drifted"], r["groups"]["old"], r["latency"]
+    cpu = (r.get("machine_cpu") or "").replace("(R)", "").replace(" Processor", "")
+    seed = f"{r['seed']} ({cpu})" if cpu else str(r["seed"])
     return (
-        f"| {r['seed']} | {result} | {stages} | {_s(r['cycle_s'])} "
+        f"| {seed} | {result} | {stages} | {_s(r['cycle_s'])} "
         f"| {_pct(d['escalation_before'])} -> {_pct(d['escalation_after'])} "
         f"| {_pct(o['escalation_before'])} -> {_pct(o['escalation_after'])} "
         f"| {_pct(d['agreement_after'])} / {_pct(o['agreement_after'])} "
