@@ -44,6 +44,7 @@ from retrain._retry import Failure, RetryPlan, plan_retry
 from retrain.config import DistillConfig, GateConfig, QuantizeConfig
 from retrain.errors import NotEnoughFeedback
 from router import AgreementMetric
+from router._quantize import SCHEMES
 
 __all__ = ["EVENTS_FILE", "EVENTS_LOG", "LoopConfig", "LoopEvent", "LoopMetrics", "RefreshLoop", "RemoteLoop"]
 
@@ -87,6 +88,21 @@ class LoopConfig(BaseModel):
     canary: bool = True
     quantize_after_promotion: str | None = None
     drift: DriftConfig = DriftConfig()
+
+    @field_validator("quantize_after_promotion", mode="before")
+    @classmethod
+    def _known_scheme(cls, value: object) -> object:
+        """A scheme ``router._quantize`` knows (the checkpoint ones included), checked at
+        start rather than at the first promotion; ``null``/``off``/empty: never."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.lower() in ("", "null", "none", "off"):
+                return None
+            if value not in SCHEMES:
+                raise ValueError(
+                    f"quantize_after_promotion must be one of {', '.join(SCHEMES)}, not {value!r}"
+                )
+        return value
 
 
 REFRESH_RESULTS = ("promoted", "refused", "rolled_back", "skipped", "failed")

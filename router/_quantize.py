@@ -63,23 +63,17 @@ SCHEMES: dict[str, QuantScheme] = {
         QuantScheme("int8_dynamic_per_channel", "transformers", ("cpu",), tested=True),
         QuantScheme("bf16", "transformers", ("cpu", "cuda"), tested=True),
         QuantScheme("fp8", "vllm", ("cuda",), tested=False, vllm_quantization="fp8"),
-        QuantScheme(
-            "w8a8",
-            "vllm",
-            ("cpu", "cuda"),
-            tested=True,
-            vllm_quantization="compressed-tensors",
-            checkpoint=True,
-            dtype="bfloat16",
-        ),
-        QuantScheme(
-            "w4a16",
-            "vllm",
-            ("cpu", "cuda"),
-            tested=True,
-            vllm_quantization="compressed-tensors",
-            checkpoint=True,
-            dtype="bfloat16",
+        *(
+            QuantScheme(
+                name,
+                "vllm",
+                ("cpu", "cuda"),
+                tested=True,
+                vllm_quantization="compressed-tensors",
+                checkpoint=True,
+                dtype="bfloat16",
+            )
+            for name in ("w8a8", "w4a16")  # llmcompressor checkpoints (retrain._quantize_job)
         ),
     )
 }

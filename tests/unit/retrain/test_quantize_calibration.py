@@ -134,3 +134,15 @@ def test_the_int4_group_divides_every_layer_width():
     assert group_size_for([96], 128) == 32
     with pytest.raises(ValueError, match="no group size"):
         group_size_for([100], 128)
+
+
+def test_the_loop_accepts_the_checkpoint_schemes_after_promotion_and_refuses_unknown_ones_at_start():
+    from pydantic import ValidationError
+
+    from retrain import LoopConfig
+
+    assert LoopConfig(quantize_after_promotion="w8a8").quantize_after_promotion == "w8a8"
+    assert LoopConfig(quantize_after_promotion="w4a16").quantize_after_promotion == "w4a16"
+    assert LoopConfig(quantize_after_promotion="off").quantize_after_promotion is None
+    with pytest.raises(ValidationError, match="must be one of"):
+        LoopConfig(quantize_after_promotion="int3")
