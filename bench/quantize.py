@@ -82,18 +82,24 @@ def _engine(
     from router._transformers_backend import TransformersBackend
 
     pairs = load_suite(suite_file)
-    backend: Any = (
-        TransformersBackend(model_dir, num_threads=2)
-        if kind == "transformers"
-        else build_backend(
-            BackendConfig(kind="vllm", model_dir=model_dir), default_dir=model_dir, model_id="student"
-        )
-    )
     requests = [p.to_request(max_tokens) for p in pairs]
-    asyncio.run(generate_requests(backend, requests[:16], batch_size=16))  # warm-up
-    t0 = time.perf_counter()
-    gens = asyncio.run(generate_requests(backend, requests, batch_size=16))
-    wall = time.perf_counter() - t0
+
+    async def answer() -> tuple[Any, list[Any], float]:
+        # One event loop for the engine's life: vLLM's output handler lives on the loop
+        # that first used it.
+        backend: Any = (
+            TransformersBackend(model_dir, num_threads=2)
+            if kind == "transformers"
+            else build_backend(
+                BackendConfig(kind="vllm", model_dir=model_dir), default_dir=model_dir, model_id="q"
+            )
+        )
+        await generate_requests(backend, requests[:16], batch_size=16)  # warm-up
+        t0 = time.perf_counter()
+        gens = await generate_requests(backend, requests, batch_size=16)
+        return backend, gens, time.perf_counter() - t0
+
+    backend, gens, wall = asyncio.run(answer())
     score = get_scorer("mean_logprob")
     out.write_text(
         json.dumps(
@@ -114,9 +120,11 @@ def _engine(
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        line = next(x for x in f if x.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
+    """Resident memory of this process and its children (vLLM's engine core runs in one)."""
+    import psutil
+
+    me = psutil.Process()
+    return sum(p.memory_info().rss for p in (me, *me.children(recursive=True))) / 2**20
 
 
 def _engine_run(
