@@ -341,9 +341,6 @@ def summarize(students: dict[str, Any]) -> dict[str, Any] | None:
             "size_ratio": round(v[name]["size_on_disk_mb"] / v[base]["size_on_disk_mb"], 3),
         }
     rows = [(k, r) for k, r in schemes.items() if r["tokens_per_s_ratio"] is not None]
-    passing = [row for row in rows if row[1]["passed_gate"]]
-    name, best = max(passing or rows, key=lambda row: row[1]["tokens_per_s_ratio"])
-    fast_name, fastest = max(rows, key=lambda row: row[1]["tokens_per_s_ratio"])
     targets = {"tokens_per_s_ratio": 1.3, "agreement_with_parent": 0.98, "size_ratio": 0.5}
 
     def meets(r: dict[str, Any]) -> bool:
@@ -354,13 +351,24 @@ def summarize(students: dict[str, Any]) -> dict[str, Any] | None:
             and r["size_ratio"] <= targets["size_ratio"]
         )
 
+    meeting = [row for row in rows if meets(row[1])]
+    passing = [row for row in rows if row[1]["passed_gate"]]
+    name, best = max(meeting or passing or rows, key=lambda row: row[1]["tokens_per_s_ratio"])
+    fast_name, fastest = max(rows, key=lambda row: row[1]["tokens_per_s_ratio"])
+    chosen_as = (
+        "the fastest scheme that meets every target"
+        if meeting
+        else "the fastest scheme the gate passed"
+        if passing
+        else "the fastest (none passed)"
+    )
     return {
         "scheme": name,
         "tokens_per_s_ratio": best["tokens_per_s_ratio"],
         "agreement_with_parent": best["agreement_with_parent"],
         "passed_gate": best["passed_gate"],
         "size_ratio": best["size_ratio"],
-        "chosen_as": "the fastest scheme the gate passed" if passing else "the fastest (none passed)",
+        "chosen_as": chosen_as,
         "fastest": {"scheme": fast_name, **fastest},
         "schemes": schemes,
         "targets": targets,

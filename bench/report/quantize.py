@@ -20,10 +20,15 @@ def _f(v: float | None, fmt: str = "{:.3f}") -> str:
 PARENTS = ("fp32", "fp32_vllm")
 
 
+def _machine(data: dict[str, Any]) -> str:
+    m = data.get("machine")
+    return f"{m['cpus']} cores, {m['cpu']}, {m['when']}; " if m else ""
+
+
 def _table(which: str, data: dict[str, Any]) -> list[str]:
     variants = data["variants"]
     lines = [
-        f"**{which} student** ({data['suite']} suite requests; gateway: tier-pinned student, "
+        f"**{which} student** ({_machine(data)}{data['suite']} suite requests; gateway: tier-pinned student, "
         f"{data['max_tokens']} new tokens, median of the rounds; each scheme against the fp32 parent "
         "on its own engine)",
         "",
@@ -59,9 +64,9 @@ def _table(which: str, data: dict[str, Any]) -> list[str]:
     ]
     if refused:
         lines += ["", "Refused: " + " · ".join(refused)]
-    calibrated = [f"{n}: {v['calibration']}" for n, v in variants.items() if v.get("calibration")]
-    if calibrated and any(v.get("method") for v in variants.values()):
-        lines += ["", "Checkpoint calibration: " + " · ".join(sorted(set(calibrated)))]
+    calibrated = [f"{n}: {v['calibration']}" for n, v in variants.items() if v.get("method")]
+    if calibrated:
+        lines += ["", "Checkpoint calibration: " + " · ".join(calibrated)]
     return [*lines, ""]
 
 
@@ -81,7 +86,9 @@ def render(img_dir: Path) -> list[str]:
         "load on the transformers engine (the directory keeps the parent's weights); `w8a8` and",
         "`w4a16` are compressed-tensors checkpoints written by llmcompressor (its own environment),",
         "calibrated on the prompts the parent answered through the live stack, served by vLLM in",
-        "bfloat16 and compared with the fp32 parent on vLLM (`fp32_vllm`).",
+        "bfloat16 and compared with the fp32 parent on vLLM (`fp32_vllm`). A vLLM row's resident",
+        "memory includes its engine-core process and its KV cache (1 GiB), so it is comparable",
+        "between vLLM rows only; its peak is the front process's.",
         "fp8 (vLLM, GPU) is written and untested here: no GPU was lent.",
         "",
     ]
