@@ -274,7 +274,7 @@ def write_checkpoint(
     for pattern in WEIGHT_FILES:
         for path in (job_dir / "out").glob(pattern):
             shutil.move(str(path), candidate_dir / path.name)
-    shutil.rmtree(job_dir / "out")
+    shutil.rmtree(job_dir)  # kept only when the job failed: its log, spec and samples
     return QuantizationRecord(
         scheme=scheme.name,
         parent=parent_version,

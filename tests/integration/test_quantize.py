@@ -213,6 +213,7 @@ def test_checkpoint_schemes_calibrated_on_served_prompts_are_served_by_vllm_gate
             assert record is not None and record.calibration_samples == 48
             assert record.calibration.startswith("48 served prompts from the feedback store"), record
             assert record.method["versions"]["llmcompressor"] and "quantize" in outcome.timings_s
+            assert not (tmp_path / f"{outcome.version}.job").exists()  # no served prompts left behind
             written = json.loads((outcome.model.path / "config.json").read_text())
             assert written["quantization_config"]["quant_method"] == "compressed-tensors"
             # the parent's tokenizer and template, byte for byte
