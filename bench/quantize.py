@@ -386,7 +386,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.only and previous.is_file():  # keep the other student's numbers
         students = json.loads(previous.read_text()).get("students", {})
     for which in [args.only] if args.only else list(STUDENTS):
-        students[which] = _student(which, work)
+        students[which] = {**_student(which, work), "machine": machine_info()}
     result = {
         "benchmark": NAME,
         "machine": machine_info(),
