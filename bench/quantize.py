@@ -139,7 +139,9 @@ def _engine_run(
 
 
 def _dir_mb(path: Path) -> float:
-    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
+    from common.model_dir import directory_bytes
+
+    return round(directory_bytes(path) / 2**20, 1)
 
 
 # ---- one student ------------------------------------------------------------------------------

@@ -36,12 +36,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from common.model_dir import REFERENCE_FILE
+from common.model_dir import REFERENCE_FILE, ToolFormat
 from feedback import EscalationEvent, FeedbackStore
 from retrain._labels import LABEL_PRECEDENCE, SecondOpinion, Verifier, build_verifiers, second_opinions
 from retrain.config import DistillConfig
 from retrain.errors import NotEnoughFeedback
-from router import AgreementMetric, ChatTurn, GenerationRequest
+from router import AgreementMetric, ChatTurn, GenerationRequest, render_prompt
 from router._contract import check_answer, forced_tool, schema_text, tool_calls_text
 from router._types import ResponseFormat, ToolCall, ToolSpec
 
@@ -238,6 +238,13 @@ class Pair:
             for (r, c), extra in zip(self.messages, extras, strict=True)
         )
         return GenerationRequest(messages=turns, max_tokens=max_tokens, **fields)
+
+    def served_prompt(self, tokenizer: Any, tool_format: ToolFormat | None = None) -> str:
+        """The prompt as the model reads it when it answers: the raw prompt, or the chat
+        rendered by ``router.render_prompt`` (tools, tool turns, a forced call's opener)."""
+        if self.messages is None:
+            return self.prompt
+        return render_prompt(tokenizer, self.to_request(1), tool_format)
 
     def to_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"prompt": self.prompt, "completion": self.completion, "skill": self.skill}

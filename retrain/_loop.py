@@ -51,6 +51,12 @@ __all__ = ["EVENTS_FILE", "EVENTS_LOG", "LoopConfig", "LoopEvent", "LoopMetrics"
 logger = logging.getLogger(__name__)
 
 
+def _says_off(value: str) -> bool:
+    """An optional setting turned off from a file or an environment variable (which cannot
+    say None): ``null``, ``none``, ``off`` or empty."""
+    return value.lower() in ("", "null", "none", "off")
+
+
 class LoopConfig(BaseModel):
     """When the loop checks and refreshes (how it trains, gates and canaries are the
     ``retrain``, ``gate`` and ``canary`` sections, passed beside it).
@@ -77,7 +83,7 @@ class LoopConfig(BaseModel):
         it off; anything else must be HH:MM, or every tick would fail on it."""
         if isinstance(value, str):
             value = value.strip()
-            if value.lower() in ("", "null", "none", "off"):
+            if _says_off(value):
                 return None
             hh, _, mm = value.partition(":")
             if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60 and len(mm) == 2):
@@ -96,7 +102,7 @@ class LoopConfig(BaseModel):
         start rather than at the first promotion; ``null``/``off``/empty: never."""
         if isinstance(value, str):
             value = value.strip()
-            if value.lower() in ("", "null", "none", "off"):
+            if _says_off(value):
                 return None
             if value not in SCHEMES:
                 raise ValueError(

@@ -31,6 +31,7 @@ from common.model_dir import (
     ModelManifest,
     ModelSource,
     QuantizationRecord,
+    ToolFormat,
     directory_bytes,
 )
 from deploy import ModelRegistry, RegisteredModel
@@ -127,7 +128,7 @@ def quantize_version(
     if quant.checkpoint:
         t0 = time.monotonic()
         record = write_checkpoint(
-            quant, config, parent.path, candidate_dir, manifest, version, store, holdout_fraction
+            quant, config, parent.path, candidate_dir, manifest.tool_format, version, store, holdout_fraction
         )
         timings["quantize"] = time.monotonic() - t0
     manifest.version, manifest.parent = name, version
@@ -196,12 +197,9 @@ def quantizer_python(config: QuantizeConfig) -> Path:
 def check_quantizer(scheme: QuantScheme, config: QuantizeConfig, *, device: str | None = None) -> None:
     """Refuses, before anything is copied, a checkpoint scheme this machine cannot write
     (no quantizer environment) or serve (its engine's devices)."""
-    where = device or device_for()
-    if where not in scheme.devices:
-        devices = " or ".join(scheme.devices)
-        raise ConfigError(
-            f"{scheme.name} is served by {scheme.engine} on {devices}, not on this machine's {where}"
-        )
+    why = scheme.unservable_on(device or device_for())
+    if why is not None:
+        raise ConfigError(f"cannot quantize to {why}")
     python = quantizer_python(config)
     if not python.is_file():
         raise ConfigError(
@@ -215,7 +213,7 @@ def write_checkpoint(
     config: QuantizeConfig,
     parent_dir: Path,
     candidate_dir: Path,
-    manifest: ModelManifest,
+    tool_format: ToolFormat | None,
     parent_version: str,
     store: FeedbackStore | None,
     holdout_fraction: float,
@@ -230,7 +228,7 @@ def write_checkpoint(
             f"no calibration samples for {parent_version}: the store and its model files are empty"
         )
     tok = AutoTokenizer.from_pretrained(str(parent_dir))
-    texts = calibration_texts(tok, sample.pairs, manifest.tool_format)
+    texts = calibration_texts(tok, sample.pairs, tool_format)
     job_dir = candidate_dir.parent / f"{candidate_dir.name}.job"
     if job_dir.exists():
         shutil.rmtree(job_dir)

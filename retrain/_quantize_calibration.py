@@ -112,15 +112,8 @@ def calibration_texts(tokenizer: Any, pairs: Sequence[Pair], tool_format: ToolFo
     """Each pair as the model reads it when it answers: the prompt rendered by the serving
     template (``router.render_prompt``: tools, tool turns, a forced call's opener), then
     the answer and the end-of-text token."""
-    from router import render_prompt
-
     eos = tokenizer.eos_token or ""
-    return [
-        (p.prompt if p.messages is None else render_prompt(tokenizer, p.to_request(1), tool_format))
-        + p.completion
-        + eos
-        for p in pairs
-    ]
+    return [p.served_prompt(tokenizer, tool_format) + p.completion + eos for p in pairs]
 
 
 def write_texts(texts: Sequence[str], path: Path) -> Path:

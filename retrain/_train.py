@@ -306,7 +306,6 @@ def _rows(tok: Any, pairs: list[Pair], tool_format: ToolFormat | None = None) ->
     its completion is the canonical JSON list (TRL appends the end-of-text token), the
     answer the student is served to write under the tools' grammar. A JSON answer's prompt
     is its conversation's: ``response_format`` is enforced by decoding, not rendered."""
-    from router import render_prompt
 
     if all(_plain_chat(p) for p in pairs):
         return [
@@ -318,7 +317,7 @@ def _rows(tok: Any, pairs: list[Pair], tool_format: ToolFormat | None = None) ->
         ]
     return [
         {
-            "prompt": p.prompt if p.messages is None else render_prompt(tok, p.to_request(1), tool_format),
+            "prompt": p.served_prompt(tok, tool_format),
             "completion": p.completion,
         }
         for p in pairs

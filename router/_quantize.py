@@ -56,6 +56,13 @@ class QuantScheme:
     dtype: Literal["bfloat16", "float16"] | None = None
     """The activation dtype the engine must run the scheme in (None: the tier's)."""
 
+    def unservable_on(self, device: str) -> str | None:
+        """Why this scheme cannot be served on ``device`` (None: it can)."""
+        if device in self.devices:
+            return None
+        devices = " or ".join(self.devices)
+        return f"{self.name}, which {self.engine} serves on {devices} only, not on this machine's {device}"
+
 
 SCHEMES: dict[str, QuantScheme] = {
     s.name: s
